@@ -1,0 +1,47 @@
+"""The ``streamrec`` command line: one group, one sub-command module per room."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from streamrec.config import load_settings
+from streamrec.errors import StreamrecError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True, envvar="STREAMREC_LOG_LEVEL")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """streamrec — streaming sequential recommender (Kafka → Cassandra → ONNX → Kafka)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = load_settings()
+
+
+def _register_commands() -> None:
+    # Each room contributes its own commands; imported lazily inside the
+    # modules so that `streamrec infra status` does not import torch.
+    from streamrec.deploy.cli import infra
+
+    cli.add_command(infra)
+
+
+def main() -> None:
+    """Console entry point: clear one-line errors for expected failures."""
+    _register_commands()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StreamrecError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)

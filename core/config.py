@@ -1,0 +1,169 @@
+"""All streamrec settings, read once from ``STREAMREC_*`` environment variables.
+
+Everything configurable lives in :class:`Settings`; nothing else reads the
+environment. CLI flags override fields through :meth:`Settings.with_overrides`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EVENT_TYPES = "view:1,click:2,add_to_cart:3,purchase:4"
+
+
+class Settings(BaseSettings):
+    """Frozen runtime configuration; env var = ``STREAMREC_`` + field name upper-cased."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    topic_prefix: str = "streamrec"
+    topic_partitions: int = Field(4, ge=1)
+    topic_replication: int = Field(1, ge=1)
+    consumer_group: str = "streamrec-worker"
+
+    # --- Cassandra ----------------------------------------------------------
+    cassandra_hosts: str = "127.0.0.1"
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "streamrec"
+    # CQL replication map; NetworkTopologyStrategy for production, e.g.
+    # "{'class': 'NetworkTopologyStrategy', 'dc1': 3}".
+    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    cassandra_username: str | None = None
+    cassandra_password: SecretStr | None = None
+    cassandra_ssl_cafile: Path | None = None
+    cassandra_concurrency: int = Field(64, ge=1)
+
+    # --- Local infrastructure (streamrec infra) -----------------------------
+    state_dir: Path = Path.home() / ".streamrec"
+    artifacts_dir: Path | None = None  # Maven-resolved server jars; default <state_dir>/lib
+    kafka_version: str = "4.1.1"
+    cassandra_version: str = "5.0.7"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    cassandra_native_port: int = 9042
+    cassandra_storage_port: int = 7000
+    cassandra_heap: str = "1G"
+    infra_start_timeout_s: float = 180.0
+
+    # --- Windows and events --------------------------------------------------
+    window_size: int = Field(50, ge=1, le=10_000)
+    window_max_age_days: float = Field(30.0, gt=0)
+    # "type:weight,..." — the accepted event types and their weight.
+    event_types: str = DEFAULT_EVENT_TYPES
+    max_event_bytes: int = 64 * 1024
+    max_id_length: int = 256
+    max_future_skew_s: float = 24 * 3600.0
+
+    # --- Worker --------------------------------------------------------------
+    batch_max_events: int = Field(512, ge=1)
+    batch_max_wait_ms: int = Field(20, ge=0)
+    top_k: int = Field(10, ge=1, le=1000)
+    exclude_seen: bool = True
+    worker_id: str | None = None
+    web_port: int = 6066
+    model_dir: Path | None = None
+    onnx_threads: int = 0  # 0 = let ONNX Runtime decide (physical cores)
+
+    @field_validator("event_types")
+    @classmethod
+    def _check_event_types(cls, value: str) -> str:
+        parse_event_types(value)
+        return value
+
+    # --- derived ---------------------------------------------------------------
+    @property
+    def event_type_weights(self) -> dict[str, float]:
+        return parse_event_types(self.event_types)
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or (self.state_dir / "models")
+
+    @property
+    def lib_path(self) -> Path:
+        return self.artifacts_dir or (self.state_dir / "lib")
+
+    @property
+    def cassandra_contact_points(self) -> list[str]:
+        return [h.strip() for h in self.cassandra_hosts.split(",") if h.strip()]
+
+    def topic(self, name: str) -> str:
+        """Full topic name: ``<prefix>.<name>`` (``events``, ``recommendations``, ...)."""
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def events_topic(self) -> str:
+        return self.topic("events")
+
+    @property
+    def recommendations_topic(self) -> str:
+        return self.topic("recommendations")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("events.dlq")
+
+    @property
+    def model_updates_topic(self) -> str:
+        return self.topic("model-updates")
+
+    def with_overrides(self, **overrides: object) -> "Settings":
+        """A copy with the given (non-None) fields replaced, validated again."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if not values:
+            return self
+        return type(self).model_validate({**self.model_dump(), **values})
+
+    def kafka_client_kwargs(self) -> dict[str, object]:
+        """Security keyword arguments for aiokafka clients (producer helper, tail, tests)."""
+        kwargs: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+        return kwargs
+
+
+def parse_event_types(spec: str) -> dict[str, float]:
+    """Parse ``"view:1,click:2"`` into ``{"view": 1.0, "click": 2.0}``."""
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"event type without a name in {spec!r}")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError as exc:
+            raise ValueError(f"event type {name!r} has a non-numeric weight {weight!r}") from exc
+    if not weights:
+        raise ValueError("at least one event type must be configured")
+    return weights
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once and apply CLI overrides."""
+    return Settings().with_overrides(**overrides)

@@ -1,0 +1,107 @@
+"""Encoder configuration and its ONNX export spec, kept side by side.
+
+Like transformers' ``configuration_gpt2.py`` keeps ``GPT2OnnxConfig`` next to
+``GPT2Config``: whoever changes the model inputs sees the export contract in
+the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# Reserved indices shared by item, event-type and time-bucket vocabularies.
+PAD_INDEX = 0
+OOV_INDEX = 1
+FIRST_REAL_INDEX = 2
+
+PAD_TOKEN = "<pad>"
+OOV_TOKEN = "<oov>"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything needed to rebuild the encoder and its featurisation.
+
+    ``n_items`` counts the reserved padding and OOV rows, so real items are
+    indices ``2 .. n_items - 1``.
+    """
+
+    n_items: int
+    event_types: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+    max_len: int = 50
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    # Dropout on the summed input embeddings (item + event type + time gap).
+    emb_dropout: float = 0.2
+    # Log2 buckets of the gap to the previous event, in seconds; see features.py.
+    n_time_buckets: int = 34
+    # Any transformers model type AutoConfig knows that works as a causal
+    # decoder over ``inputs_embeds`` (gpt2, llama, ...).
+    backbone: str = "gpt2"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: Literal["full", "sampled"] = "full"
+    num_negatives: int = 256
+    use_event_types: bool = True
+    use_time_gaps: bool = True
+
+    @property
+    def n_event_types(self) -> int:
+        """Event-type vocabulary size including padding and unknown."""
+        return FIRST_REAL_INDEX + len(self.event_types)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["event_types"] = list(self.event_types)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["event_types"] = tuple(values.get("event_types", ()))
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> "EncoderConfig":
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class EncoderOnnxConfig:
+    """The ONNX export contract of the encoder (inputs, outputs, dynamic axes, opset).
+
+    Inputs are left-padded ``(batch, seq)`` int64 tensors, so the last
+    position is always the newest event. ``exclude`` is ``(batch, n_exclude)``
+    item indices that must not be recommended (pad with 0, which is excluded
+    anyway); ``k`` is a scalar int64.
+    """
+
+    opset: int = 17
+    inputs: tuple[str, ...] = ("item_idx", "event_type", "time_bucket", "attention_mask", "exclude", "k")
+    outputs: tuple[str, ...] = ("user_vector", "topk_indices", "topk_scores")
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        seq_axes = {0: "batch", 1: "seq"}
+        return {
+            "item_idx": seq_axes,
+            "event_type": seq_axes,
+            "time_bucket": seq_axes,
+            "attention_mask": seq_axes,
+            "exclude": {0: "batch", 1: "n_exclude"},
+            "user_vector": {0: "batch"},
+            "topk_indices": {0: "batch", 1: "k"},
+            "topk_scores": {0: "batch", 1: "k"},
+        }
+
+
+ONNX_CONFIG = EncoderOnnxConfig()

@@ -1,0 +1,189 @@
+"""Featurisation shared by training and serving: raw events -> model input tensors.
+
+:func:`featurize` is the only place where item ids become indices, event types
+become ids and timestamps become time-gap buckets. Training batches, offline
+evaluation, the ONNX parity check and the ONNX Runtime session all call it, so
+there is no train/serve skew to chase.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from streamrec.models.config import (
+    FIRST_REAL_INDEX,
+    OOV_INDEX,
+    OOV_TOKEN,
+    PAD_INDEX,
+    PAD_TOKEN,
+    EncoderConfig,
+)
+
+# Time-gap bucket 1 marks the oldest event of a window: its predecessor is
+# unknown at serving time (evicted from the window), so training must not see it either.
+FIRST_EVENT_BUCKET = 1
+
+
+@dataclass(frozen=True)
+class UserSequence:
+    """One user's recent events, oldest to newest, as raw strings (the serving contract)."""
+
+    item_ids: Sequence[str]
+    event_types: Sequence[str]
+    timestamps_ms: Sequence[int]
+
+    def __post_init__(self) -> None:
+        if not (len(self.item_ids) == len(self.event_types) == len(self.timestamps_ms)):
+            raise ValueError(
+                "UserSequence fields differ in length: "
+                f"{len(self.item_ids)} items, {len(self.event_types)} event types, "
+                f"{len(self.timestamps_ms)} timestamps"
+            )
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Left-padded int64 arrays of shape ``(batch, seq)``; the last column is the newest event."""
+
+    item_idx: np.ndarray
+    event_type: np.ndarray
+    time_bucket: np.ndarray
+    attention_mask: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.item_idx.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.item_idx.shape[1])
+
+
+class ItemVocab:
+    """Index <-> item id. Index 0 is padding, 1 the out-of-vocabulary bucket."""
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        ids = [str(i) for i in item_ids]
+        if ids[:FIRST_REAL_INDEX] != [PAD_TOKEN, OOV_TOKEN]:
+            ids = [PAD_TOKEN, OOV_TOKEN] + ids
+        self._ids: list[str] = ids
+        self._index: dict[str, int] = {item: i for i, item in enumerate(ids)}
+        if len(self._index) != len(ids):
+            raise ValueError("item vocabulary contains duplicate ids")
+
+    @classmethod
+    def build(cls, item_ids: Iterable[str]) -> "ItemVocab":
+        """Vocabulary of the given items, most frequent first (ties by first appearance)."""
+        counts = Counter(str(i) for i in item_ids)
+        ordered = sorted(counts, key=lambda item: -counts[item])  # sorted() is stable
+        return cls(ordered)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index and self._index[item_id] >= FIRST_REAL_INDEX  # type: ignore[index]
+
+    def index(self, item_id: str) -> int:
+        """Index of ``item_id``; unknown ids map to the OOV bucket."""
+        return self._index.get(item_id, OOV_INDEX)
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(i, OOV_INDEX) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def item_id(self, index: int) -> str:
+        return self._ids[index]
+
+    @property
+    def ids(self) -> list[str]:
+        """All ids by index, including the two reserved tokens."""
+        return list(self._ids)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self._ids))
+
+    @classmethod
+    def load(cls, path: Path) -> "ItemVocab":
+        return cls(json.loads(path.read_text()))
+
+
+def event_type_ids(event_types: Sequence[str], known: Sequence[str]) -> np.ndarray:
+    """Event-type names -> ids (0 padding, 1 unknown type, 2.. the configured types)."""
+    table = {name: FIRST_REAL_INDEX + i for i, name in enumerate(known)}
+    return np.fromiter(
+        (table.get(t, OOV_INDEX) for t in event_types), dtype=np.int64, count=len(event_types)
+    )
+
+
+def time_gap_buckets(timestamps_ms: Sequence[int] | np.ndarray, n_buckets: int) -> np.ndarray:
+    """Bucket each event's gap to the previous one: ``2 + floor(log2(1 + gap_seconds))``.
+
+    The first event gets :data:`FIRST_EVENT_BUCKET`; out-of-order events count
+    as gap 0; very long gaps share the last bucket.
+    """
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    buckets = np.empty(ts.shape[0], dtype=np.int64)
+    if ts.shape[0] == 0:
+        return buckets
+    gaps_s = np.maximum(np.diff(ts), 0).astype(np.float64) / 1000.0
+    log_bucket = np.floor(np.log2(1.0 + gaps_s)).astype(np.int64)
+    buckets[0] = FIRST_EVENT_BUCKET
+    buckets[1:] = FIRST_REAL_INDEX + np.minimum(log_bucket, n_buckets - 1 - FIRST_REAL_INDEX)
+    return buckets
+
+
+def featurize(
+    sequences: Sequence[UserSequence],
+    vocab: ItemVocab,
+    config: EncoderConfig,
+    *,
+    pad_to: int | None = None,
+) -> FeatureBatch:
+    """Turn raw user sequences into one left-padded model batch.
+
+    Each sequence keeps its newest ``config.max_len`` events; the batch is
+    padded to the longest kept sequence (or ``pad_to``). Empty sequences
+    become a single OOV event so the encoder always has a position to read.
+    """
+    kept = [min(len(s), config.max_len) for s in sequences]
+    width = max([1, *kept]) if pad_to is None else max(pad_to, 1)
+    shape = (len(sequences), width)
+    item_idx = np.zeros(shape, dtype=np.int64)
+    etype = np.zeros(shape, dtype=np.int64)
+    tbucket = np.zeros(shape, dtype=np.int64)
+    mask = np.zeros(shape, dtype=np.int64)
+    for row, (seq, n) in enumerate(zip(sequences, kept)):
+        n = min(n, width)
+        if n == 0:
+            item_idx[row, -1] = OOV_INDEX
+            etype[row, -1] = OOV_INDEX
+            tbucket[row, -1] = FIRST_EVENT_BUCKET
+            mask[row, -1] = 1
+            continue
+        start = len(seq) - n
+        item_idx[row, -n:] = vocab.lookup(seq.item_ids[start:])
+        etype[row, -n:] = event_type_ids(seq.event_types[start:], config.event_types)
+        tbucket[row, -n:] = time_gap_buckets(seq.timestamps_ms[start:], config.n_time_buckets)
+        mask[row, -n:] = 1
+    return FeatureBatch(item_idx=item_idx, event_type=etype, time_bucket=tbucket, attention_mask=mask)
+
+
+def exclusion_indices(sequences: Sequence[UserSequence], vocab: ItemVocab) -> np.ndarray:
+    """``(batch, n)`` known item indices each user has seen, padded with 0 (padding is never recommended)."""
+    rows = [np.unique(vocab.lookup(s.item_ids)) for s in sequences]
+    rows = [r[r >= FIRST_REAL_INDEX] for r in rows]
+    width = max([1, *(len(r) for r in rows)])
+    out = np.full((len(sequences), width), PAD_INDEX, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
