@@ -16,10 +16,10 @@ from streamrec.errors import StreamrecError
 @click.pass_context
 def cli(ctx: click.Context, log_level: str) -> None:
     """streamrec — streaming sequential recommender (Kafka → Cassandra → ONNX → Kafka)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # The CLI (not library code) configures logging: our own loggers at the
+    # chosen level, third-party clients (aiokafka, the Cassandra driver) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("streamrec").setLevel(log_level.upper())
     ctx.obj = load_settings()
 
 
@@ -27,8 +27,10 @@ def _register_commands() -> None:
     # Each room contributes its own commands; imported lazily inside the
     # modules so that `streamrec infra status` does not import torch.
     from streamrec.deploy.cli import infra
+    from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
 
-    cli.add_command(infra)
+    for command in (infra, worker, produce, tail, inspect, topics, cassandra):
+        cli.add_command(command)
 
 
 def main() -> None:

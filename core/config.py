@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # --- Local infrastructure (streamrec infra) -----------------------------
     state_dir: Path = Path.home() / ".streamrec"
     artifacts_dir: Path | None = None  # Maven-resolved server jars; default <state_dir>/lib
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.4.0"
     cassandra_version: str = "5.0.7"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093

@@ -93,7 +93,7 @@ def ensure_artifacts(settings: Settings, server: str) -> Path:
     prop = "kafka.version" if server == "kafka" else "cassandra.version"
     cmd = [
         mvn, "-B", "-q", "-f", str(_pom(server)),
-        "dependency:copy-dependencies",
+        "-U", "dependency:copy-dependencies",
         f"-D{prop}={_version(settings, server)}",
         f"-DoutputDirectory={target}",
         "-DincludeScope=runtime",
@@ -102,7 +102,8 @@ def ensure_artifacts(settings: Settings, server: str) -> Path:
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-_LOG_TAIL_LINES:])
+        lines = (proc.stdout + proc.stderr).splitlines()
+        tail = "\n".join([ln for ln in lines if "[ERROR]" in ln][:5] or lines[-_LOG_TAIL_LINES:])
         raise InfraError(f"Maven could not resolve {server} {_version(settings, server)}:\n{tail}")
     marker.write_text(f"resolved in {time.monotonic() - started:.1f}s\n")
     return target

@@ -185,6 +185,7 @@ def train(
             score = -row["loss"]  # no validation cases: keep the lowest training loss
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
+        log.debug("epoch %d: %s", epoch, row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg10=f"{row.get('valid_ndcg@10', float('nan')):.4f}")
         if score > best_score:
             best_score, stale = score, 0
@@ -268,7 +269,8 @@ def train_from_events(
     types = event_types_for(split.train.values(), event_types if event_types is not None else base.event_types)
     config = base.__class__(**{**asdict(base), "event_types": types})
     result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress))
-    return write_artifact(result.model, result.vocab, out_dir, metrics=result.metrics())
+    real = [c.history for c in split.test] or list(split.train.values())
+    return write_artifact(result.model, result.vocab, out_dir, metrics=result.metrics(), real_sequences=real)
 
 
 def default_threads() -> int:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -217,15 +218,15 @@ def validate_event(obj: Mapping[str, Any], *, rules: ValidationRules) -> Event |
         if type(session_id) is int:
             session_id = str(session_id)
         elif type(session_id) is not str:
+            expected = "a string, integer or null"
             return Rejection(
-                Reason.WRONG_TYPE, f"session_id must be a string, integer or null, got {_json_type(session_id)}", "session_id"
+                Reason.WRONG_TYPE, f"session_id must be {expected}, got {_json_type(session_id)}", "session_id"
             )
         if not session_id:
             session_id = None
         elif len(session_id) > rules.max_id_length:
-            return Rejection(
-                Reason.ID_TOO_LONG, f"session_id has {len(session_id)} characters > limit {rules.max_id_length}", "session_id"
-            )
+            detail = f"session_id has {len(session_id)} characters > limit {rules.max_id_length}"
+            return Rejection(Reason.ID_TOO_LONG, detail, "session_id")
 
     context = obj.get("context")
     if context is not None and type(context) is not dict:
@@ -276,7 +277,8 @@ def _check_ts(obj: Mapping[str, Any], rules: ValidationRules) -> int | Rejection
 
 def _parse_iso_ms(text: str) -> int | Rejection:
     if _ISO_TS.fullmatch(text) is None:
-        return Rejection(Reason.BAD_TIMESTAMP, f"ts {text[:64]!r} is not ISO-8601 (YYYY-MM-DDThh:mm:ss[.f][Z|±hh:mm])", "ts")
+        detail = f"ts {text[:64]!r} is not ISO-8601 (YYYY-MM-DDThh:mm:ss[.f][Z|±hh:mm])"
+        return Rejection(Reason.BAD_TIMESTAMP, detail, "ts")
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:
@@ -340,6 +342,12 @@ def _diagnose_undecodable(
         if isinstance(verdict, Rejection) and verdict.reason is Reason.TIMESTAMP_NOT_FINITE:
             return verdict
     return Rejection(Reason.MALFORMED_JSON, str(exc))
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A published JSON Schema by name: ``event``, ``recommendation`` or ``dead_letter``."""
+    text = resources.files("streamrec.stream").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
+    return json.loads(text)
 
 
 # --- dead letters -------------------------------------------------------------

@@ -82,7 +82,9 @@ class Recommendation:
     ) -> Recommendation:
         """Build from parallel ranked sequences (e.g. a numpy top-k; scores become Python floats)."""
         items = tuple(ScoredItem(i, float(s)) for i, s in zip(item_ids, scores, strict=True))
-        return cls(user_id, items, int(model_version), event_id, int(event_ts_ms), int(emitted_at_ms), worker_id, online)
+        return cls(
+            user_id, items, int(model_version), event_id, int(event_ts_ms), int(emitted_at_ms), worker_id, online
+        )
 
     @property
     def dedup_key(self) -> tuple[str, str]:
@@ -140,12 +142,19 @@ class Recommendation:
         if online_obj is not None:
             if type(online_obj) is not dict:
                 raise RecommendationDecodeError("online must be an object or null")
+            rank = online_obj.get("rank")
+            ndcg = online_obj.get("ndcg")
+            previous = online_obj.get("previous_event_id")
+            if not (rank is None or type(rank) is int) or not (ndcg is None or type(ndcg) in (int, float)):
+                raise RecommendationDecodeError("online.rank must be an integer and online.ndcg a number")
+            if not (previous is None or type(previous) is str):
+                raise RecommendationDecodeError("online.previous_event_id must be a string")
             online = OnlineEval(
                 k=_get(online_obj, "k", int),
                 hit=_get(online_obj, "hit", bool),
-                rank=online_obj.get("rank"),
-                ndcg=online_obj.get("ndcg"),
-                previous_event_id=online_obj.get("previous_event_id"),
+                rank=rank,
+                ndcg=None if ndcg is None else float(ndcg),
+                previous_event_id=previous,
             )
         return cls(
             user_id=_get(obj, "user_id", str),

@@ -37,14 +37,13 @@ def _without(name: str) -> bytes:
 
 
 def _raw_base(ts_literal: str) -> bytes:
-    return (
-        b'{"event_id":"bad-lit","user_id":"u-bad","item_id":"i-bad","event_type":"view","ts":' + ts_literal.encode() + b"}"
-    )
+    head = b'{"event_id":"bad-lit","user_id":"u-bad","item_id":"i-bad","event_type":"view","ts":'
+    return head + ts_literal.encode() + b"}"
 
 
 BAD_RECORDS: list[tuple[bytes, str]] = [
     (b"", "empty_payload"),
-    (b'{"event_id":"big","user_id":"u","item_id":"i","event_type":"view","ts":1,"pad":"' + b"x" * 70_000 + b'"}', "payload_too_large"),
+    (_with(event_id="big", pad="x" * 70_000), "payload_too_large"),
     (b'{"event_id":"\xff\xfe","user_id":"u","item_id":"i","event_type":"view","ts":1}', "invalid_utf8"),
     (b"\xc3\x28 not utf8", "invalid_utf8"),
     (b"\xed\xa0\x80", "invalid_utf8"),  # an encoded surrogate

@@ -1,0 +1,157 @@
+"""``streamrec train`` and ``streamrec eval``.
+
+Registered by the root CLI (core/cli.py); each works standalone too, reading
+:class:`streamrec.config.Settings` itself when no parent context provides it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streamrec.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+DATA_HELP = "Interaction log path, or 'ml-100k' for MovieLens-100k (fetched into the cache once)."
+FORMATS = ["auto", "jsonl", "csv", "parquet", "movielens", "inter"]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_object(Settings)
+    return obj if obj is not None else load_settings()
+
+
+def _split(events: Any, kind: str) -> Any:
+    from streamrec.models.splits import leave_one_out, temporal_split
+
+    return leave_one_out(events) if kind == "loo" else temporal_split(events)
+
+
+def _emit(result: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        log.info("wrote %s", out)
+    click.echo(text)
+
+
+@click.command("train")
+@click.option("--data", default="ml-100k", show_default=True, help=DATA_HELP)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", "split_kind", type=click.Choice(["loo", "temporal"]), default="loo", show_default=True,
+              help="leave-one-out per user, or a global temporal cut (80/10/10 by time).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact root; the model is written as the next version inside it. [default: settings models path]")
+@click.option("--epochs", default=200, show_default=True, help="Maximum epochs (early stopping usually ends sooner).")
+@click.option("--patience", default=20, show_default=True, help="Epochs without a better validation NDCG@10 before stopping.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
+@click.option("--backbone", default="gpt2", show_default=True, help="transformers model type (gpt2, llama, ...).")
+@click.option("--hidden", default=64, show_default=True)
+@click.option("--layers", default=2, show_default=True)
+@click.option("--heads", default=2, show_default=True)
+@click.option("--max-len", default=50, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--emb-dropout", default=0.2, show_default=True)
+@click.option("--loss", type=click.Choice(["full", "sampled"]), default="full", show_default=True)
+@click.option("--num-negatives", default=256, show_default=True, help="Negatives per batch for --loss sampled.")
+@click.option("--event-types/--no-event-types", default=True, show_default=True)
+@click.option("--time-gaps/--no-time-gaps", default=True, show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also save the training-curve PNG here.")
+@click.option("--metrics-out", type=click.Path(path_type=Path), default=None, help="Write the summary JSON here too.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
+          batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
+          layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: str, num_negatives: int,
+          event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool) -> None:
+    """Train the encoder offline and write a verified ONNX model artifact (next version)."""
+    from streamrec.models.config import EncoderConfig
+    from streamrec.models.data import load_events, resolve_dataset
+    from streamrec.models.train import TrainConfig, event_types_for, plot_curves
+    from streamrec.models.train import train as run_train
+    from streamrec.onnx.artifact import write_artifact
+
+    settings = _settings(ctx)
+    path = resolve_dataset(data, settings.state_dir / "data")
+    split = _split(load_events(path, fmt), split_kind)
+    config = EncoderConfig(
+        n_items=0, event_types=tuple(settings.event_type_weights), max_len=max_len, hidden=hidden, layers=layers,
+        heads=heads, dropout=dropout, emb_dropout=emb_dropout, backbone=backbone, loss=loss,  # type: ignore[arg-type]
+        num_negatives=num_negatives, use_event_types=event_types, use_time_gaps=time_gaps,
+    )
+    config = replace(config, event_types=event_types_for(split.train.values(), config.event_types))
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                       seed=seed, threads=threads, progress=progress)
+    result = run_train(split, config, tcfg)
+    root = out or settings.models_path
+    with tempfile.TemporaryDirectory(prefix="streamrec-train-") as tmp:
+        curve = plot_curves(result.history, Path(tmp) / "training_curves.png")
+        real = [c.history for c in split.valid[:256]]
+        artifact = write_artifact(result.model, result.vocab, root, metrics={**result.metrics(), "data": str(path),
+                                  "split": split.summary()}, real_sequences=real,
+                                  extra_files={"training_curves.png": curve})
+        if plot is not None:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            plot.write_bytes(curve.read_bytes())
+    summary = {"artifact": str(artifact), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "train_seconds": round(result.train_seconds, 1), "valid": result.best_valid, "test": result.test}
+    _emit(summary, metrics_out)
+
+
+@click.command("eval")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Artifact directory. [default: newest valid version under the settings models path]")
+@click.option("--data", default="ml-100k", show_default=True, help=DATA_HELP)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", "split_kind", type=click.Choice(["loo", "temporal"]), default="loo", show_default=True)
+@click.option("--on", "subset", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+              help="onnx scores with the exported graph exactly as it serves; torch uses weights.pt.")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--include-seen", is_flag=True, help="Do not exclude items already in the user's history.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
+@click.pass_context
+def eval_(ctx: click.Context, model_dir: Path | None, data: str, fmt: str, split_kind: str, subset: str,
+          backend: str, threads: int, include_seen: bool, out: Path | None) -> None:
+    """Full-ranking evaluation (Recall@10/20, NDCG@10/20, MRR) of a model artifact, as JSON."""
+    from streamrec.models.data import load_events, resolve_dataset
+    from streamrec.models.evaluate import evaluate_model, evaluate_session
+    from streamrec.onnx.artifact import latest_artifact, load_artifact
+
+    settings = _settings(ctx)
+    artifact = load_artifact(model_dir) if model_dir else latest_artifact(settings.models_path)
+    path = resolve_dataset(data, settings.state_dir / "data")
+    split = _split(load_events(path, fmt), split_kind)
+    cases = split.test if subset == "test" else split.valid
+    if backend == "onnx":
+        from streamrec.onnx.runtime import EncoderSession
+
+        session = EncoderSession.load(artifact.path, device="cpu", threads=threads)
+        metrics = evaluate_session(session, cases, exclude_history=not include_seen)
+    else:
+        import torch
+
+        from streamrec.models.encoder import SequenceEncoder
+
+        torch.set_num_threads(threads)
+        model = SequenceEncoder(artifact.config)
+        model.load_state_dict(torch.load(artifact.path / "weights.pt", weights_only=True))
+        metrics = evaluate_model(model.eval(), artifact.vocab, cases, exclude_history=not include_seen)
+    _emit({"artifact": str(artifact.path), "version": artifact.version, "data": str(path), "split": split_kind,
+           "subset": subset, "backend": backend, "exclude_history": not include_seen, "metrics": metrics}, out)
+
+
+# The verb is `eval`; the module-level alias lets the root CLI import it by that name.
+eval = eval_  # noqa: A001

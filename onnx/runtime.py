@@ -1,0 +1,217 @@
+"""ONNX Runtime session wrapper: the serving side of the encoder.
+
+:class:`EncoderSession` loads a verified artifact, picks the execution
+provider (CUDA when a GPU is present, checked with ``get_providers()``; a
+fallback to CPU is logged as a WARNING), sets CPU threads explicitly, warms
+up, and answers :meth:`EncoderSession.recommend` — one batched ORT call per
+micro-batch of user sequences. Featurisation is :func:`streamrec.models.features.featurize`,
+the same function training uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from streamrec.errors import ModelError
+from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG
+from streamrec.models.features import FeatureBatch, UserSequence, exclusion_indices, featurize
+from streamrec.onnx.artifact import Artifact, load_artifact
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+FP16_MODEL_FILE = "model_fp16.onnx"
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-K recommendations for one user, best first."""
+
+    item_ids: list[str]
+    scores: list[float]
+    user_vector: np.ndarray
+
+
+def gpu_present() -> bool:
+    """True when the CUDA driver reports at least one device (no torch import needed)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return False
+    return count.value > 0
+
+
+def default_threads() -> int:
+    """Physical cores (ORT's own default), or logical cores when psutil cannot tell."""
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from the nvidia-* pip wheels.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except (OSError, RuntimeError) as exc:
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system CUDA libraries", exc)
+
+
+class EncoderSession:
+    """A loaded model version ready to rank: ``recommend(sequences, k)``."""
+
+    def __init__(self, artifact: Artifact, session: ort.InferenceSession, *, fp16: bool = False) -> None:
+        self.artifact = artifact
+        self.session = session
+        self.version: int = artifact.version
+        self.config = artifact.config
+        self.vocab = artifact.vocab
+        self.providers: list[str] = list(session.get_providers())
+        self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
+        self.fp16 = fp16
+        self._use_iobinding = self.device == "cuda"
+
+    # --- construction -------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        artifact_dir: Path,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        fp16: bool = False,
+        warmup: bool = True,
+        spin: bool = False,
+    ) -> "EncoderSession":
+        """Verify and open an artifact.
+
+        ``device``: ``auto`` (CUDA if a GPU is present), ``cuda`` (fail if CUDA
+        cannot be had) or ``cpu``. ``threads``: intra-op threads for the CPU
+        provider (0 = physical cores). ``fp16`` needs a GPU and an artifact with
+        ``model_fp16.onnx``. ``spin``: let ORT worker threads busy-wait (lower
+        latency, but burns CPU that Kafka/Cassandra on the same box need).
+        """
+        if device not in {"auto", "cuda", "cpu"}:
+            raise ModelError(f"unknown device {device!r}; use auto, cuda or cpu")
+        artifact = load_artifact(Path(artifact_dir))
+        want_cuda = device == "cuda" or (device == "auto" and gpu_present())
+        if device == "auto" and not want_cuda:
+            log.info("no GPU found; ONNX Runtime uses the CPU provider")
+        model_path = artifact.onnx_path
+        if fp16:
+            if not want_cuda:
+                log.warning("fp16 requested without a GPU; serving the fp32 model on CPU")
+                fp16 = False
+            elif not (artifact.path / FP16_MODEL_FILE).is_file():
+                raise ModelError(f"fp16 requested but artifact {artifact.path} has no {FP16_MODEL_FILE}")
+            else:
+                model_path = artifact.path / FP16_MODEL_FILE
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        providers: list[Any] = [CPU]
+        if want_cuda:
+            _preload_cuda_libraries()
+            providers = [(CUDA, {"device_id": 0}), CPU]
+        session = ort.InferenceSession(str(model_path), opts, providers=providers)
+        got = session.get_providers()
+        if want_cuda and (not got or got[0] != CUDA):
+            message = (
+                f"CUDA execution provider requested but ONNX Runtime fell back to {got}: "
+                "check the CUDA 13 / cuDNN libraries (onnxruntime.preload_dlls) and the driver"
+            )
+            if device == "cuda":
+                raise ModelError(message)
+            log.warning("!!! %s — serving on CPU !!!", message)
+        log.info(
+            "model v%d loaded from %s on %s (threads=%d, fp16=%s)",
+            artifact.version, artifact.path, got, opts.intra_op_num_threads, fp16,
+        )
+        encoder = cls(artifact, session, fp16=fp16)
+        if warmup:
+            encoder.warmup()
+        return encoder
+
+    # --- inference ------------------------------------------------------------------
+    @property
+    def n_recommendable(self) -> int:
+        """Real items in the catalogue (excludes padding and OOV)."""
+        return len(self.vocab) - FIRST_REAL_INDEX
+
+    def warmup(self, batch: int = 8) -> None:
+        """One full-shape run so the first real request does not pay allocation/tuning costs."""
+        seq = UserSequence(["__warmup__"] * self.config.max_len, ["view"] * self.config.max_len, list(range(self.config.max_len)))
+        self.recommend([seq] * batch, k=min(10, self.n_recommendable))
+
+    def run(self, features: FeatureBatch, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw graph call: ``(user_vector, topk_indices, topk_scores)``."""
+        feeds = {
+            "item_idx": features.item_idx,
+            "event_type": features.event_type,
+            "time_bucket": features.time_bucket,
+            "attention_mask": features.attention_mask,
+            "exclude": exclude,
+            "k": np.array(k, dtype=np.int64),
+        }
+        if not self._use_iobinding:
+            uv, idx, scores = self.session.run(list(ONNX_CONFIG.outputs), feeds)
+            return uv, idx, scores
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in ONNX_CONFIG.outputs:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        uv, idx, scores = binding.copy_outputs_to_cpu()
+        return uv, idx, scores
+
+    def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]:
+        """Top-``k`` items per sequence in one batched call (padded to the longest sequence).
+
+        Unknown items map to the OOV bucket; padding/OOV are never returned;
+        with ``exclude_seen`` every known item in the sequence is excluded, so
+        fewer than ``k`` items come back only when the catalogue runs out.
+        """
+        if not sequences:
+            return []
+        if not 1 <= k <= self.n_recommendable:
+            raise ValueError(f"k must be within 1..{self.n_recommendable} (the catalogue size), got {k}")
+        features = featurize(sequences, self.vocab, self.config)
+        if exclude_seen:
+            exclude = exclusion_indices(sequences, self.vocab)
+        else:
+            exclude = np.zeros((len(sequences), 1), dtype=np.int64)
+        uv, idx, scores = self.run(features, exclude, k)
+        ids = self.vocab.ids
+        out: list[TopK] = []
+        for row in range(len(sequences)):
+            keep = np.isfinite(scores[row])  # -inf = excluded/reserved: never recommended
+            out.append(
+                TopK(
+                    item_ids=[ids[i] for i in idx[row][keep].tolist()],
+                    scores=scores[row][keep].astype(np.float32).tolist(),
+                    user_vector=np.asarray(uv[row], dtype=np.float32),
+                )
+            )
+        return out

@@ -1,0 +1,174 @@
+"""The Faust app: topics, the ingest agent, rebalance hooks and web endpoints. Wiring only.
+
+The work is in :class:`streamrec.stream.processor.BatchProcessor`. Acks are
+manual (``noack_take``): an event is acknowledged — and so its offset may be
+committed — only after the processor has made the whole batch durable. This
+sidesteps the faust-streaming traps listed in DESIGN.md: an exception in the
+agent never acknowledges anything (the worker stops instead, and the batch is
+consumed again after restart), ``take()``'s ack-on-exit is not used, and
+concurrency is 1 per worker (scale with more workers, not more coroutines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any, Awaitable
+
+import faust
+from faust.web import Request, Response, View
+
+from streamrec.config import Settings
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.model_holder import ModelHolder
+from streamrec.stream.processor import BatchProcessor, SourceRecord
+from streamrec.stream.state.base import WindowStore
+
+log = logging.getLogger(__name__)
+
+
+class FaustSink:
+    """Produces through the app's own producer; ``send`` returns the delivery future."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        return await self._app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for the configured Kafka security protocol (None = plaintext)."""
+    protocol = settings.kafka_security_protocol
+    ssl_context = None
+    if protocol.endswith("SSL"):
+        ssl_context = faust.SSLCredentials(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None).context
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(context=ssl_context)
+    return None
+
+
+def default_worker_id(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}-{__import__('os').getpid()}"
+
+
+def create_app(
+    settings: Settings,
+    store: WindowStore,
+    models: ModelHolder,
+    *,
+    worker_id: str,
+    metrics: WorkerMetrics | None = None,
+) -> tuple[faust.App, BatchProcessor]:
+    """Build the worker's Faust app around a processor; returns both (tests drive the processor)."""
+    metrics = metrics or WorkerMetrics()
+    datadir = settings.state_dir / "worker" / worker_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_wait_empty=True,
+        web_port=settings.web_port,
+        web_host="0.0.0.0",
+        datadir=str(datadir),
+        # No Faust tables: all state is in Cassandra, so no changelog topics.
+        store="memory://",
+    )
+    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
+    sink = FaustSink(app)
+    processor = BatchProcessor(
+        settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id
+    )
+
+    @app.agent(events_topic, concurrency=1)
+    async def ingest(stream: faust.StreamT) -> None:
+        wait_s = settings.batch_max_wait_ms / 1000.0
+        async for batch in stream.noack_take(settings.batch_max_events, within=wait_s):
+            records = [
+                SourceRecord(
+                    e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in batch
+            ]
+            try:
+                await processor.process(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug, not bad input: stop rather than skip (nothing is acked)
+                log.critical("batch processing failed; stopping the worker without acknowledging: %r", exc, exc_info=True)
+                await app.crash(exc)
+                return
+            for event in batch:
+                await stream.ack(event)
+            await models.maybe_swap()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        processor.on_rebalance()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        processor.on_rebalance()
+
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        metrics.consumer_lag.set(consumer_lag(app))
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            report = {
+                "kafka": bool(app.consumer and app.consumer.assignment() is not None),
+                "cassandra": processor.metrics is not None and store_healthy(processor),
+                "model": models.current is not None,
+                "model_version": models.version,
+                "worker_id": worker_id,
+            }
+            ok = report["kafka"] and report["cassandra"]
+            return self.json(report, status=200 if ok else 503)
+
+    return app, processor
+
+
+def store_healthy(processor: BatchProcessor) -> bool:
+    """Cassandra is considered healthy unless the last store call failed."""
+    return processor.last_store_ok
+
+
+def consumer_lag(app: faust.App) -> int:
+    """Sum over assigned partitions of (high-water mark − position)."""
+    try:
+        consumer = app.consumer
+        total = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust exposes no public getter
+            if highwater is not None and committed is not None:
+                total += max(0, highwater - committed - 1)
+        return total
+    except Exception:  # lag is best-effort telemetry; never fail the timer
+        return 0

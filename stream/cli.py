@@ -1,0 +1,233 @@
+"""Stream commands: `worker`, `produce`, `tail`, `inspect`, `topics`, `cassandra`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from streamrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- #
+# worker
+# --------------------------------------------------------------------------- #
+@click.command()
+@click.option("--worker-id", default=None, help="Id in recommendation messages (default host-pid).")
+@click.option("--web-port", type=int, default=None, help="Port of /metrics and /health (default 6066).")
+@click.option("--partitions", type=int, default=None, help="Partitions for topics created at start-up.")
+@click.option("--loglevel", default="info", show_default=True)
+@click.pass_obj
+def worker(settings: Settings, worker_id: str | None, web_port: int | None, partitions: int | None, loglevel: str) -> None:
+    """Run a stream worker: consume events, update windows, emit recommendations."""
+    from streamrec.stream.worker import run_worker
+
+    settings = settings.with_overrides(worker_id=worker_id, web_port=web_port, topic_partitions=partitions)
+    run_worker(settings, loglevel=loglevel)
+
+
+# --------------------------------------------------------------------------- #
+# produce
+# --------------------------------------------------------------------------- #
+@click.command()
+@click.argument("source", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--synthetic", is_flag=True, help="Use the built-in synthetic generator instead of a file.")
+@click.option("--events", "num_events", type=int, default=10_000, show_default=True, help="Synthetic: events.")
+@click.option("--users", "num_users", type=int, default=1_000, show_default=True, help="Synthetic: users.")
+@click.option("--items", "num_items", type=int, default=5_000, show_default=True, help="Synthetic: items.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--now-ts", is_flag=True, help="Stamp events with the current time (replays as live traffic).")
+@click.pass_obj
+def produce(
+    settings: Settings, source: Path | None, synthetic: bool, num_events: int, num_users: int,
+    num_items: int, seed: int, rate: float | None, now_ts: bool,
+) -> None:
+    """Produce events from a JSONL/CSV file or the synthetic generator, keyed by user."""
+    from tqdm import tqdm
+
+    from streamrec.stream.generator import SyntheticConfig, generate_events
+    from streamrec.stream.producer import EventProducer, paced, read_csv, read_jsonl
+
+    if synthetic == (source is not None):
+        raise click.UsageError("give either a SOURCE file or --synthetic")
+    if synthetic:
+        events = generate_events(SyntheticConfig(num_users=num_users, num_items=num_items, num_events=num_events, seed=seed))
+        total: int | None = num_events
+    else:
+        events = read_csv(source) if source.suffix.lower() == ".csv" else read_jsonl(source)
+        total = None
+
+    async def run() -> int:
+        async with EventProducer(settings) as producer:
+            with tqdm(total=total, unit="ev", desc="produce", file=sys.stderr) as bar:
+                async for event in paced(events, rate):
+                    if now_ts:
+                        event["ts"] = int(time.time() * 1000)
+                    await producer.send(event)
+                    bar.update(1)
+                await producer.flush()
+            return producer.sent
+
+    sent = asyncio.run(run())
+    click.echo(f"produced {sent} events to {settings.events_topic}")
+
+
+# --------------------------------------------------------------------------- #
+# tail
+# --------------------------------------------------------------------------- #
+@click.command()
+@click.option("--user", "user_id", default=None, help="Only this user's recommendations.")
+@click.option("--json", "as_json", is_flag=True, help="Print raw JSON lines.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest message, not the newest.")
+@click.option("--max-messages", type=int, default=None, help="Stop after this many messages.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
+@click.option("--dlq", is_flag=True, help="Tail the dead-letter topic instead.")
+@click.pass_obj
+def tail(
+    settings: Settings, user_id: str | None, as_json: bool, from_beginning: bool,
+    max_messages: int | None, timeout: float | None, dlq: bool,
+) -> None:
+    """Subscribe to recommendations (or dead letters) and print them."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streamrec.stream.recommendation import Recommendation
+
+    topic = settings.dlq_topic if dlq else settings.recommendations_topic
+
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+            auto_offset_reset="earliest" if from_beginning else "latest", **settings.kafka_client_kwargs(),
+        )
+        await consumer.start()
+        shown = 0
+        idle_since = time.monotonic()
+        try:
+            while max_messages is None or shown < max_messages:
+                batch = await consumer.getmany(timeout_ms=500)
+                if not batch:
+                    if timeout is not None and time.monotonic() - idle_since > timeout:
+                        return
+                    continue
+                idle_since = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        if user_id is not None and record.key != user_id.encode():
+                            continue
+                        click.echo(record.value.decode(errors="replace") if as_json or dlq else _pretty(Recommendation.from_json(record.value)))
+                        shown += 1
+                        if max_messages is not None and shown >= max_messages:
+                            return
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+def _pretty(rec: "object") -> str:
+    items = ", ".join(f"{it.item_id}({it.score:.2f})" for it in rec.items)  # type: ignore[attr-defined]
+    hit = ""
+    if rec.online is not None:  # type: ignore[attr-defined]
+        hit = f" prev-hit@10={'yes' if rec.online.hit else 'no'}"  # type: ignore[attr-defined]
+    return f"user {rec.user_id} after {rec.event_id} [model v{rec.model_version}]{hit}: {items}"  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- #
+# inspect
+# --------------------------------------------------------------------------- #
+@click.group()
+def inspect() -> None:
+    """Look at stored state."""
+
+
+@inspect.command("user")
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def inspect_user(settings: Settings, user_id: str, as_json: bool) -> None:
+    """Print a user's window, serving state and latest recommendation."""
+    from streamrec.stream.state.cassandra import CassandraStore
+
+    async def run() -> dict:
+        store = CassandraStore.open(settings, create_schema=False)
+        try:
+            windows = await store.load_windows([user_id])
+            state = await store.load_user_state(user_id)
+        finally:
+            await store.close()
+        window = windows.get(user_id)
+        return {
+            "user_id": user_id,
+            "window": [
+                {"event_id": e.event_id, "item_id": e.item_id, "event_type": e.event_type, "ts": e.ts_ms}
+                for e in (window.entries if window else ())
+            ],
+            "window_seq": window.seq if window else 0,
+            "model_version": state.model_version if state else None,
+            "last_event_id": state.last_event_id if state else None,
+            "recommendation": orjson.loads(state.recommendation) if state and state.recommendation else None,
+        }
+
+    report = asyncio.run(run())
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(f"user {user_id}: {len(report['window'])} events in window (seq {report['window_seq']})")
+    for e in report["window"]:
+        click.echo(f"  {e['ts']}  {e['event_type']:<12} {e['item_id']:<16} {e['event_id']}")
+    rec = report["recommendation"]
+    if rec:
+        items = ", ".join(f"{i['item_id']}({i['score']:.2f})" for i in rec["items"])
+        click.echo(f"latest recommendation (model v{rec['model_version']}, after {rec['event_id']}): {items}")
+    else:
+        click.echo("no recommendation yet")
+
+
+# --------------------------------------------------------------------------- #
+# topics / cassandra
+# --------------------------------------------------------------------------- #
+@click.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+@click.option("--partitions", type=int, default=None, help="Partitions (bounds the number of useful workers).")
+@click.pass_obj
+def topics_create(settings: Settings, partitions: int | None) -> None:
+    """Create the events, recommendations, dead-letter and model-updates topics (idempotent)."""
+    from streamrec.stream.topics import ensure_topics_sync
+
+    counts = ensure_topics_sync(settings.with_overrides(topic_partitions=partitions))
+    for name, count in sorted(counts.items()):
+        click.echo(f"{name}: {count} partitions")
+
+
+@click.group()
+def cassandra() -> None:
+    """Cassandra schema."""
+
+
+@cassandra.command("migrate")
+@click.pass_obj
+def cassandra_migrate(settings: Settings) -> None:
+    """Create the keyspace and tables (idempotent)."""
+    from streamrec.stream.state.cassandra import connect, migrate
+
+    cluster, session = connect(settings)
+    try:
+        migrate(session, settings)
+    finally:
+        cluster.shutdown()
+    click.echo(f"keyspace {settings.cassandra_keyspace} ready")

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one worker, in their own registry (no process-global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass
+class WorkerMetrics:
+    """Everything an operator watches on a worker (`/metrics`)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter("streamrec_events", "Valid events consumed", registry=r)
+        self.rejected = Counter("streamrec_events_rejected", "Events dead-lettered, by reason", ["reason"], registry=r)
+        self.repartitioned = Counter("streamrec_events_repartitioned", "Events re-keyed by user and re-sent", registry=r)
+        self.duplicates = Counter("streamrec_window_duplicates", "Events already in the window (replays)", registry=r)
+        self.recommendations = Counter("streamrec_recommendations", "Recommendation messages emitted", registry=r)
+        self.batch_size = Histogram(
+            "streamrec_batch_size", "Records per micro-batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
+        self.encoder_latency = Histogram(
+            "streamrec_encoder_seconds", "Encoder call per micro-batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.event_to_emit = Histogram(
+            "streamrec_event_to_recommendation_seconds", "Event ts to recommendation emitted",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.consume_to_emit = Histogram(
+            "streamrec_consume_to_recommendation_seconds", "Batch consumed to recommendations emitted",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.cassandra_latency = Histogram(
+            "streamrec_cassandra_seconds", "Cassandra call latency by operation", ["op"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.cassandra_errors = Counter("streamrec_cassandra_errors", "Failed Cassandra calls (retried)", registry=r)
+        self.consumer_lag = Gauge("streamrec_consumer_lag", "Events behind the partition end, summed", registry=r)
+        self.online_evaluated = Counter(
+            "streamrec_online_evaluated", "Events scored against the previous recommendation", ["model"], registry=r
+        )
+        self.online_hits = Counter("streamrec_online_hits", "Next item within the previous top-10", ["model"], registry=r)
+        self.online_ndcg = Counter("streamrec_online_ndcg_sum", "Sum of NDCG@10 of previous recommendations", ["model"], registry=r)
+        self.model_version = Gauge("streamrec_model_version", "Model version being served (0 = popularity fallback)", registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this worker's metrics."""
+        return generate_latest(self.registry)

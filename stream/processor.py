@@ -1,0 +1,369 @@
+"""One micro-batch, top to bottom: validate → window → encode → recommend → emit.
+
+This is plain logic; the Faust app (``stream/app.py``) only feeds it raw
+records and acknowledges them after :meth:`BatchProcessor.process` returns.
+``process`` returns only once every output of the batch is durable:
+windows and user states written to the store, dead letters, re-keyed events
+and recommendations delivered to Kafka. It never raises for bad input, and
+for store failures it backs off and retries (the batch stays unacknowledged),
+so an event is either fully handled or will be seen again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+
+import numpy as np
+
+from streamrec.config import Settings
+from streamrec.errors import StateStoreError
+from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
+from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.recommendation import OnlineEval, Recommendation
+from streamrec.stream.state.base import StoredWindow, UserState, WindowStore
+from streamrec.stream.window import WindowEntry, merge_window
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ONLINE_K = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """A record as consumed from the events topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+class Sink(Protocol):
+    """Where the processor's Kafka output goes; ``send`` returns an awaitable delivery."""
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]: ...
+
+
+class Encoder(Protocol):
+    """What the processor needs from a model (``streamrec.onnx.runtime.EncoderSession``)."""
+
+    version: int
+
+    def recommend(self, sequences: Sequence[Any], k: int, exclude_seen: bool = True) -> list[Any]: ...
+
+
+@dataclass
+class BatchReport:
+    """What one batch did (for logs, tests and the demo summary)."""
+
+    records: int = 0
+    events: int = 0
+    rejected: int = 0
+    repartitioned: int = 0
+    duplicates: int = 0
+    recommendations: list[Recommendation] = field(default_factory=list)
+
+
+class WindowCache:
+    """Worker-local LRU of windows of users this worker owns.
+
+    Valid only while the worker owns the users' partitions: the app clears it
+    on every rebalance, so a window changed by another worker is re-read.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._windows: OrderedDict[str, StoredWindow] = OrderedDict()
+
+    def get(self, user_id: str) -> StoredWindow | None:
+        window = self._windows.get(user_id)
+        if window is not None:
+            self._windows.move_to_end(user_id)
+        return window
+
+    def put(self, window: StoredWindow) -> None:
+        self._windows[window.user_id] = window
+        self._windows.move_to_end(window.user_id)
+        while len(self._windows) > self._capacity:
+            self._windows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._windows.clear()
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+class PopularityModel:
+    """Running item counts: the no-model fallback and the online-evaluation baseline."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def top(self, n: int) -> list[tuple[str, int]]:
+        return self.counts.most_common(n)
+
+    def observe(self, item_id: str) -> None:
+        self.counts[item_id] += 1
+
+
+def score_previous(previous: Sequence[str], next_item: str, k: int = ONLINE_K) -> tuple[bool, int | None, float]:
+    """Hit, 1-based rank and NDCG@k of ``next_item`` in a previous top-k list."""
+    try:
+        rank = list(previous[:k]).index(next_item) + 1
+    except ValueError:
+        return False, None, 0.0
+    return True, rank, 1.0 / math.log2(rank + 1)
+
+
+class BatchProcessor:
+    """Handles micro-batches of raw event records for one worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WindowStore,
+        sink: Sink,
+        *,
+        encoder: Callable[[], Encoder | None] = lambda: None,
+        metrics: WorkerMetrics | None = None,
+        worker_id: str = "worker",
+        clock: Callable[[], float] = time.time,
+        rules: ValidationRules | None = None,
+        cache_capacity: int = 200_000,
+        retry_max_delay_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sink = sink
+        self.current_encoder = encoder
+        self.metrics = metrics or WorkerMetrics()
+        self.worker_id = worker_id
+        self.clock = clock
+        self.rules = rules or ValidationRules.from_settings(settings)
+        self.cache = WindowCache(cache_capacity)
+        self.popularity = PopularityModel()
+        # The last recommendation per user, to score it against the user's next event.
+        self.previous: OrderedDict[str, tuple[list[str], list[str], str]] = OrderedDict()
+        self._previous_capacity = cache_capacity
+        self._retry_max_delay_s = retry_max_delay_s
+        self._max_age_ms = int(settings.window_max_age_days * 86_400_000)
+        self._ttl_s = int(settings.window_max_age_days * 86_400)
+        self.stopping = False
+        self.last_store_ok = True
+
+    def on_rebalance(self) -> None:
+        """Forget worker-local state about users: their partitions may have moved."""
+        self.cache.clear()
+        self.previous.clear()
+
+    # ------------------------------------------------------------------ #
+    async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
+        """Handle one micro-batch; returns when all its effects are durable."""
+        started = self.clock()
+        report = BatchReport(records=len(records))
+        self.metrics.batch_size.observe(len(records))
+        deliveries: list[Awaitable[Any]] = []
+
+        by_user: dict[str, list[Event]] = {}
+        for record in records:
+            parsed = parse_event(record.value, rules=self.rules)
+            if isinstance(parsed, Rejection):
+                deliveries.append(await self._dead_letter(record, parsed))
+                report.rejected += 1
+            elif record.key is None or record.key != parsed.user_id.encode():
+                # Another key would put the user's events on several partitions
+                # (and workers): re-key by user and let the owner handle it.
+                deliveries.append(await self.sink.send(self.settings.events_topic, parsed.user_id.encode(), record.value or b""))
+                report.repartitioned += 1
+            else:
+                by_user.setdefault(parsed.user_id, []).append(parsed)
+                report.events += 1
+        self.metrics.repartitioned.inc(report.repartitioned)
+        self.metrics.events.inc(report.events)
+
+        if by_user:
+            windows, report.duplicates = await self._retry("window update", lambda: self._update_windows(by_user))
+            self.metrics.duplicates.inc(report.duplicates)
+            recommendations, states = self._recommend(by_user, windows)
+            for rec in recommendations:
+                deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
+            report.recommendations = recommendations
+            await self._retry("user state", lambda: self._timed("save_user_states", self.store.save_user_states(states)))
+
+        # Kafka deliveries last but before returning: the caller acks after this.
+        await asyncio.gather(*deliveries)
+        now = self.clock()
+        self.metrics.recommendations.inc(len(report.recommendations))
+        self.metrics.consume_to_emit.observe(now - started)
+        for rec in report.recommendations:
+            self.metrics.event_to_emit.observe(max(0.0, now - rec.event_ts_ms / 1000.0))
+        return report
+
+    # ------------------------------------------------------------------ #
+    async def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> Awaitable[Any]:
+        self.metrics.rejected.labels(str(rejection.reason)).inc()
+        letter = DeadLetter.from_rejection(
+            rejection, record.value, key=record.key, topic=record.topic, partition=record.partition,
+            offset=record.offset, source_timestamp_ms=record.timestamp_ms, worker_id=self.worker_id,
+            rejected_at_ms=int(self.clock() * 1000),
+        )
+        log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
+        return await self.sink.send(self.settings.dlq_topic, record.key, letter.to_json())
+
+    async def _update_windows(self, by_user: dict[str, list[Event]]) -> tuple[dict[str, StoredWindow], int]:
+        windows: dict[str, StoredWindow] = {}
+        missing = []
+        for user_id in by_user:
+            cached = self.cache.get(user_id)
+            if cached is None:
+                missing.append(user_id)
+            else:
+                windows[user_id] = cached
+        if missing:
+            loaded = await self._timed("load_windows", self.store.load_windows(missing))
+            for user_id in missing:
+                windows[user_id] = loaded.get(user_id) or StoredWindow(user_id)
+
+        duplicates = 0
+        changed: list[StoredWindow] = []
+        for user_id, events in by_user.items():
+            current = windows[user_id]
+            entries, stats = merge_window(
+                current.entries,
+                (WindowEntry(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in events),
+                max_events=self.settings.window_size,
+                max_age_ms=self._max_age_ms,
+            )
+            duplicates += stats.duplicates
+            if stats.changed:
+                updated = StoredWindow(user_id, tuple(entries), current.seq + max(1, stats.added))
+                windows[user_id] = updated
+                changed.append(updated)
+        if changed:
+            await self._timed("save_windows", self.store.save_windows(changed, self._ttl_s))
+        # Only after the write succeeded: a failed batch is retried from the stored state.
+        for user_id in by_user:
+            self.cache.put(windows[user_id])
+        return windows, duplicates
+
+    def _recommend(
+        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]
+    ) -> tuple[list[Recommendation], list[UserState]]:
+        users = list(by_user)
+        popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
+        encoder = self.current_encoder()
+        ranked: list[tuple[list[str], list[float], bytes]]
+        if encoder is not None:
+            from streamrec.models.features import UserSequence
+
+            sequences = [
+                UserSequence(
+                    item_ids=[e.item_id for e in windows[u].entries],
+                    event_types=[e.event_type for e in windows[u].entries],
+                    timestamps_ms=[e.ts_ms for e in windows[u].entries],
+                )
+                for u in users
+            ]
+            t0 = time.perf_counter()
+            results = encoder.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)
+            self.metrics.encoder_latency.observe(time.perf_counter() - t0)
+            ranked = [
+                (list(r.item_ids), list(r.scores), np.asarray(r.user_vector, dtype="<f4").tobytes()) for r in results
+            ]
+            version = encoder.version
+        else:
+            ranked = [self._popular_for(windows[u], popular) for u in users]
+            version = 0
+        self.metrics.model_version.set(version)
+
+        now_ms = int(self.clock() * 1000)
+        recommendations: list[Recommendation] = []
+        states: list[UserState] = []
+        for user_id, (items, scores, vector) in zip(users, ranked):
+            events = by_user[user_id]
+            online = self._online_eval(user_id, events, windows[user_id], popular)
+            last = events[-1]
+            rec = Recommendation.from_ranked(
+                user_id, items, scores, model_version=version, event_id=last.event_id,
+                event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,
+            )
+            recommendations.append(rec)
+            states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms))
+            self._remember(user_id, items, windows[user_id], popular, last.event_id)
+        for events in by_user.values():
+            for event in events:
+                self.popularity.observe(event.item_id)
+        return recommendations, states
+
+    def _popular_for(self, window: StoredWindow, popular: list[tuple[str, int]]) -> tuple[list[str], list[float], bytes]:
+        seen = {e.item_id for e in window.entries} if self.settings.exclude_seen else set()
+        picked = [(item, float(count)) for item, count in popular if item not in seen][: self.settings.top_k]
+        return [i for i, _ in picked], [s for _, s in picked], b""
+
+    def _remember(
+        self, user_id: str, items: list[str], window: StoredWindow, popular: list[tuple[str, int]], event_id: str
+    ) -> None:
+        baseline = self._popular_for(window, popular)[0]
+        self.previous[user_id] = (items, baseline, event_id)
+        self.previous.move_to_end(user_id)
+        while len(self.previous) > self._previous_capacity:
+            self.previous.popitem(last=False)
+
+    def _online_eval(
+        self, user_id: str, events: list[Event], window: StoredWindow, popular: list[tuple[str, int]]
+    ) -> OnlineEval | None:
+        """Score the user's previous recommendation (and the popularity baseline) against the next event."""
+        previous = self.previous.get(user_id)
+        if previous is None:
+            return None
+        items, baseline, previous_event_id = previous
+        next_item = events[0].item_id
+        hit, rank, ndcg = score_previous(items, next_item)
+        base_hit, _, base_ndcg = score_previous(baseline, next_item)
+        m = self.metrics
+        m.online_evaluated.labels("encoder").inc()
+        m.online_hits.labels("encoder").inc(int(hit))
+        m.online_ndcg.labels("encoder").inc(ndcg)
+        m.online_evaluated.labels("popularity").inc()
+        m.online_hits.labels("popularity").inc(int(base_hit))
+        m.online_ndcg.labels("popularity").inc(base_ndcg)
+        return OnlineEval(k=ONLINE_K, hit=hit, rank=rank, ndcg=ndcg, previous_event_id=previous_event_id)
+
+    # ------------------------------------------------------------------ #
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.metrics.cassandra_latency.labels(op).observe(time.perf_counter() - started)
+
+    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` until it succeeds, backing off on store failures (never drops the batch)."""
+        delay = 0.05
+        failures = 0
+        while True:
+            try:
+                result = await attempt()
+                self.last_store_ok = True
+                if failures:
+                    log.warning("%s succeeded after %d failed attempts", what, failures)
+                return result
+            except StateStoreError as exc:
+                failures += 1
+                self.last_store_ok = False
+                self.metrics.cassandra_errors.inc()
+                if self.stopping:
+                    raise
+                log.warning("%s failed (%s); retrying in %.2fs (batch not acknowledged)", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay_s)

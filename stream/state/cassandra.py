@@ -1,0 +1,212 @@
+"""The Cassandra state store: one capped window value per user, rewritten by its owner.
+
+Data model (see README, "The window in Cassandra"):
+
+``windows(user_id PRIMARY KEY, events blob, seq bigint, updated_at timestamp)``
+    The whole window (at most N entries, in event-time order) is one cell,
+    overwritten by the single worker that owns the user's partition. An
+    overwrite shadows the previous cell without a tombstone, so sliding the
+    window costs no tombstones at all; the only tombstone per user comes from
+    the TTL (= the window's age limit) when the user goes idle. Writes carry
+    ``USING TIMESTAMP seq`` so a late write from a worker that has lost the
+    partition can never replace a newer window.
+
+``user_state(user_id PRIMARY KEY, ...)``
+    The latest user vector, model version and recommendation message.
+
+Every statement is prepared; values from events are bound, never formatted
+into CQL. Identifiers formatted into DDL (the keyspace) are validated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from typing import Any, Sequence
+
+from cassandra import DriverException, OperationTimedOut, RequestExecutionException
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import ConstantReconnectionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement
+
+from streamrec.config import Settings
+from streamrec.errors import ConfigError, StateStoreError
+from streamrec.stream.state.base import StoredWindow, UserState
+from streamrec.stream.window import decode_window, encode_window
+
+log = logging.getLogger(__name__)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+# Failures that mean "Cassandra is (temporarily) not there": the caller backs off and retries.
+_TRANSIENT = (NoHostAvailable, OperationTimedOut, RequestExecutionException, DriverException, ConnectionError)
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.cassandra_ssl_cafile is None:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.cassandra_ssl_cafile))
+    return context
+
+
+def connect(settings: Settings, *, timeout_s: float = 10.0) -> tuple[Cluster, Session]:
+    """A driver session for ``settings`` (auth and TLS applied); raises StateStoreError if unreachable."""
+    auth = None
+    if settings.cassandra_username:
+        password = settings.cassandra_password.get_secret_value() if settings.cassandra_password else ""
+        auth = PlainTextAuthProvider(username=settings.cassandra_username, password=password)
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        request_timeout=timeout_s,
+    )
+    cluster = Cluster(
+        settings.cassandra_contact_points,
+        port=settings.cassandra_port,
+        protocol_version=5,
+        auth_provider=auth,
+        ssl_context=_ssl_context(settings),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=timeout_s,
+        # Reconnect quickly after an outage; the worker is waiting on us.
+        reconnection_policy=ConstantReconnectionPolicy(delay=1.0, max_attempts=None),
+    )
+    try:
+        return cluster, cluster.connect()
+    except NoHostAvailable as exc:
+        cluster.shutdown()
+        # The exception text lists hosts and errors only, never credentials.
+        raise StateStoreError(f"cannot reach Cassandra at {settings.cassandra_hosts}:{settings.cassandra_port}: {exc}") from exc
+
+
+def check_keyspace_name(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ConfigError(f"invalid Cassandra keyspace name {name!r} (letters, digits, underscore; max 48)")
+    return name
+
+
+def migrate(session: Session, settings: Settings) -> None:
+    """Create the keyspace and tables if missing (idempotent)."""
+    ks = check_keyspace_name(settings.cassandra_keyspace)
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {settings.cassandra_replication}")
+    session.execute(
+        f"""CREATE TABLE IF NOT EXISTS {ks}.windows (
+              user_id text PRIMARY KEY,
+              events blob,
+              seq bigint,
+              updated_at timestamp
+           ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}
+             AND comment = 'per-user rolling window, one capped value rewritten by its partition owner'"""
+    )
+    session.execute(
+        f"""CREATE TABLE IF NOT EXISTS {ks}.user_state (
+              user_id text PRIMARY KEY,
+              model_version int,
+              user_vector blob,
+              recommendation blob,
+              last_event_id text,
+              updated_at timestamp
+           ) WITH comment = 'latest user vector and recommendation per user'"""
+    )
+
+
+async def _await_future(response_future: Any) -> Any:
+    """Bridge a driver ResponseFuture (callbacks on the driver's thread) to asyncio."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future = loop.create_future()
+
+    def on_ok(rows: Any) -> None:
+        loop.call_soon_threadsafe(lambda: result.done() or result.set_result(rows))
+
+    def on_err(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(lambda: result.done() or result.set_exception(exc))
+
+    response_future.add_callbacks(on_ok, on_err)
+    return await result
+
+
+class CassandraStore:
+    """:class:`~streamrec.stream.state.base.WindowStore` on Cassandra, async with bounded concurrency."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, session: Session) -> None:
+        self._settings = settings
+        self._cluster = cluster
+        self._session = session
+        self._limit = asyncio.Semaphore(settings.cassandra_concurrency)
+        ks = check_keyspace_name(settings.cassandra_keyspace)
+        prepare = session.prepare
+        self._select_window: PreparedStatement = prepare(f"SELECT events, seq FROM {ks}.windows WHERE user_id = ?")
+        self._insert_window: PreparedStatement = prepare(
+            f"INSERT INTO {ks}.windows (user_id, events, seq, updated_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
+        )
+        self._insert_state: PreparedStatement = prepare(
+            f"INSERT INTO {ks}.user_state (user_id, model_version, user_vector, recommendation, last_event_id, updated_at)"
+            f" VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._select_state: PreparedStatement = prepare(
+            f"SELECT model_version, user_vector, recommendation, last_event_id, updated_at FROM {ks}.user_state WHERE user_id = ?"
+        )
+
+    @classmethod
+    def open(cls, settings: Settings, *, create_schema: bool = True) -> "CassandraStore":
+        """Connect, create the schema if asked, and prepare the statements."""
+        cluster, session = connect(settings)
+        try:
+            if create_schema:
+                migrate(session, settings)
+            return cls(settings, cluster, session)
+        except _TRANSIENT as exc:
+            cluster.shutdown()
+            raise StateStoreError(f"Cassandra schema set-up failed: {exc}") from exc
+
+    async def _run(self, statement: PreparedStatement, params: Sequence[Any]) -> Any:
+        async with self._limit:
+            try:
+                return await _await_future(self._session.execute_async(statement, params))
+            except _TRANSIENT as exc:
+                raise StateStoreError(f"Cassandra request failed: {type(exc).__name__}: {exc}") from exc
+
+    async def load_windows(self, user_ids: Sequence[str]) -> dict[str, StoredWindow]:
+        rows = await asyncio.gather(*(self._run(self._select_window, (u,)) for u in user_ids))
+        windows: dict[str, StoredWindow] = {}
+        for user_id, result in zip(user_ids, rows):
+            row = result.one() if hasattr(result, "one") else (result[0] if result else None)
+            if row is not None:
+                windows[user_id] = StoredWindow(user_id, tuple(decode_window(row.events)), row.seq or 0)
+        return windows
+
+    async def save_windows(self, windows: Sequence[StoredWindow], ttl_s: int) -> None:
+        now = int(time.time() * 1000)
+        await asyncio.gather(
+            *(
+                self._run(
+                    self._insert_window,
+                    (w.user_id, encode_window(w.entries), w.seq, now, w.seq, ttl_s),
+                )
+                for w in windows
+            )
+        )
+
+    async def save_user_states(self, states: Sequence[UserState]) -> None:
+        await asyncio.gather(
+            *(
+                self._run(
+                    self._insert_state,
+                    (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms),
+                )
+                for s in states
+            )
+        )
+
+    async def load_user_state(self, user_id: str) -> UserState | None:
+        result = await self._run(self._select_state, (user_id,))
+        row = result.one() if hasattr(result, "one") else (result[0] if result else None)
+        if row is None:
+            return None
+        updated = int(row.updated_at.timestamp() * 1000) if row.updated_at else 0
+        return UserState(user_id, row.model_version, row.user_vector, row.recommendation, row.last_event_id, updated)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)

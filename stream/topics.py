@@ -1,0 +1,66 @@
+"""Create the streamrec topics (idempotent) with the configured partition count."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streamrec.config import Settings
+from streamrec.errors import StreamrecError
+
+log = logging.getLogger(__name__)
+
+
+class TopicError(StreamrecError):
+    """Topics could not be created or inspected."""
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """events / recommendations / DLQ share the partition count; model-updates is compacted."""
+    p, r = settings.topic_partitions, settings.topic_replication
+    return [
+        NewTopic(settings.events_topic, p, r),
+        NewTopic(settings.recommendations_topic, p, r),
+        NewTopic(settings.dlq_topic, p, r, topic_configs={"retention.ms": str(30 * 86_400_000)}),
+        NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact"}),
+    ]
+
+
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create missing topics; return every topic's partition count. Warns when events has fewer partitions than configured."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_kwargs())
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise TopicError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        for spec in missing:
+            try:
+                await admin.create_topics([spec])
+                log.info("created topic %s (%d partitions)", spec.name, spec.num_partitions)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+        counts: dict[str, int] = {}
+        for _ in range(20):  # freshly created topics take a moment to show their partitions
+            described = await admin.describe_topics([s.name for s in topic_specs(settings)])
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            if all(counts.values()):
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+    if counts.get(settings.events_topic, 0) < settings.topic_partitions:
+        log.warning(
+            "%s has %s partitions, fewer than the configured %d: at most that many workers get work",
+            settings.events_topic, counts.get(settings.events_topic), settings.topic_partitions,
+        )
+    return counts
+
+
+def ensure_topics_sync(settings: Settings) -> dict[str, int]:
+    return asyncio.run(ensure_topics(settings))

@@ -1,0 +1,108 @@
+"""Featurisation shared by training and serving: vocab, padding, event types, time-gap buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.models.config import OOV_INDEX, PAD_INDEX, EncoderConfig
+from streamrec.models.features import (
+    FIRST_EVENT_BUCKET,
+    ItemVocab,
+    UserSequence,
+    exclusion_indices,
+    featurize,
+    time_gap_buckets,
+)
+
+CONFIG = EncoderConfig(n_items=5, event_types=("view", "click"), max_len=4, n_time_buckets=10)
+
+
+def seq(items, types=None, ts=None):
+    types = types or ["view"] * len(items)
+    ts = ts or [1000 * i for i in range(len(items))]
+    return UserSequence(items, types, ts)
+
+
+def test_vocab_reserves_pad_and_oov_and_orders_by_frequency():
+    vocab = ItemVocab.build(["b", "a", "b", "c", "b", "a"])
+    assert vocab.ids == ["<pad>", "<oov>", "b", "a", "c"]
+    assert vocab.index("b") == 2
+    assert vocab.index("never-seen") == OOV_INDEX
+    assert list(vocab.lookup(["c", "zzz", "a"])) == [4, OOV_INDEX, 3]
+    assert "a" in vocab and "<pad>" not in vocab and "zzz" not in vocab
+
+
+def test_vocab_roundtrip(tmp_path):
+    vocab = ItemVocab(["x", "y"])
+    vocab.save(tmp_path / "v.json")
+    assert ItemVocab.load(tmp_path / "v.json").ids == vocab.ids
+
+
+def test_time_gap_buckets_hand_computed():
+    # gaps: -, 0 s, 1 s, 3 s, 1000 s, 2**40 ms (capped), negative (out of order -> 0)
+    ts = [0, 0, 1000, 4000, 1_004_000, 1_004_000 + 2**40, 1_004_000]
+    got = time_gap_buckets(ts, n_buckets=10)
+    # 2 + floor(log2(1 + gap_s)): 0->2, 1->3, 3->4, 1000->2+9=11 capped at 9, huge -> 9, negative -> 2
+    assert got.tolist() == [FIRST_EVENT_BUCKET, 2, 3, 4, 9, 9, 2]
+
+
+def test_featurize_left_pads_and_keeps_newest():
+    vocab = ItemVocab(["a", "b", "c"])
+    batch = featurize(
+        [seq(["a", "b"], ["view", "click"], [0, 2000]), seq(["a", "b", "c", "a", "b", "zzz"])],
+        vocab,
+        CONFIG,
+    )
+    assert batch.item_idx.shape == (2, 4)
+    # Row 0: two padding columns first, newest event in the last column.
+    assert batch.item_idx[0].tolist() == [PAD_INDEX, PAD_INDEX, 2, 3]
+    assert batch.attention_mask[0].tolist() == [0, 0, 1, 1]
+    assert batch.event_type[0].tolist() == [0, 0, 2, 3]
+    assert batch.time_bucket[0].tolist() == [0, 0, FIRST_EVENT_BUCKET, 3]  # 2 s gap -> 2+floor(log2 3)=3
+    # Row 1: truncated to the newest 4 events; unknown item -> OOV; the oldest
+    # kept event gets the "first" bucket because its predecessor was cut off.
+    assert batch.item_idx[1].tolist() == [4, 2, 3, OOV_INDEX]
+    assert batch.time_bucket[1, 0] == FIRST_EVENT_BUCKET
+    assert batch.attention_mask[1].tolist() == [1, 1, 1, 1]
+
+
+def test_featurize_unknown_event_type_and_empty_sequence():
+    vocab = ItemVocab(["a"])
+    batch = featurize([seq(["a"], ["refund"]), UserSequence([], [], [])], vocab, CONFIG)
+    assert batch.event_type[0, -1] == OOV_INDEX
+    # An empty history still gives the encoder one (OOV) position to read.
+    assert batch.item_idx[1].tolist() == [OOV_INDEX]
+    assert batch.attention_mask[1].tolist() == [1]
+
+
+def test_featurize_pad_to_fixed_width():
+    vocab = ItemVocab(["a"])
+    batch = featurize([seq(["a"])], vocab, CONFIG, pad_to=4)
+    assert batch.item_idx.tolist() == [[0, 0, 0, 2]]
+
+
+def test_exclusion_indices_are_known_unique_items_padded_with_zero():
+    vocab = ItemVocab(["a", "b", "c"])
+    ex = exclusion_indices([seq(["a", "a", "zzz"]), seq(["c", "b", "a"])], vocab)
+    assert ex.shape == (2, 3)
+    assert ex[0].tolist() == [2, 0, 0]
+    assert sorted(ex[1].tolist()) == [2, 3, 4]
+
+
+def test_user_sequence_rejects_ragged_fields():
+    with pytest.raises(ValueError, match="differ in length"):
+        UserSequence(["a", "b"], ["view"], [1, 2])
+
+
+def test_same_function_for_training_examples_and_serving():
+    from streamrec.models.train import build_examples
+
+    vocab = ItemVocab(["a", "b", "c"])
+    s = seq(["a", "b", "c"], ["view", "click", "view"], [0, 1000, 5000])
+    examples = build_examples([s], vocab, CONFIG)
+    served = featurize([UserSequence(s.item_ids[:2], s.event_types[:2], s.timestamps_ms[:2])], vocab, CONFIG, pad_to=4)
+    f = examples.features
+    assert np.array_equal(f.item_idx.numpy(), served.item_idx)
+    assert np.array_equal(f.time_bucket.numpy(), served.time_bucket)
+    assert f.targets.tolist() == [[0, 0, 3, 4]]
