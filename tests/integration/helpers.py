@@ -1,0 +1,206 @@
+"""Helpers for integration tests: real worker processes, an independent Kafka client, state reads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streamrec.config import Settings
+from streamrec.stream.window import WindowEntry, decode_window
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see ``settings``."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STREAMREC_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A real `streamrec worker` process."""
+
+    settings: Settings
+    log_path: Path
+    worker_id: str = "w1"
+    web_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self, wait_healthy: float = 90.0) -> "WorkerProcess":
+        env = {**os.environ, **settings_env(self.settings), "STREAMREC_WORKER_ID": self.worker_id,
+               "STREAMREC_WEB_PORT": str(self.web_port)}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec", "worker", "--loglevel", "info"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + wait_healthy
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.health().get("kafka"):
+                return self
+            time.sleep(0.5)
+        raise AssertionError(f"worker not healthy after {wait_healthy}s:\n{self.log_tail()}")
+
+    def health(self) -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return orjson.loads(exc.read())
+        except OSError:
+            return {}
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(timeout=timeout)
+        return self.proc.returncode if self.proc else 0
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None) -> int:
+    """Produce (key, value) pairs with confluent-kafka (librdkafka): a client independent of ours."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 5,
+                         "enable.idempotence": True})
+    count = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic or settings.events_topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+        if count % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0, "not every record was delivered"
+    return count
+
+
+def events_as_records(events: Sequence[dict]) -> list[tuple[bytes, bytes]]:
+    return [(str(e["user_id"]).encode(), orjson.dumps(e)) for e in events]
+
+
+def read_topic(settings: Settings, topic: str, *, min_messages: int = 0, timeout: float = 60.0,
+               idle: float = 3.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Everything on ``topic`` (from the start) once ``min_messages`` arrived and the topic went idle."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got: list[tuple[bytes | None, bytes | None]] = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if len(got) >= min_messages and time.monotonic() - last > idle:
+                    break
+                continue
+            if msg.error():
+                continue
+            got.append((msg.key(), msg.value()))
+            last = time.monotonic()
+    finally:
+        consumer.close()
+    return got
+
+
+def read_windows(settings: Settings, user_ids: Iterable[str]) -> dict[str, list[WindowEntry]]:
+    """Windows straight from Cassandra (a plain driver session, not the worker's store)."""
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    cluster = Cluster(settings.cassandra_contact_points, port=settings.cassandra_port, protocol_version=5,
+                      load_balancing_policy=RoundRobinPolicy())
+    try:
+        session = cluster.connect()
+        stmt = session.prepare(f"SELECT events FROM {settings.cassandra_keyspace}.windows WHERE user_id = ?")
+        out = {}
+        for user in user_ids:
+            row = session.execute(stmt, (user,)).one()
+            out[user] = decode_window(row.events) if row else []
+        return out
+    finally:
+        cluster.shutdown()
+
+
+def expected_windows(events: Sequence[dict], size: int) -> dict[str, list[str]]:
+    """Reference: each user's last ``size`` distinct events by (ts, event_id), as event ids."""
+    per_user: dict[str, dict[str, int]] = {}
+    for e in events:
+        per_user.setdefault(str(e["user_id"]), {}).setdefault(e["event_id"], int(e["ts"]))
+    return {
+        user: [eid for eid, _ in sorted(evs.items(), key=lambda kv: (kv[1], kv[0]))][-size:]
+        for user, evs in per_user.items()
+    }
+
+
+def wait_for_windows(settings: Settings, expected: dict[str, list[str]], timeout: float = 120.0) -> dict[str, list[str]]:
+    """Poll Cassandra until every user's window equals ``expected`` (or time out); returns the last read."""
+    deadline = time.monotonic() + timeout
+    actual: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        actual = {u: [e.event_id for e in w] for u, w in read_windows(settings, expected).items()}
+        if actual == expected:
+            return actual
+        time.sleep(2.0)
+    return actual
+
+
+def committed_lag(settings: Settings) -> int:
+    """Events on the events topic not yet committed by the worker group."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(settings.events_topic, timeout=10)
+        tps = [TopicPartition(settings.events_topic, p) for p in meta.topics[settings.events_topic].partitions]
+        committed = consumer.committed(tps, timeout=10)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()

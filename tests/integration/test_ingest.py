@@ -1,0 +1,154 @@
+"""Ingestion and windows against the real Kafka and Cassandra, with real worker processes."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamrec.config import Settings
+from streamrec.deploy import infra as local
+from streamrec.stream.events import DeadLetter
+from streamrec.stream.generator import SyntheticConfig, generate_events
+from tests.corpus import BAD_RECORDS
+from tests.integration.helpers import (
+    WorkerProcess,
+    committed_lag,
+    events_as_records,
+    expected_windows,
+    produce,
+    read_topic,
+    wait_for_windows,
+)
+
+pytestmark = pytest.mark.integration
+WINDOW = 20
+
+
+@pytest.fixture
+def settings(isolated: Settings, tmp_path: Path) -> Settings:
+    return isolated.with_overrides(window_size=WINDOW, model_dir=tmp_path / "no-models", topic_partitions=4)
+
+
+def synthetic(n_events: int, n_users: int, seed: int = 7) -> list[dict]:
+    return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
+
+
+def late_arrivals(events: list[dict], fraction: float, seed: int = 1) -> list[dict]:
+    """Move a fraction of events to the end of the stream: they arrive out of time order."""
+    rnd = random.Random(seed)
+    late = set(rnd.sample(range(len(events)), int(len(events) * fraction)))
+    return [e for i, e in enumerate(events) if i not in late] + [events[i] for i in sorted(late)]
+
+
+def test_windows_hold_last_n_in_time_order_and_replay_changes_nothing(settings: Settings, tmp_path: Path) -> None:
+    events = synthetic(3000, 200)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(late_arrivals(events, 0.1)))
+        expected = expected_windows(events, WINDOW)
+        assert any(len(v) == WINDOW for v in expected.values()), "the stream must exercise the cap"
+        actual = wait_for_windows(settings, expected)
+        assert actual == expected, f"windows differ for {sum(actual.get(u) != w for u, w in expected.items())} users"
+
+        # Replaying the same events (as after a crash) changes no window.
+        produce(settings, events_as_records(events))
+        deadline = time.monotonic() + 60
+        while committed_lag(settings) > 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert committed_lag(settings) == 0
+        assert wait_for_windows(settings, expected, timeout=10) == expected
+        assert "streamrec_events_total 6000.0" in worker.metrics()
+        assert worker.alive()
+    finally:
+        worker.kill()
+
+
+def test_bad_records_are_dead_lettered_and_valid_ones_stored(settings: Settings, tmp_path: Path) -> None:
+    valid = synthetic(600, 50, seed=3)
+    records: list[tuple[bytes | None, bytes | None]] = []
+    bad_iter = iter(BAD_RECORDS)
+    for i, record in enumerate(events_as_records(valid)):
+        records.append(record)
+        if i % 10 == 0:
+            bad = next(bad_iter, None)
+            if bad is not None:
+                records.append((b"some-key", bad[0]))
+    records.extend((b"some-key", raw) for raw, _ in bad_iter)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, records)
+        expected = expected_windows(valid, WINDOW)
+        assert wait_for_windows(settings, expected) == expected
+        letters = [DeadLetter.from_json(v) for _, v in read_topic(settings, settings.dlq_topic, min_messages=len(BAD_RECORDS))]
+        assert sorted((dl.payload, dl.reason) for dl in letters) == sorted((dl_payload_cap(raw), reason) for raw, reason in BAD_RECORDS)
+        assert all(dl.source_topic == settings.events_topic and dl.source_offset is not None for dl in letters)
+        assert worker.alive() and worker.health().get("kafka")
+        metrics = worker.metrics()
+        assert f"streamrec_events_total {float(len(valid))}" in metrics
+    finally:
+        worker.kill()
+
+
+def dl_payload_cap(raw: bytes) -> bytes:
+    """The dead letter keeps the original bytes up to its size cap (256 KiB)."""
+    return raw[: 256 * 1024]
+
+
+def test_events_keyed_otherwise_are_repartitioned_by_user(settings: Settings, tmp_path: Path) -> None:
+    events = synthetic(400, 30, seed=5)
+    # No key, or a key that is not the user: a producer that did not follow the contract.
+    records = [(None if i % 2 else b"wrong-key", orjson.dumps(e)) for i, e in enumerate(events)]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, records)
+        expected = expected_windows(events, WINDOW)
+        assert wait_for_windows(settings, expected) == expected
+        assert "streamrec_events_repartitioned_total 400.0" in worker.metrics()
+    finally:
+        worker.kill()
+
+
+def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settings, tmp_path: Path) -> None:
+    events = synthetic(6000, 300, seed=11)
+    worker = WorkerProcess(settings, tmp_path / "worker1.log", worker_id="w1").start()
+    produce(settings, events_as_records(events[:3000]))
+    time.sleep(1.5)  # mid-stream: some batches done, some in flight
+    worker.kill()
+    produce(settings, events_as_records(events[3000:]))
+    restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
+    try:
+        expected = expected_windows(events, WINDOW)
+        actual = wait_for_windows(settings, expected)
+        assert actual == expected
+        for window in actual.values():
+            assert len(window) == len(set(window)), "an event entered a window twice"
+    finally:
+        restarted.kill()
+
+
+def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Path) -> None:
+    if local.running_pid(settings, "cassandra") is None:
+        pytest.fail("this test stops and restarts Cassandra, so it must have been started by `streamrec infra up`")
+    events = synthetic(4000, 200, seed=13)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events[:2000]))
+        time.sleep(1.0)
+        local.stop(settings, "cassandra")
+        stopped_at = time.monotonic()
+        produce(settings, events_as_records(events[2000:]))
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped_at)))
+        assert worker.alive(), "the worker must ride out the outage"
+        assert committed_lag(settings) > 0, "offsets must not be committed while Cassandra is down"
+        local.start(settings, "cassandra")
+        expected = expected_windows(events, WINDOW)
+        assert wait_for_windows(settings, expected, timeout=180) == expected
+        assert worker.alive()
+    finally:
+        worker.kill()
+        if not local.is_healthy(settings, "cassandra"):
+            local.start(settings, "cassandra")
