@@ -26,10 +26,13 @@ def cli(ctx: click.Context, log_level: str) -> None:
 def _register_commands() -> None:
     # Each room contributes its own commands; imported lazily inside the
     # modules so that `streamrec infra status` does not import torch.
+    from streamrec.bench.cli import bench
+    from streamrec.demo import demo
     from streamrec.deploy.cli import infra
+    from streamrec.models.cli import eval_, train
     from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
 
-    for command in (infra, worker, produce, tail, inspect, topics, cassandra):
+    for command in (infra, worker, produce, tail, inspect, topics, cassandra, train, eval_, bench, demo):
         cli.add_command(command)
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.models.config import EncoderConfig
-from streamrec.models.data import EventLog, events_from_dicts
+from streamrec.models.data import events_from_dicts
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
 from streamrec.models.features import ItemVocab, UserSequence, featurize

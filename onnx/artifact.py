@@ -8,6 +8,7 @@ Layout of ``<root>/v000007/``::
     metrics.json    training/validation/test metrics
     parity.json     ONNX Runtime vs PyTorch check result
     weights.pt      torch state dict (warm starts, torch-side evaluation)
+    model_fp16.onnx optional half-precision graph for the CUDA provider
     manifest.json   version, created time, sha256 + size of every file above
 
 A version directory appears atomically (written under a temporary name, then
@@ -40,6 +41,7 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 REQUIRED_FILES = (MODEL_FILE, "vocab.json", "config.json", "metrics.json", "parity.json")
 OPTIONAL_FILES = ("weights.pt",)
+FP16_MODEL_FILE = "model_fp16.onnx"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 
 
@@ -94,9 +96,12 @@ def write_artifact(
     real_sequences: Sequence[UserSequence] = (),
     version: int | None = None,
     extra_files: Mapping[str, Path] | None = None,
+    include_fp16: bool = True,
 ) -> Path:
     """Export, parity-check and write ``model`` as the next version under ``root``; return its directory.
 
+    ``include_fp16`` adds ``model_fp16.onnx`` for GPU serving when it passes its
+    own (looser) parity check; it is left out with a warning otherwise.
     ``extra_files`` (e.g. the training-curve PNG) are copied in and checksummed too.
     Raises :class:`ModelError` (and writes nothing) when the ONNX graph does
     not match PyTorch within tolerance.
@@ -104,7 +109,7 @@ def write_artifact(
     import torch
 
     from streamrec.onnx.export import export_onnx
-    from streamrec.onnx.parity import check_parity
+    from streamrec.onnx.parity import FP16_TOLERANCE, check_parity
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -119,20 +124,32 @@ def write_artifact(
             raise ModelError(
                 f"ONNX export failed the parity check (max abs diff {parity.max_abs_diff:.3g} > {parity.tolerance:g})"
             )
+        parity_doc = parity.to_dict()
+        optional = list(OPTIONAL_FILES)
+        if include_fp16:
+            export_onnx(model, tmp / FP16_MODEL_FILE, fp16=True)
+            half = check_parity(model, vocab, tmp / FP16_MODEL_FILE, real_sequences=real_sequences,
+                                tolerance=FP16_TOLERANCE, precision="fp16")
+            parity_doc["fp16"] = half.to_dict()
+            if half.passed:
+                optional.append(FP16_MODEL_FILE)
+            else:
+                log.warning("fp16 export failed its parity check (max abs diff %.3g); artifact ships fp32 only", half.max_abs_diff)
+                (tmp / FP16_MODEL_FILE).unlink()
         vocab.save(tmp / "vocab.json")
         config_doc = {**config.to_dict(), "onnx": {"opset": ONNX_CONFIG.opset, "inputs": list(ONNX_CONFIG.inputs), "outputs": list(ONNX_CONFIG.outputs)}}
         _write_json(tmp / "config.json", config_doc)
         _write_json(tmp / "metrics.json", metrics or {})
-        _write_json(tmp / "parity.json", parity.to_dict())
+        _write_json(tmp / "parity.json", parity_doc)
         torch.save(model.state_dict(), tmp / "weights.pt")
         extra = dict(extra_files or {})
         for name, source in extra.items():
-            if name in (*REQUIRED_FILES, *OPTIONAL_FILES, MANIFEST) or "/" in name:
+            if name in (*REQUIRED_FILES, *optional, FP16_MODEL_FILE, MANIFEST) or "/" in name:
                 raise ModelError(f"extra artifact file name {name!r} is reserved or not a plain name")
             shutil.copyfile(source, tmp / name)
         files = {
             name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in (*REQUIRED_FILES, *OPTIONAL_FILES, *extra)
+            for name in (*REQUIRED_FILES, *optional, *extra)
         }
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         version = version or next_version(root)

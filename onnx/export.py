@@ -10,6 +10,7 @@ indices never to return, 0-padded) and a scalar int64 ``k``; outputs
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -65,11 +66,18 @@ def example_inputs(n_items: int, batch: int = 2, seq: int = 6) -> tuple[torch.Te
     return item_idx, etype, tbucket, mask, exclude, k
 
 
-def export_onnx(model: SequenceEncoder, path: Path, onnx_config: EncoderOnnxConfig = ONNX_CONFIG) -> Path:
-    """Write ``model`` as an ONNX graph at ``path`` (TorchScript exporter, dynamic batch/seq/k)."""
+def export_onnx(
+    model: SequenceEncoder, path: Path, onnx_config: EncoderOnnxConfig = ONNX_CONFIG, *, fp16: bool = False
+) -> Path:
+    """Write ``model`` as an ONNX graph at ``path`` (TorchScript exporter, dynamic batch/seq/k).
+
+    ``fp16`` exports a half-precision copy (for the CUDA provider): integer
+    inputs unchanged, float outputs in fp16.
+    """
     import onnx  # the real package: this folder has no __init__.py on purpose
 
-    head = RankingHead(model).eval()
+    source = copy.deepcopy(model).half() if fp16 else model
+    head = RankingHead(source).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
@@ -92,5 +100,5 @@ def export_onnx(model: SequenceEncoder, path: Path, onnx_config: EncoderOnnxConf
     names = [i.name for i in proto.graph.input]
     if names != list(onnx_config.inputs):
         raise RuntimeError(f"exported graph inputs {names} differ from the contract {list(onnx_config.inputs)}")
-    log.info("exported ONNX (opset %d) to %s (%.1f KiB)", onnx_config.opset, path, path.stat().st_size / 1024)
+    log.info("exported %s ONNX (opset %d) to %s (%.1f KiB)", "fp16" if fp16 else "fp32", onnx_config.opset, path, path.stat().st_size / 1024)
     return path

@@ -24,6 +24,8 @@ from streamrec.onnx.export import RankingHead
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
+# fp16 graphs are compared with the fp32 torch model: ~3 significant digits.
+FP16_TOLERANCE = 5e-2
 
 
 @dataclass
@@ -48,6 +50,7 @@ class ParityResult:
     cases: list[ParityCase] = field(default_factory=list)
     onnxruntime_version: str = ""
     provider: str = "CPUExecutionProvider"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,7 @@ def _random_inputs(n_items: int, n_event_types: int, n_buckets: int, batch: int,
 def _compare(name: str, head: RankingHead, sess, feeds: dict[str, np.ndarray], k: int, tol: float) -> ParityCase:
     feeds = {**feeds, "k": np.array(k, dtype=np.int64)}
     ort_uv, ort_idx, ort_scores = sess.run(list(ONNX_CONFIG.outputs), feeds)
+    ort_uv, ort_scores = ort_uv.astype(np.float32), ort_scores.astype(np.float32)
     with torch.no_grad():
         t_uv, t_idx, t_scores = head(*(torch.from_numpy(feeds[n]) for n in ONNX_CONFIG.inputs))
         full = head.model.item_scores(t_uv).numpy()
@@ -97,6 +101,7 @@ def check_parity(
     real_sequences: Sequence[UserSequence] = (),
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> ParityResult:
     """Run random shapes (batch 1..64, seq 1..max_len, various K) and real sequences through both."""
     import onnxruntime as ort
@@ -126,7 +131,7 @@ def check_parity(
     worst = max(max(c.max_abs_diff_user_vector, c.max_abs_diff_scores) for c in cases)
     result = ParityResult(
         passed=all(c.passed for c in cases), tolerance=tolerance, max_abs_diff=worst,
-        cases=cases, onnxruntime_version=ort.__version__,
+        cases=cases, onnxruntime_version=ort.__version__, precision=precision,
     )
-    log.info("ONNX parity %s: max abs diff %.2e over %d cases", "passed" if result.passed else "FAILED", worst, len(cases))
+    log.info("ONNX %s parity %s: max abs diff %.2e over %d cases", precision, "passed" if result.passed else "FAILED", worst, len(cases))
     return result

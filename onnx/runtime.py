@@ -23,13 +23,12 @@ import onnxruntime as ort
 from streamrec.errors import ModelError
 from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG
 from streamrec.models.features import FeatureBatch, UserSequence, exclusion_indices, featurize
-from streamrec.onnx.artifact import Artifact, load_artifact
+from streamrec.onnx.artifact import FP16_MODEL_FILE, Artifact, load_artifact
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-FP16_MODEL_FILE = "model_fp16.onnx"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,9 @@ def test_artifact_has_passing_parity_and_manifest(artifact):
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert loaded.metrics["test"]["ndcg@10"] == 0.5
     assert loaded.vocab.ids[:2] == ["<pad>", "<oov>"]
+    # The fp16 graph (for GPU serving) is shipped only with its own passing parity record.
+    assert (artifact / "model_fp16.onnx").is_file() and "model_fp16.onnx" in manifest["files"]
+    assert loaded.parity["fp16"]["passed"] and loaded.parity["fp16"]["precision"] == "fp16"
 
 
 def test_versions_increase(tmp_path, tiny_model):
@@ -178,7 +181,17 @@ def test_session_matches_torch_and_honours_the_contract(artifact, tiny_model):
     assert len(rest.item_ids) == N_ITEMS - 20
     with pytest.raises(ValueError):
         session.recommend(seqs, k=N_ITEMS + 1)
+    with pytest.raises(ValueError):
+        session.recommend(seqs, k=0)
     assert session.recommend([], k=3) == []
+
+
+def test_fp16_without_gpu_falls_back_to_fp32(artifact, caplog):
+    with caplog.at_level("WARNING", logger="streamrec.onnx.runtime"):
+        session = EncoderSession.load(artifact, device="cpu", threads=1, fp16=True)
+    assert not session.fp16 and "fp16 requested without a GPU" in caplog.text
+    with pytest.raises(ModelError, match="unknown device"):
+        EncoderSession.load(artifact, device="tpu")
 
 
 def test_train_from_events_writes_a_loadable_artifact(tmp_path):

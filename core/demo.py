@@ -1,0 +1,323 @@
+"""`streamrec demo`: the main job end to end on the local defaults.
+
+1. local Kafka and Cassandra up (unless already reachable), topics created;
+2. a synthetic stream with a planted sequential signal (or a given JSONL file);
+3. a first encoder trained quickly on the stream's first part;
+4. a real worker process started;
+5. the rest of the stream replayed at a set rate, with a progress bar and
+   live recommendations for a few users;
+6. a summary: events/s, end-to-end latency (event produced → recommendation
+   consumed, measured here, independently of the worker), online hit@10 of
+   the model against a popularity baseline on the same replay, dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import orjson
+
+from streamrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSummary:
+    """What the demo prints at the end (and writes as JSON)."""
+
+    events_replayed: int
+    events_processed: int
+    dead_lettered: int
+    recommendations_received: int
+    replay_seconds: float
+    events_per_second: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    online_hit_at_10_model: float
+    online_hit_at_10_popularity: float
+    online_ndcg_at_10_model: float
+    online_ndcg_at_10_popularity: float
+    model_version: int
+    train_seconds: float
+    offline_test: dict[str, float]
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STREAMREC_{name.upper()}"] = str(value)
+    return env
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    """Flatten a Prometheus exposition into ``name{labels}`` → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def _fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.read().decode()
+    except OSError:
+        return None
+
+
+def _bad_records(rnd: random.Random, n: int) -> list[bytes]:
+    """A few malformed records, to show dead-lettering in the summary."""
+    samples = [b"{not json", b'{"event_id": "x", "user_id": "u1"}', b'{"event_id": "", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1}',
+               b'{"event_id": "e", "user_id": "u1", "item_id": "i1", "event_type": "teleport", "ts": 1}', b"\xff\xfe"]
+    return [rnd.choice(samples) for _ in range(n)]
+
+
+async def _replay_and_watch(
+    settings: Settings, events: list[dict], rate: float | None, show_users: list[str], bad: list[bytes],
+    idle_timeout: float,
+) -> tuple[dict[str, float], dict[str, float], int, float]:
+    """Produce ``events`` (and the bad records) while consuming recommendations; returns send/receive times."""
+    from aiokafka import AIOKafkaConsumer
+    from tqdm import tqdm
+
+    from streamrec.stream.producer import EventProducer, paced
+    from streamrec.stream.recommendation import Recommendation
+
+    sent_at: dict[str, float] = {}
+    received_at: dict[str, float] = {}
+    count = {"recs": 0}
+    consumer = AIOKafkaConsumer(
+        settings.recommendations_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+        auto_offset_reset="latest", **settings.kafka_client_kwargs(),
+    )
+    await consumer.start()
+    # Make sure the consumer has its position before anything is produced.
+    await consumer.seek_to_end()
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    done = asyncio.Event()
+    shown_last = 0.0
+
+    async def watch() -> None:
+        nonlocal shown_last
+        while not done.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
+            for records in batch.values():
+                for record in records:
+                    rec = Recommendation.from_json(record.value)
+                    count["recs"] += 1
+                    received_at.setdefault(rec.event_id, now)
+                    if rec.user_id in show_users and now - shown_last > 2.0:
+                        shown_last = now
+                        items = ", ".join(i.item_id for i in rec.items[:5])
+                        tqdm.write(f"  live: user {rec.user_id} after {rec.event_id} (model v{rec.model_version}) → {items}")
+
+    watcher = asyncio.create_task(watch())
+    started = time.monotonic()
+    bad_every = max(1, len(events) // max(1, len(bad))) if bad else 0
+    async with EventProducer(settings) as producer:
+        with tqdm(total=len(events), unit="ev", desc="replay", file=sys.stderr) as bar:
+            i = 0
+            async for event in paced(events, rate):
+                sent_at[event["event_id"]] = time.monotonic()
+                await producer.send(event)
+                if bad_every and i % bad_every == 0 and bad:
+                    await producer.send_raw(bad.pop(), b"demo-bad")
+                i += 1
+                bar.update(1)
+            for raw in bad:
+                await producer.send_raw(raw, b"demo-bad")
+            await producer.flush()
+    replay_seconds = time.monotonic() - started
+    # Wait until the recommendation for each user's last event arrived (or the stream went idle).
+    last_per_user = {e["user_id"]: e["event_id"] for e in events}
+    deadline = time.monotonic() + idle_timeout
+    while time.monotonic() < deadline and not all(eid in received_at for eid in last_per_user.values()):
+        await asyncio.sleep(0.5)
+    done.set()
+    await watcher
+    await consumer.stop()
+    return sent_at, received_at, count["recs"], replay_seconds
+
+
+def run_demo(
+    settings: Settings, *, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
+    num_items: int, rate: float | None, epochs: int, seed: int, stop_infra: bool, bad_records: int,
+    idle_timeout: float,
+) -> DemoSummary:
+    """Run the whole demo; returns (and prints) the summary."""
+    from streamrec.deploy import infra as local
+    from streamrec.models.train import train_from_events
+    from streamrec.stream.generator import SyntheticConfig, generate_events
+    from streamrec.stream.producer import read_jsonl
+    from streamrec.stream.topics import ensure_topics_sync
+
+    run_id = time.strftime("%Y%m%d_%H%M%S")
+    settings = settings.with_overrides(
+        topic_prefix=f"{settings.topic_prefix}.demo-{run_id}",
+        cassandra_keyspace=f"demo_{run_id}",
+        consumer_group=f"streamrec-demo-{run_id}",
+        model_dir=settings.state_dir / "demo" / run_id / "models",
+        worker_id="demo-worker",
+    )
+    out_dir = settings.state_dir / "demo" / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    click.secho("== 1/5 local Kafka and Cassandra", bold=True)
+    missing = [s for s in local.SERVERS if not local.is_healthy(settings, s)]
+    if missing:
+        local.up(settings, tuple(missing), progress=click.echo)
+    counts = ensure_topics_sync(settings)
+    click.echo(f"topics: {', '.join(sorted(counts))}")
+
+    click.secho("== 2/5 data", bold=True)
+    if events_file is not None:
+        events = list(read_jsonl(events_file))
+    else:
+        events = list(generate_events(SyntheticConfig(num_users=num_users, num_items=num_items, num_events=num_events, seed=seed)))
+    split = int(len(events) * train_fraction)
+    history, replay = events[:split], events[split:]
+    click.echo(f"{len(events)} events: {len(history)} to train the first model, {len(replay)} to replay")
+
+    click.secho("== 3/5 first model", bold=True)
+    t0 = time.monotonic()
+    artifact = train_from_events(history, settings.models_path, epochs=epochs, seed=seed, progress=True)
+    train_seconds = time.monotonic() - t0
+    metrics_path = artifact / "metrics.json"
+    offline = json.loads(metrics_path.read_text()).get("test", {}) if metrics_path.exists() else {}
+    click.echo(f"model {artifact.name} trained in {train_seconds:.0f}s; offline test {offline}")
+
+    click.secho("== 4/5 worker", bold=True)
+    web_port = settings.web_port
+    log_path = out_dir / "worker.log"
+    env = {**os.environ, **_settings_env(settings)}
+    with open(log_path, "ab") as worker_log:
+        worker = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--loglevel", "warn"],
+                                  env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            health = _fetch(f"http://127.0.0.1:{web_port}/health")
+            if health and json.loads(health).get("model"):
+                break
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"the worker did not become ready; see {log_path}")
+            time.sleep(0.5)
+        click.echo(f"worker ready: {health.strip()}  (metrics: http://127.0.0.1:{web_port}/metrics)")
+
+        click.secho("== 5/5 replay", bold=True)
+        rnd = random.Random(seed)
+        users = sorted({e["user_id"] for e in replay})
+        show = rnd.sample(users, min(3, len(users)))
+        sent, received, recs, replay_seconds = asyncio.run(
+            _replay_and_watch(settings, replay, rate, show, _bad_records(rnd, bad_records), idle_timeout)
+        )
+        time.sleep(1.0)
+        values = _metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+    latencies = np.array([(received[e] - sent[e]) * 1000 for e in received if e in sent]) if received else np.array([0.0])
+    first_sent = min(sent.values()) if sent else 0.0
+    last_received = max(received.values()) if received else first_sent
+    processed = int(values.get("streamrec_events_total", 0))
+
+    def ratio(name: str, model: str) -> float:
+        evaluated = values.get(f"streamrec_online_evaluated_total{{model={model}}}", 0.0)
+        return round(values.get(f"{name}{{model={model}}}", 0.0) / evaluated, 4) if evaluated else 0.0
+
+    summary = DemoSummary(
+        events_replayed=len(replay),
+        events_processed=processed,
+        dead_lettered=int(sum(v for k, v in values.items() if k.startswith("streamrec_events_rejected_total"))),
+        recommendations_received=recs,
+        replay_seconds=round(replay_seconds, 2),
+        events_per_second=round(processed / max(1e-9, last_received - first_sent), 1),
+        latency_p50_ms=round(float(np.percentile(latencies, 50)), 1),
+        latency_p99_ms=round(float(np.percentile(latencies, 99)), 1),
+        online_hit_at_10_model=ratio("streamrec_online_hits_total", "encoder"),
+        online_hit_at_10_popularity=ratio("streamrec_online_hits_total", "popularity"),
+        online_ndcg_at_10_model=ratio("streamrec_online_ndcg_sum_total", "encoder"),
+        online_ndcg_at_10_popularity=ratio("streamrec_online_ndcg_sum_total", "popularity"),
+        model_version=int(values.get("streamrec_model_version", 0)),
+        train_seconds=round(train_seconds, 1),
+        offline_test=offline,
+    )
+    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    _print_summary(summary, settings, out_dir)
+    if stop_infra:
+        local.down(settings, progress=click.echo)
+    else:
+        click.echo("Kafka and Cassandra are still running; stop them with `streamrec infra down`.")
+    return summary
+
+
+def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
+    click.secho("\n== summary", bold=True)
+    rows = [
+        ("events replayed / processed", f"{s.events_replayed} / {s.events_processed}"),
+        ("dead-lettered (bad records injected)", f"{s.dead_lettered}"),
+        ("recommendations received", f"{s.recommendations_received}"),
+        ("throughput (first send → last recommendation)", f"{s.events_per_second:.0f} events/s"),
+        ("end-to-end latency p50 / p99", f"{s.latency_p50_ms:.1f} ms / {s.latency_p99_ms:.1f} ms"),
+        ("online hit@10: model vs popularity", f"{s.online_hit_at_10_model:.3f} vs {s.online_hit_at_10_popularity:.3f}"),
+        ("online NDCG@10: model vs popularity", f"{s.online_ndcg_at_10_model:.3f} vs {s.online_ndcg_at_10_popularity:.3f}"),
+        ("model version served", f"{s.model_version}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
+    click.echo(f"summary JSON: {out_dir / 'summary.json'}")
+    click.echo(f"look around: STREAMREC_TOPIC_PREFIX={settings.topic_prefix} streamrec tail --from-beginning --max-messages 5")
+    click.echo(f"             STREAMREC_CASSANDRA_KEYSPACE={settings.cassandra_keyspace} streamrec inspect user <user_id>")
+
+
+@click.command()
+@click.option("--events-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Replay this JSONL event log instead of the synthetic stream.")
+@click.option("--events", "num_events", default=40_000, show_default=True, help="Synthetic events in total.")
+@click.option("--train-fraction", default=0.5, show_default=True, help="Share of the stream used to train the first model.")
+@click.option("--users", "num_users", default=2_000, show_default=True)
+@click.option("--items", "num_items", default=2_000, show_default=True)
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Replay rate, events/s (0 = as fast as possible).")
+@click.option("--epochs", default=8, show_default=True, help="Training epochs of the first model.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--bad-records", default=20, show_default=True, help="Malformed records mixed into the replay.")
+@click.option("--idle-timeout", default=60.0, show_default=True, help="Seconds to wait for the last recommendations.")
+@click.option("--stop-infra", is_flag=True, help="Stop Kafka and Cassandra at the end.")
+@click.pass_obj
+def demo(settings: Settings, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
+         num_items: int, rate: float, epochs: int, seed: int, bad_records: int, idle_timeout: float,
+         stop_infra: bool) -> None:
+    """The main job end to end on the local defaults (see README)."""
+    run_demo(settings, events_file=events_file, num_events=num_events, train_fraction=train_fraction,
+             num_users=num_users, num_items=num_items, rate=rate or None, epochs=epochs, seed=seed,
+             stop_infra=stop_infra, bad_records=bad_records, idle_timeout=idle_timeout)
