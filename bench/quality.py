@@ -53,6 +53,12 @@ RECBOLE_DEPS = (
     "tqdm",
 )
 
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+
 # Targets from DESIGN.md ("Targets"): RecBole 1.2.1 SASRec, CE, measured once to convergence.
 RECBOLE_REFERENCE = {"ndcg@10": 0.064, "recall@10": 0.135, "ndcg@20": 0.090, "recall@20": 0.240}
 
@@ -200,6 +206,10 @@ def run_recbole(
             "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
             "PYTHONWARNINGS": "ignore",
         }
+        # DESIGN.md machine notes: without these glibc returns and re-maps big
+        # tensor buffers every step (most CPU time in the kernel).
+        for key, value in MALLOC_ENV.items():
+            env.setdefault(key, value)
         started = time.perf_counter()
         proc = subprocess.run(
             [str(python), "-c", _RECBOLE_SCRIPT, json.dumps({"dataset": name, "config": config})],

@@ -217,3 +217,13 @@ def test_training_is_deterministic_by_seed(tmp_path):
     a, b, c = (r.model.item_emb.weight.detach() for r in runs)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+
+
+def test_backbone_is_configurable(tmp_path):
+    from streamrec.models.train import train_from_events
+
+    config = EncoderConfig(**{**TINY.to_dict(), "backbone": "llama"})
+    art = load_artifact(train_from_events(synthetic_events(), tmp_path, epochs=1, model_config=config))
+    assert art.config.backbone == "llama" and art.parity["passed"]
+    with pytest.raises(ModelError, match="unknown transformers backbone"):
+        SequenceEncoder(EncoderConfig(**{**TINY.to_dict(), "n_items": 5, "backbone": "no-such-model"}))

@@ -1,0 +1,149 @@
+"""Event in, recommendation out: real worker, real Kafka and Cassandra, a real trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from streamrec.config import Settings
+from streamrec.stream.events import load_schema
+from streamrec.stream.generator import SyntheticConfig, generate_events
+from streamrec.stream.recommendation import Recommendation
+from tests.integration.helpers import WorkerProcess, events_as_records, produce, read_topic, settings_env
+
+pytestmark = pytest.mark.integration
+
+# A strong planted sequential signal: most next items are the current item's successor.
+PLANTED = dict(num_users=400, num_items=300, cluster_size=30, p_follow=0.8, p_same_cluster=0.1, p_repeat=0.02)
+
+
+@pytest.fixture(scope="module")
+def planted_stream() -> list[dict]:
+    return list(generate_events(SyntheticConfig(num_events=12_000, seed=21, **PLANTED)))
+
+
+@pytest.fixture(scope="module")
+def trained_model_dir(planted_stream: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from streamrec.models.train import train_from_events
+
+    models = tmp_path_factory.mktemp("models")
+    train_from_events(planted_stream[:6000], models, epochs=6, seed=0)
+    return models
+
+
+@pytest.fixture
+def settings(isolated: Settings, trained_model_dir: Path) -> Settings:
+    return isolated.with_overrides(model_dir=trained_model_dir, topic_partitions=4)
+
+
+def _recommendations(settings: Settings, min_messages: int) -> list[Recommendation]:
+    raw = read_topic(settings, settings.recommendations_topic, min_messages=min_messages, timeout=120)
+    return [Recommendation.from_json(v) for _, v in raw]
+
+
+def test_recommendations_follow_the_schema_one_per_user_per_batch(
+    settings: Settings, planted_stream: list[dict], tmp_path: Path
+) -> None:
+    events = planted_stream[6000:7000]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events))
+        users = {e["user_id"] for e in events}
+        raw = read_topic(settings, settings.recommendations_topic, min_messages=len(users), timeout=120)
+    finally:
+        worker.kill()
+    schema = load_schema("recommendation")
+    for key, value in raw:
+        jsonschema.validate(orjson.loads(value), schema)
+    recs = [Recommendation.from_json(v) for _, v in raw]
+    assert {r.user_id for r in recs} == users
+    assert all(key == r.user_id.encode() for (key, _), r in zip(raw, recs))
+    assert {r.model_version for r in recs} == {1}
+    assert all(len(r.items) == settings.top_k for r in recs)
+    # One message per user per batch: never two for the same triggering event.
+    assert max(Counter(r.dedup_key for r in recs).values()) == 1
+    # The last message for each user was triggered by the user's last event.
+    last_event = {e["user_id"]: e["event_id"] for e in events}
+    last_message = {}
+    for r in recs:
+        last_message[r.user_id] = r.event_id
+    assert last_message == last_event
+    # Items in the user's window are excluded from the final recommendation.
+    window: dict[str, list[str]] = {}
+    for e in events:
+        window.setdefault(e["user_id"], []).append(e["item_id"])
+    final = {r.user_id: r for r in recs}
+    for user, rec in final.items():
+        assert not {i.item_id for i in rec.items} & set(window[user][-settings.window_size:])
+
+
+def test_planted_sequence_beats_popularity_by_a_wide_margin(
+    settings: Settings, planted_stream: list[dict], tmp_path: Path
+) -> None:
+    events = planted_stream[6000:]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events))
+        recs = _recommendations(settings, min_messages=len({e["user_id"] for e in events}))
+        metrics = worker.metrics()
+    finally:
+        worker.kill()
+    scored = [r.online for r in recs if r.online is not None]
+    assert len(scored) > 1000
+    model_hit = sum(o.hit for o in scored) / len(scored)
+
+    def value(name: str) -> float:
+        line = next(ln for ln in metrics.splitlines() if ln.startswith(name))
+        return float(line.rsplit(" ", 1)[1])
+
+    popularity_hit = value('streamrec_online_hits_total{model="popularity"}') / value(
+        'streamrec_online_evaluated_total{model="popularity"}'
+    )
+    assert model_hit > 2 * popularity_hit and model_hit - popularity_hit > 0.2, (model_hit, popularity_hit)
+
+
+def test_unknown_user_and_unknown_items_are_served(settings: Settings, tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    events = [
+        {"event_id": f"new-{i}", "user_id": "brand-new-user", "item_id": f"never-seen-item-{i}",
+         "event_type": "view", "ts": now + i}
+        for i in range(3)
+    ]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events))
+        recs = _recommendations(settings, min_messages=1)
+        assert worker.alive()
+    finally:
+        worker.kill()
+    assert recs and all(r.user_id == "brand-new-user" for r in recs)
+    assert len(recs[-1].items) == settings.top_k
+    assert recs[-1].event_id == "new-2"
+
+
+def test_demo_runs_to_completion(infra: Settings, tmp_path: Path) -> None:
+    env = {**os.environ, **settings_env(infra), "STREAMREC_STATE_DIR": str(tmp_path / "state"),
+           "STREAMREC_ARTIFACTS_DIR": str(infra.lib_path), "STREAMREC_WEB_PORT": "6091"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamrec", "demo", "--events", "4000", "--users", "200", "--items", "300",
+         "--epochs", "2", "--rate", "0", "--bad-records", "7", "--idle-timeout", "60"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summaries = list((tmp_path / "state" / "demo").glob("*/summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    assert summary["events_processed"] == summary["events_replayed"] == 2000
+    assert summary["dead_lettered"] == 7
+    assert summary["model_version"] == 1
+    assert summary["recommendations_received"] > 0
+    assert "online hit@10: model vs popularity" in proc.stdout
