@@ -90,7 +90,8 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
     recbole = None
     if with_recbole or recbole_only:
         recbole = run_recbole(path, venv=recbole_venv or settings.state_dir / "recbole-venv",
-                              epochs=recbole_epochs, device=recbole_device)
+                              epochs=recbole_epochs, device=recbole_device,
+                              log_path=out.with_suffix(".recbole.log"))
     result = {"benchmark": "quality", "data": str(path), "ours": ours, "recbole": recbole, "comparison": compare(ours, recbole)}
     click.echo(format_table(result["comparison"]["rows"]))
     _write(result, out)

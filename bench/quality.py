@@ -167,6 +167,7 @@ def run_recbole(
     seed: int = 2020,
     timeout_s: float | None = None,
     device: str = "cpu",
+    log_path: Path | None = None,
 ) -> dict[str, Any]:
     """RecBole SASRec (CE loss, max length 50, lr 0.002, batch 1024, early stop on valid NDCG@10)."""
     python = recbole_python(venv)
@@ -211,15 +212,20 @@ def run_recbole(
         for key, value in MALLOC_ENV.items():
             env.setdefault(key, value)
         started = time.perf_counter()
-        proc = subprocess.run(
-            [str(python), "-c", _RECBOLE_SCRIPT, json.dumps({"dataset": name, "config": config})],
-            capture_output=True, text=True, env=env, cwd=tmp, timeout=timeout_s, check=False,
-        )
+        log_file = log_path or Path(tmp) / "recbole.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log.info("running RecBole SASRec (epoch cap %d); its log: %s", epochs, log_file)
+        with log_file.open("w") as sink:
+            # RecBole logs per epoch; streaming to a file lets a long run be watched with tail -f.
+            proc = subprocess.run(
+                [str(python), "-c", _RECBOLE_SCRIPT, json.dumps({"dataset": name, "config": config})],
+                stdout=sink, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp, timeout=timeout_s, check=False,
+            )
         wall = time.perf_counter() - started
-    result_lines = [l for l in proc.stdout.splitlines() if l.startswith("RECBOLE_RESULT ")]
+        output = log_file.read_text()
+    result_lines = [l for l in output.splitlines() if l.startswith("RECBOLE_RESULT ")]
     if proc.returncode != 0 or not result_lines:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise StreamrecError(f"RecBole SASRec run failed (exit {proc.returncode}):\n{tail}")
+        raise StreamrecError(f"RecBole SASRec run failed (exit {proc.returncode}):\n{output[-3000:]}")
     out = json.loads(result_lines[-1].removeprefix("RECBOLE_RESULT "))
     out["test"] = {k.lower(): v for k, v in out["test"].items()}
     out["valid"] = {k.lower(): v for k, v in out["valid"].items()}
