@@ -33,6 +33,11 @@ class WorkerMetrics:
             "streamrec_event_to_recommendation_seconds", "Event ts to recommendation emitted",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.append_to_emit = Histogram(
+            "streamrec_append_to_recommendation_seconds",
+            "Kafka append time (record timestamp) of the triggering event to recommendation emitted",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
         self.consume_to_emit = Histogram(
             "streamrec_consume_to_recommendation_seconds", "Batch consumed to recommendations emitted",
             buckets=_LATENCY_BUCKETS, registry=r,

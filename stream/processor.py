@@ -175,6 +175,7 @@ class BatchProcessor:
         deliveries: list[Awaitable[Any]] = []
 
         by_user: dict[str, list[Event]] = {}
+        appended_ms: dict[str, int] = {}  # Kafka timestamp of each user's triggering record
         for record in records:
             parsed = parse_event(record.value, rules=self.rules)
             if isinstance(parsed, Rejection):
@@ -187,18 +188,29 @@ class BatchProcessor:
                 report.repartitioned += 1
             else:
                 by_user.setdefault(parsed.user_id, []).append(parsed)
+                if record.timestamp_ms is not None:
+                    appended_ms[parsed.user_id] = record.timestamp_ms
                 report.events += 1
         self.metrics.repartitioned.inc(report.repartitioned)
         self.metrics.events.inc(report.events)
 
         if by_user:
-            windows, report.duplicates = await self._retry("window update", lambda: self._update_windows(by_user))
+            windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
             self.metrics.duplicates.inc(report.duplicates)
-            recommendations, states = self._recommend(by_user, windows)
-            for rec in recommendations:
-                deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
-            report.recommendations = recommendations
-            await self._retry("user state", lambda: self._timed("save_user_states", self.store.save_user_states(states)))
+            # The window write, the encoder call and the Kafka sends overlap;
+            # the batch is acknowledged only after all of them completed.
+            window_write = asyncio.ensure_future(self._retry("window write", lambda: self._save_windows(changed)))
+            try:
+                recommendations, states = self._recommend(by_user, windows)
+                for rec in recommendations:
+                    deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
+                report.recommendations = recommendations
+                await self._retry("user state", lambda: self._timed("save_user_states", self.store.save_user_states(states)))
+            finally:
+                await window_write
+            # Only after the write succeeded: a failed batch is retried from the stored state.
+            for user_id in by_user:
+                self.cache.put(windows[user_id])
 
         # Kafka deliveries last but before returning: the caller acks after this.
         await asyncio.gather(*deliveries)
@@ -207,6 +219,8 @@ class BatchProcessor:
         self.metrics.consume_to_emit.observe(now - started)
         for rec in report.recommendations:
             self.metrics.event_to_emit.observe(max(0.0, now - rec.event_ts_ms / 1000.0))
+            if rec.user_id in appended_ms:
+                self.metrics.append_to_emit.observe(max(0.0, now - appended_ms[rec.user_id] / 1000.0))
         return report
 
     # ------------------------------------------------------------------ #
@@ -220,7 +234,10 @@ class BatchProcessor:
         log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
         return await self.sink.send(self.settings.dlq_topic, record.key, letter.to_json())
 
-    async def _update_windows(self, by_user: dict[str, list[Event]]) -> tuple[dict[str, StoredWindow], int]:
+    async def _merge_windows(
+        self, by_user: dict[str, list[Event]]
+    ) -> tuple[dict[str, StoredWindow], list[StoredWindow], int]:
+        """Each user's window after this batch, the ones that changed, and the duplicate count."""
         windows: dict[str, StoredWindow] = {}
         missing = []
         for user_id in by_user:
@@ -249,12 +266,11 @@ class BatchProcessor:
                 updated = StoredWindow(user_id, tuple(entries), current.seq + max(1, stats.added))
                 windows[user_id] = updated
                 changed.append(updated)
+        return windows, changed, duplicates
+
+    async def _save_windows(self, changed: list[StoredWindow]) -> None:
         if changed:
             await self._timed("save_windows", self.store.save_windows(changed, self._ttl_s))
-        # Only after the write succeeded: a failed batch is retried from the stored state.
-        for user_id in by_user:
-            self.cache.put(windows[user_id])
-        return windows, duplicates
 
     def _recommend(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]

@@ -1,0 +1,136 @@
+"""The batch processor with the in-memory store and a recording sink (no Kafka, no Cassandra)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from streamrec.config import Settings
+from streamrec.stream.events import DeadLetter
+from streamrec.stream.processor import BatchProcessor, SourceRecord, score_previous
+from streamrec.stream.recommendation import Recommendation
+from streamrec.stream.state.memory import InMemoryStore
+
+
+@dataclass
+class RecordingSink:
+    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+        self.sent.append((topic, key, value))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def on(self, topic: str) -> list[tuple[bytes | None, bytes]]:
+        return [(k, v) for t, k, v in self.sent if t == topic]
+
+
+SETTINGS = Settings(window_size=3, top_k=2)
+
+
+def event(n: int, user: str = "u1", item: str | None = None, ts: int | None = None) -> dict:
+    return {"event_id": f"e{n}", "user_id": user, "item_id": item or f"i{n}", "event_type": "view",
+            "ts": ts if ts is not None else 1_700_000_000_000 + n}
+
+
+def record(e: dict | bytes, offset: int = 0, key: bytes | None | str = "auto") -> SourceRecord:
+    value = e if isinstance(e, bytes) else orjson.dumps(e)
+    if key == "auto":
+        key = e["user_id"].encode() if isinstance(e, dict) else b"k"
+    return SourceRecord("streamrec.events", 0, offset, key, value, 1_700_000_000_000)
+
+
+def run(processor: BatchProcessor, records: list[SourceRecord]):
+    return asyncio.run(processor.process(records))
+
+
+def make(store: InMemoryStore | None = None) -> tuple[BatchProcessor, InMemoryStore, RecordingSink]:
+    store = store or InMemoryStore()
+    sink = RecordingSink()
+    return BatchProcessor(SETTINGS, store, sink, retry_max_delay_s=0.01), store, sink
+
+
+def test_window_keeps_last_n_in_time_order_and_one_recommendation_per_user() -> None:
+    processor, store, sink = make()
+    events = [event(5), event(1), event(3), event(2), event(4), event(10, user="u2")]
+    report = run(processor, [record(e, i) for i, e in enumerate(events)])
+    assert report.events == 6 and report.rejected == 0
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e3", "e4", "e5"]
+    recs = [Recommendation.from_json(v) for _, v in sink.on(SETTINGS.recommendations_topic)]
+    assert sorted(r.user_id for r in recs) == ["u1", "u2"]
+    # The triggering event is the user's last in the batch (arrival order).
+    assert {r.user_id: r.event_id for r in recs} == {"u1": "e4", "u2": "e10"}
+    assert set(store.states) == {"u1", "u2"}
+
+
+def test_replay_changes_nothing_in_state() -> None:
+    processor, store, _ = make()
+    records = [record(event(i), i) for i in range(6)]
+    run(processor, records)
+    before = store.windows["u1"]
+    processor.on_rebalance()  # forget the cache: the replay reads the stored window
+    report = run(processor, records)
+    assert store.windows["u1"] == before
+    assert report.duplicates >= 3
+
+
+def test_bad_records_go_to_the_dead_letter_topic_and_valid_ones_are_kept() -> None:
+    processor, store, sink = make()
+    records = [record(b"{oops", 0), record(event(1), 1), record(b'{"event_id": "x"}', 2), record(event(2), 3)]
+    report = run(processor, records)
+    assert report.rejected == 2 and report.events == 2
+    letters = [DeadLetter.from_json(v) for _, v in sink.on(SETTINGS.dlq_topic)]
+    assert [(d.reason, d.source_offset, d.payload) for d in letters] == [
+        ("malformed_json", 0, b"{oops"), ("missing_field", 2, b'{"event_id": "x"}')]
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e1", "e2"]
+
+
+def test_events_with_another_key_are_rekeyed_not_processed() -> None:
+    processor, store, sink = make()
+    report = run(processor, [record(event(1), 0, key=None), record(event(2), 1, key=b"other")])
+    assert report.repartitioned == 2 and report.events == 0
+    assert [k for k, _ in sink.on(SETTINGS.events_topic)] == [b"u1", b"u1"]
+    assert store.windows == {}
+
+
+def test_store_failures_are_retried_not_dropped() -> None:
+    store = InMemoryStore()
+    store.fail_next = 4
+    processor, _, sink = make(store)
+    report = run(processor, [record(event(i), i) for i in range(3)])
+    assert report.events == 3
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e0", "e1", "e2"]
+    assert len(sink.on(SETTINGS.recommendations_topic)) == 1
+    assert processor.metrics.cassandra_errors._value.get() == 4
+
+
+def test_without_a_model_new_users_get_popular_items_they_have_not_seen() -> None:
+    processor, _, sink = make()
+    run(processor, [record(event(i, user=f"a{i}", item="hot"), i) for i in range(3)]
+        + [record(event(9, user="a9", item="warm"), 9)])
+    run(processor, [record(event(20, user="newbie", item="cold"), 20)])
+    rec = Recommendation.from_json(sink.on(SETTINGS.recommendations_topic)[-1][1])
+    assert rec.user_id == "newbie" and rec.model_version == 0
+    assert [i.item_id for i in rec.items] == ["hot", "warm"]
+
+
+def test_online_evaluation_scores_the_previous_recommendation_against_the_next_event() -> None:
+    processor, _, sink = make()
+    run(processor, [record(event(i, user=f"a{i}", item="hot"), i) for i in range(3)])
+    run(processor, [record(event(10, user="u1", item="x"), 10)])  # recommended: hot
+    run(processor, [record(event(11, user="u1", item="hot"), 11)])
+    rec = Recommendation.from_json(sink.on(SETTINGS.recommendations_topic)[-1][1])
+    assert rec.online is not None and rec.online.hit and rec.online.rank == 1
+    assert rec.online.previous_event_id == "e10"
+
+
+@pytest.mark.parametrize(
+    "previous, nxt, expected",
+    [(["a", "b", "c"], "a", (True, 1, 1.0)), (["a", "b", "c"], "c", (True, 3, 0.5)), (["a"], "z", (False, None, 0.0))],
+)
+def test_score_previous(previous: list[str], nxt: str, expected: tuple) -> None:
+    assert score_previous(previous, nxt) == expected

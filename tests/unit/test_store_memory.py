@@ -1,0 +1,18 @@
+"""The store contract against the in-memory twin."""
+
+import asyncio
+
+import pytest
+
+from streamrec.stream.state.memory import InMemoryStore
+from tests.store_contract import CHECKS, StoreContract
+
+
+class MemoryContract(StoreContract):
+    async def make_store(self) -> InMemoryStore:
+        return InMemoryStore()
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_memory_store_contract(check: str) -> None:
+    asyncio.run(getattr(MemoryContract(), check)())
