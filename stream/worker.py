@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -29,13 +30,14 @@ def open_store_with_retry(settings: Settings, wait_s: float = 120.0) -> Cassandr
             time.sleep(2.0)
 
 
-def latest_model_path(settings: Settings) -> Path | None:
-    """The newest verifiable model under the model directory, if any."""
-    from streamrec.onnx.artifact import latest_artifact
+def live_model_path(settings: Settings) -> Path | None:
+    """The registry's live version, if any."""
+    from streamrec.onnx.registry import ModelRegistry
 
     try:
-        return latest_artifact(settings.models_path).path
-    except ModelError:
+        return ModelRegistry.at(settings.models_path).live_path()
+    except (ModelError, OSError) as exc:
+        log.error("cannot read the model registry at %s: %s", settings.models_path, exc)
         return None
 
 
@@ -47,19 +49,41 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     store = open_store_with_retry(settings)
     ensure_topics_sync(settings)
     models = ModelHolder(threads=settings.onnx_threads)
-    path = latest_model_path(settings)
+    path = live_model_path(settings)
     if path is None:
         log.warning("no model under %s: serving the popularity fallback (model_version 0) until one is published",
                     settings.models_path)
     else:
-        models.load_now(path)
+        try:
+            models.load_now(path)
+        except ModelError as exc:
+            log.error("REFUSED the live model %s at start-up: %s; serving the popularity fallback", path, exc)
     app, _processor = create_app(settings, store, models, worker_id=worker_id)
 
+    def consider(path: Path | None) -> None:
+        if path is not None and models.wants(path):
+            models.request(path)  # loads, verifies and warms in the background
+
+    @app.task
+    async def follow_announcements() -> None:
+        from streamrec.onnx.registry import ModelRegistry
+        from streamrec.stream.model_updates import watch_announcements
+
+        registry = ModelRegistry.at(settings.models_path)
+
+        async def on_announcement(message: "object") -> None:
+            consider(registry.storage.artifact_path(message.version))  # type: ignore[attr-defined]
+
+        await watch_announcements(settings, on_announcement, asyncio.Event())
+
     @app.timer(interval=5.0)
-    async def watch_models() -> None:
-        # New versions appear in the model directory (the registry); load in the background.
-        newest = latest_model_path(settings)
-        if newest is not None and models.wants(newest):
-            models.request(newest)
+    async def poll_registry() -> None:
+        # Safety net for a missed announcement: the registry's LIVE pointer is the truth.
+        consider(live_model_path(settings))
+
+    @app.timer(interval=1.0)
+    async def swap_when_idle() -> None:
+        # The agent swaps between batches; this covers a worker with no traffic.
+        await models.maybe_swap()
 
     faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
