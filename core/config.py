@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     exclude_seen: bool = True
     worker_id: str | None = None
     web_port: int = 6066
+    shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish the in-flight batch
     model_dir: Path | None = None
     onnx_threads: int = 0  # 0 = let ONNX Runtime decide (physical cores)
 

@@ -109,9 +109,19 @@ def create_app(
                 )
                 for e in batch
             ]
+            in_flight = asyncio.ensure_future(processor.process(records))
             try:
-                await processor.process(records)
+                await asyncio.shield(in_flight)
             except asyncio.CancelledError:
+                # Shutting down (SIGTERM): let the in-flight batch finish, bounded,
+                # and acknowledge it so its offsets are committed on the way out.
+                done, _ = await asyncio.wait({in_flight}, timeout=settings.shutdown_grace_s)
+                if in_flight in done and in_flight.exception() is None:
+                    for event in batch:
+                        await stream.ack(event)
+                    log.info("finished the in-flight batch of %d events before stopping", len(batch))
+                else:
+                    in_flight.cancel()  # not acknowledged: consumed again after restart
                 raise
             except Exception as exc:  # a bug, not bad input: stop rather than skip (nothing is acked)
                 log.critical("batch processing failed; stopping the worker without acknowledging: %r", exc, exc_info=True)

@@ -1,0 +1,114 @@
+"""Fault tolerance with real processes: two workers and a SIGKILL, a broker restart, SIGTERM."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from streamrec.config import Settings
+from streamrec.deploy import infra as local
+from streamrec.stream.generator import SyntheticConfig, generate_events
+from streamrec.stream.recommendation import Recommendation
+from tests.integration.helpers import (
+    WorkerProcess,
+    committed_lag,
+    events_as_records,
+    expected_windows,
+    produce,
+    read_topic,
+    wait_for_windows,
+)
+
+pytestmark = pytest.mark.integration
+WINDOW = 20
+
+
+@pytest.fixture
+def settings(isolated: Settings, tmp_path: Path) -> Settings:
+    return isolated.with_overrides(window_size=WINDOW, model_dir=tmp_path / "no-models", topic_partitions=4)
+
+
+def synthetic(n_events: int, n_users: int, seed: int) -> list[dict]:
+    return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
+
+
+def assert_every_user_served(settings: Settings, events: list[dict]) -> list[Recommendation]:
+    """Each user's last event triggered a recommendation; repeats share (user_id, event_id)."""
+    last = {e["user_id"]: e["event_id"] for e in events}
+    recs = [Recommendation.from_json(v) for _, v in
+            read_topic(settings, settings.recommendations_topic, min_messages=len(last), timeout=120)]
+    triggered = defaultdict(set)
+    for rec in recs:
+        triggered[rec.user_id].add(rec.event_id)
+    missing = [u for u, eid in last.items() if eid not in triggered[u]]
+    assert not missing, f"{len(missing)} users never got a recommendation for their last event"
+    return recs
+
+
+def test_sigkill_of_one_of_two_workers_mid_replay(settings: Settings, tmp_path: Path) -> None:
+    events = synthetic(8000, 400, seed=31)
+    first = WorkerProcess(settings, tmp_path / "w1.log", worker_id="w1").start()
+    second = WorkerProcess(settings, tmp_path / "w2.log", worker_id="w2").start()
+    try:
+        time.sleep(5)  # both in the group
+        produce(settings, events_as_records(events[:4000]))
+        time.sleep(1.0)
+        first.kill()  # mid-replay
+        produce(settings, events_as_records(events[4000:]))
+        expected = expected_windows(events, WINDOW)
+        actual = wait_for_windows(settings, expected, timeout=180)
+        assert actual == expected, "the surviving worker did not take over every partition"
+        assert second.alive()
+        recs = assert_every_user_served(settings, events)
+        assert {r.worker_id for r in recs} == {"w1", "w2"}
+    finally:
+        first.kill()
+        second.kill()
+
+
+def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    if local.running_pid(settings, "kafka") is None:
+        pytest.fail("this test restarts Kafka, so it must have been started by `streamrec infra up`")
+    events = synthetic(4000, 200, seed=37)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events[:2000]))
+        time.sleep(1.0)
+        local.stop(settings, "kafka")
+        time.sleep(5.0)
+        local.start(settings, "kafka")
+        produce(settings, events_as_records(events[2000:]))
+        expected = expected_windows(events, WINDOW)
+        assert wait_for_windows(settings, expected, timeout=180) == expected
+        assert worker.alive(), "the worker must reconnect, not die"
+        assert_every_user_served(settings, events)
+    finally:
+        worker.kill()
+        if not local.is_healthy(settings, "kafka"):
+            local.start(settings, "kafka")
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_path: Path) -> None:
+    events = synthetic(3000, 150, seed=41)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    produce(settings, events_as_records(events))
+    time.sleep(2.0)
+    started = time.monotonic()
+    code = worker.terminate(timeout=60)
+    took = time.monotonic() - started
+    assert code == 0, worker.log_tail()
+    assert took < 45, f"shutdown took {took:.0f}s"
+    # Whatever was acknowledged is in state; the rest is consumed by the next worker.
+    restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
+    try:
+        expected = expected_windows(events, WINDOW)
+        assert wait_for_windows(settings, expected) == expected
+        deadline = time.monotonic() + 30
+        while committed_lag(settings) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert committed_lag(settings) == 0
+    finally:
+        restarted.kill()
