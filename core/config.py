@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     cassandra_version: str = "5.0.7"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    # Optional SASL/PLAIN listener of the local broker ("user:password,..."), for trying security locally.
+    kafka_sasl_port: int | None = None
+    kafka_sasl_users: SecretStr | None = None
     kafka_heap: str = "512m"
     cassandra_native_port: int = 9042
     cassandra_storage_port: int = 7000

@@ -242,17 +242,24 @@ def _kafka_command(settings: Settings, java: str, lib: Path) -> list[str]:
     home = server_dir(settings, "kafka")
     props = home / "server.properties"
     data = home / "data"
+    listeners = [f"PLAINTEXT://localhost:{settings.kafka_port}"]
+    sasl_lines: list[str] = []
+    if settings.kafka_sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://localhost:{settings.kafka_sasl_port}")
+        sasl_lines = _sasl_plain_properties(settings)
+    props.touch(mode=0o600)  # may hold local SASL passwords
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@localhost:{settings.kafka_controller_port}",
-                f"listeners=PLAINTEXT://localhost:{settings.kafka_port},CONTROLLER://localhost:{settings.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://localhost:{settings.kafka_port}",
+                f"listeners={','.join(listeners)},CONTROLLER://localhost:{settings.kafka_controller_port}",
+                f"advertised.listeners={','.join(listeners)}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+                *sasl_lines,
                 f"log.dirs={data}",
                 f"num.partitions={settings.topic_partitions}",
                 "offsets.topic.replication.factor=1",
@@ -310,6 +317,23 @@ def _kafka_command(settings: Settings, java: str, lib: Path) -> list[str]:
         if fmt.returncode != 0:
             raise InfraError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
     return [*jvm, "kafka.Kafka", str(props)]
+
+
+def _sasl_plain_properties(settings: Settings) -> list[str]:
+    """Broker properties for a SASL/PLAIN listener with the configured users."""
+    users = settings.kafka_sasl_users.get_secret_value() if settings.kafka_sasl_users else ""
+    pairs = [u.split(":", 1) for u in users.split(",") if ":" in u]
+    if not pairs:
+        raise InfraError("STREAMREC_KAFKA_SASL_PORT is set but STREAMREC_KAFKA_SASL_USERS has no user:password")
+    for name, _ in pairs:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise InfraError(f"invalid SASL user name {name!r}")
+    entries = " ".join(f'user_{name}="{password}"' for name, password in pairs)
+    return [
+        "sasl.enabled.mechanisms=PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        f"org.apache.kafka.common.security.plain.PlainLoginModule required {entries};",
+    ]
 
 
 # From Cassandra's conf/jvm17-server.options: the module openings it needs on Java 17.
@@ -417,7 +441,8 @@ authorizer: AllowAllAuthorizer
 
 def _ports(settings: Settings, server: str) -> list[int]:
     if server == "kafka":
-        return [settings.kafka_port, settings.kafka_controller_port]
+        return [settings.kafka_port, settings.kafka_controller_port] + (
+            [settings.kafka_sasl_port] if settings.kafka_sasl_port is not None else [])
     return [settings.cassandra_native_port, settings.cassandra_storage_port]
 
 

@@ -1,0 +1,844 @@
+"""Shared machinery of the streaming benchmarks (e2e, latency, scale, state).
+
+Pure parts (unit-tested): percentiles, rate pacing, sustained-rate fitting,
+tables and report assembly. Infrastructure parts: isolated settings per run,
+topics and keyspaces, a fast pre-producer (librdkafka), worker and passthrough
+subprocesses, psutil sampling, an independent consumer of the output topic,
+a committed-offset watcher, and JSON/PNG output.
+
+Everything a run creates is named after its run id (topic prefix, keyspace,
+consumer groups, web ports), so benchmarks never collide with each other, with
+tests, or with the demo; topics and keyspaces are dropped afterwards unless
+``keep`` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import orjson
+
+from streamrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+OUT_DIR = Path("out/bench")
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers (unit-tested)
+# ---------------------------------------------------------------------------
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": …, "p95": …, "p99": …}`` with linear interpolation (numpy's default); None when empty."""
+    data = sorted(float(v) for v in values)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        key = f"p{q:g}"
+        if not data:
+            out[key] = None
+            continue
+        pos = (len(data) - 1) * (q / 100.0)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(data) - 1)
+        out[key] = data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    return out
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, Any]:
+    """Count, mean, max and p50/p95/p99/p99.9 (ms, rounded) of a latency sample."""
+    pct = percentiles(latencies_ms, (50, 95, 99, 99.9))
+    return {
+        "count": len(latencies_ms),
+        "mean_ms": round(sum(latencies_ms) / len(latencies_ms), 2) if latencies_ms else None,
+        "max_ms": round(max(latencies_ms), 2) if latencies_ms else None,
+        **{f"{k}_ms": (round(v, 2) if v is not None else None) for k, v in pct.items()},
+    }
+
+
+def send_deadline(n: int, rate: float, started: float) -> float:
+    """When event ``n`` (0-based) is due under a constant ``rate`` per second starting at ``started``."""
+    if rate <= 0:
+        return started
+    return started + n / rate
+
+
+def due_count(rate: float, started: float, now: float, total: int) -> int:
+    """How many events should have been sent by ``now`` (capped at ``total``); all of them when rate <= 0."""
+    if rate <= 0:
+        return total
+    if now < started:
+        return 0
+    return min(total, int((now - started) * rate) + 1)
+
+
+def sustained_rate(samples: Sequence[tuple[float, float]], total: float, lo: float = 0.1, hi: float = 0.9) -> float | None:
+    """Rate between the moments a cumulative count first reached ``lo`` and ``hi`` of ``total``.
+
+    ``samples`` are ``(time, cumulative count)`` pairs in time order. Cutting
+    the first and last 10 % removes start-up (group join, model warm-up) and
+    the tail (commit interval) from a backlog measurement. The crossing times
+    are interpolated between samples. None if the count never got past ``hi``.
+    """
+    if total <= 0 or len(samples) < 2:
+        return None
+
+    def crossing(target: float) -> float | None:
+        prev_t, prev_c = samples[0]
+        if prev_c >= target:
+            return prev_t
+        for t, c in samples[1:]:
+            if c >= target:
+                if c == prev_c:
+                    return t
+                return prev_t + (t - prev_t) * (target - prev_c) / (c - prev_c)
+            prev_t, prev_c = t, c
+        return None
+
+    t_lo, t_hi = crossing(lo * total), crossing(hi * total)
+    if t_lo is None or t_hi is None or t_hi <= t_lo:
+        return None
+    return (hi - lo) * total / (t_hi - t_lo)
+
+
+def cumulative(timestamps: Iterable[float]) -> list[tuple[float, float]]:
+    """Sorted timestamps as ``(time, cumulative count)`` samples (for :func:`sustained_rate`)."""
+    return [(t, float(i + 1)) for i, t in enumerate(sorted(timestamps))]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    data = sorted(v for v in values if v is not None)
+    if not data:
+        return None
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2
+
+
+def resource_summary(samples: Sequence[dict[str, float]], t0: float | None = None, t1: float | None = None) -> dict[str, Any]:
+    """Mean/max CPU% and max RSS of psutil samples, restricted to ``[t0, t1]`` when given."""
+    window = [s for s in samples if (t0 is None or s["t"] >= t0) and (t1 is None or s["t"] <= t1)] or list(samples)
+    if not window:
+        return {"cpu_mean_pct": None, "cpu_max_pct": None, "rss_max_mb": None, "samples": 0}
+    cpus = [s["cpu_pct"] for s in window]
+    return {
+        "cpu_mean_pct": round(sum(cpus) / len(cpus), 1),
+        "cpu_max_pct": round(max(cpus), 1),
+        "rss_max_mb": round(max(s["rss_mb"] for s in window), 1),
+        "samples": len(window),
+    }
+
+
+def per_second(points: Sequence[tuple[float, float]], qs: Sequence[float] = (50, 99)) -> list[dict[str, float]]:
+    """Bucket ``(seconds since start, latency ms)`` points by whole second: count and percentiles per bucket."""
+    buckets: dict[int, list[float]] = {}
+    for t, v in points:
+        buckets.setdefault(int(t), []).append(v)
+    rows = []
+    for second in sorted(buckets):
+        pct = percentiles(buckets[second], qs)
+        rows.append({"second": second, "count": len(buckets[second]), **{f"{k}_ms": round(v, 2) for k, v in pct.items() if v is not None}})
+    return rows
+
+
+def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A fixed-width text table (right-aligned, numbers formatted compactly)."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in text]
+    return "\n".join(lines)
+
+
+def target_check(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "NOT met"
+
+
+def assemble_report(parts: dict[str, dict[str, Any] | None], machine: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """One combined report: each benchmark's result, its headline, the machine, and failures."""
+    headlines: dict[str, Any] = {}
+    for name, result in parts.items():
+        if result is not None:
+            headlines[name] = result.get("headline", {})
+    return {
+        "benchmark": "all",
+        "machine": machine,
+        "headlines": headlines,
+        "results": {k: v for k, v in parts.items() if v is not None},
+        "errors": dict(errors or {}),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when a benchmark ran, with the load (others share this box)."""
+    info: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        info["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:  # psutil missing is not a reason to fail a report
+        pass
+    return info
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Isolation: settings, topics, keyspaces
+# ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def new_run_id() -> str:
+    return f"{int(time.time()) % 10_000_000}{os.getpid() % 1000:03d}"
+
+
+def isolated_settings(base: Settings, bench: str, run_id: str, **overrides: Any) -> Settings:
+    """Settings with this run's own topic prefix, keyspace, consumer group and web port."""
+    return base.with_overrides(
+        topic_prefix=f"bench-{bench}-{run_id}",
+        cassandra_keyspace=f"bench_{bench}_{run_id}",
+        consumer_group=f"bench-{bench}-{run_id}",
+        web_port=free_port(),
+        **overrides,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process see ``settings``."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"STREAMREC_{name.upper()}"] = str(value)
+    return env
+
+
+def create_topics(settings: Settings, extra: Sequence[str] = (), partitions: int | None = None) -> dict[str, int]:
+    """The streamrec topics of ``settings`` plus ``extra`` ones (same partition count)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streamrec.stream.topics import ensure_topics_sync
+
+    if partitions is not None and partitions != settings.topic_partitions:
+        settings = settings.with_overrides(topic_partitions=partitions)
+    counts = ensure_topics_sync(settings)
+    if extra:
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        futures = admin.create_topics([NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in extra])
+        for topic, fut in futures.items():
+            try:
+                fut.result(30)
+            except Exception as exc:  # TOPIC_ALREADY_EXISTS is fine
+                if "exists" not in str(exc).lower():
+                    raise
+            counts[topic] = settings.topic_partitions
+    return counts
+
+
+def delete_topics(settings: Settings, topics: Sequence[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for topic, fut in admin.delete_topics(list(topics), operation_timeout=30).items():
+        try:
+            fut.result(30)
+        except Exception as exc:  # best-effort clean-up
+            log.info("could not delete topic %s: %s", topic, exc)
+
+
+def all_topics(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
+    return [settings.events_topic, settings.recommendations_topic, settings.dlq_topic, settings.model_updates_topic, *extra]
+
+
+def prepare_schema(settings: Settings) -> None:
+    """Create the run's keyspace and tables before any worker starts (no concurrent DDL from workers)."""
+    from streamrec.stream.state.cassandra import connect, migrate
+
+    cluster, session = connect(settings)
+    try:
+        migrate(session, settings)
+    finally:
+        cluster.shutdown()
+
+
+def drop_keyspace(settings: Settings, keyspace: str | None = None) -> None:
+    from streamrec.stream.state.cassandra import check_keyspace_name, connect
+
+    cluster, session = connect(settings, timeout_s=60)
+    try:
+        session.execute(f"DROP KEYSPACE IF EXISTS {check_keyspace_name(keyspace or settings.cassandra_keyspace)}", timeout=60)
+    except Exception as exc:  # best-effort clean-up
+        log.info("could not drop keyspace: %s", exc)
+    finally:
+        cluster.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# Input: synthetic events, pre-production, paced production
+# ---------------------------------------------------------------------------
+def synthetic_events(events: int, users: int, items: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+    from streamrec.stream.generator import SyntheticConfig, generate_events
+
+    return generate_events(SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed))
+
+
+def encode_event(event: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) as the producer helper writes them: key = user id, value = the JSON event."""
+    return str(event["user_id"]).encode(), orjson.dumps(event)
+
+
+def _producer(bootstrap: str, *, latency: bool) -> Any:
+    from confluent_kafka import Producer
+
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                            "compression.type": "none"}
+    if latency:
+        conf.update({"linger.ms": 0, "batch.size": 64 * 1024})
+    else:
+        conf.update({"linger.ms": 50, "batch.size": 1024 * 1024, "queue.buffering.max.messages": 500_000,
+                     "queue.buffering.max.kbytes": 512 * 1024})
+    return Producer(conf)
+
+
+def preproduce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> tuple[int, float]:
+    """Produce (key, value) records as fast as possible (librdkafka, big batches); returns (count, seconds)."""
+    producer = _producer(bootstrap, latency=False)
+    started = time.perf_counter()
+    count = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+        if count % 10_000 == 0:
+            producer.poll(0)
+    left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"{left} records not delivered to {topic}")
+    return count, time.perf_counter() - started
+
+
+@dataclass
+class PacedResult:
+    sent_at: dict[str, float]
+    started: float
+    finished: float
+    behind_max_s: float
+
+
+def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], rate: float, seconds: float,
+                  clock: Callable[[], float] = time.time) -> PacedResult:
+    """Send events at ``rate``/s for ``seconds``; records each event's send time (wall clock) by event_id."""
+    producer = _producer(bootstrap, latency=True)
+    total = int(rate * seconds)
+    sent_at: dict[str, float] = {}
+    it = iter(events)
+    started = clock() + 0.05
+    sent = 0
+    behind = 0.0
+    while sent < total:
+        now = clock()
+        due = due_count(rate, started, now, total)
+        if due <= sent:
+            time.sleep(max(0.0, min(0.005, send_deadline(sent, rate, started) - now)))
+            continue
+        behind = max(behind, now - send_deadline(sent, rate, started))
+        while sent < due:
+            event = next(it, None)
+            if event is None:
+                total = sent
+                break
+            key, value = encode_event(event)
+            sent_at[event["event_id"]] = clock()
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            sent += 1
+        producer.poll(0)
+    producer.flush(60)
+    return PacedResult(sent_at, started, clock(), round(behind, 4))
+
+
+# ---------------------------------------------------------------------------
+# Observation: output consumer, committed offsets, process resources
+# ---------------------------------------------------------------------------
+class OutputCollector(threading.Thread):
+    """An independent consumer (librdkafka) of output topics, started at their end.
+
+    Records the arrival wall-clock time and the producer's CreateTime of every
+    message; with ``parse_ids`` also the triggering ``event_id`` (the field
+    both a recommendation and a forwarded event carry) → first arrival time.
+    """
+
+    def __init__(self, bootstrap: str, topics: Sequence[str], *, parse_ids: bool = False) -> None:
+        super().__init__(daemon=True, name="bench-output-collector")
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.parse_ids = parse_ids
+        self.count = 0
+        self.create_ts: list[float] = []
+        self.arrivals: dict[str, float] = {}
+        self.emitted: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-collector-{time.time_ns()}",
+                                   "enable.auto.commit": False, "auto.offset.reset": "latest",
+                                   "fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
+        meta = self._consumer.list_topics(timeout=10)
+        tps = []
+        for topic in topics:
+            parts = meta.topics[topic].partitions if topic in meta.topics else {}
+            if not parts:
+                raise RuntimeError(f"topic {topic} does not exist")
+            for p in parts:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                tps.append(TopicPartition(topic, p, high))
+        self._consumer.assign(tps)
+
+    def run(self) -> None:
+        consumer = self._consumer
+        try:
+            while not self._stop.is_set():
+                msgs = consumer.consume(num_messages=2000, timeout=0.05)
+                if not msgs:
+                    continue
+                now = time.time()
+                with self._lock:
+                    for msg in msgs:
+                        if msg.error():
+                            continue
+                        self.count += 1
+                        self.create_ts.append(msg.timestamp()[1] / 1000.0)
+                        if self.parse_ids:
+                            try:
+                                event_id = orjson.loads(msg.value()).get("event_id")
+                            except (orjson.JSONDecodeError, AttributeError):
+                                continue
+                            if event_id is not None and event_id not in self.arrivals:
+                                self.arrivals[event_id] = now
+                                self.emitted[event_id] = msg.timestamp()[1] / 1000.0
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+    def snapshot_count(self) -> int:
+        with self._lock:
+            return self.count
+
+    def wait_for(self, n: int, timeout: float, idle: float = 5.0) -> bool:
+        """Until ``n`` messages arrived, or nothing new for ``idle`` seconds, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last_count, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = self.snapshot_count()
+            if count >= n:
+                return True
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            elif time.monotonic() - last_change > idle:
+                return False
+            time.sleep(0.1)
+        return False
+
+
+class OffsetWatcher(threading.Thread):
+    """Samples a consumer group's committed offsets on a topic: ``(wall time, events committed)``."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="bench-offset-watcher")
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.samples: list[tuple[float, float]] = []
+        self.interval = interval
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        meta = self._consumer.list_topics(topic, timeout=10)
+        self._tps = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+        self._low = {}
+        for tp in self._tps:
+            low, _high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            self._low[tp.partition] = low
+
+    def committed(self) -> int:
+        total = 0
+        for tp in self._consumer.committed(self._tps, timeout=10):
+            if tp.offset >= 0:
+                total += tp.offset - self._low[tp.partition]
+        return total
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.samples.append((time.time(), float(self.committed())))
+                except Exception as exc:  # a slow broker answer: skip the sample
+                    log.debug("offset sample failed: %s", exc)
+                self._stop.wait(self.interval)
+        finally:
+            self._consumer.close()
+
+    def latest(self) -> float:
+        return self.samples[-1][1] if self.samples else 0.0
+
+    def wait_for(self, total: int, timeout: float, alive: Callable[[], bool] = lambda: True, stall_s: float = 120.0) -> bool:
+        """Until ``total`` events are committed; False on timeout, a dead worker or no progress for ``stall_s``."""
+        deadline = time.monotonic() + timeout
+        last, last_change = -1.0, time.monotonic()
+        while time.monotonic() < deadline:
+            now_count = self.latest()
+            if now_count >= total:
+                return True
+            if now_count != last:
+                last, last_change = now_count, time.monotonic()
+            elif time.monotonic() - last_change > stall_s:
+                return False
+            if not alive():
+                return False
+            time.sleep(0.25)
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
+class ResourceSampler(threading.Thread):
+    """psutil samples of some processes (summed): CPU% (100 = one core) and RSS, plus the whole box's CPU%."""
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="bench-resource-sampler")
+        import psutil
+
+        self._procs = [psutil.Process(p) for p in pids]
+        for proc in self._procs:
+            proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        self.interval = interval
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.interval):
+            cpu = rss = 0.0
+            for proc in self._procs:
+                try:
+                    cpu += proc.cpu_percent(None)
+                    rss += proc.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+            self.samples.append({"t": time.time(), "cpu_pct": cpu, "rss_mb": rss, "box_cpu_pct": psutil.cpu_percent(None)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+    def summary(self, t0: float | None = None, t1: float | None = None) -> dict[str, Any]:
+        out = resource_summary(self.samples, t0, t1)
+        window = [s for s in self.samples if (t0 is None or s["t"] >= t0) and (t1 is None or s["t"] <= t1)] or self.samples
+        out["box_cpu_mean_pct"] = round(sum(s["box_cpu_pct"] for s in window) / len(window), 1) if window else None
+        return out
+
+
+def infra_pids() -> dict[str, int]:
+    """Pids of the local Kafka and Cassandra JVMs (to sample their CPU beside the worker's)."""
+    import psutil
+
+    found: dict[str, int] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if "kafka.Kafka" in cmd and "kafka" not in found:
+            found["kafka"] = proc.info["pid"]
+        elif "CassandraDaemon" in cmd and "cassandra" not in found:
+            found["cassandra"] = proc.info["pid"]
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Subprocesses: the real worker and the passthrough worker
+# ---------------------------------------------------------------------------
+@dataclass
+class BenchProcess:
+    """A worker-like subprocess with a Faust web server (``/health``)."""
+
+    name: str
+    argv: list[str]
+    settings: Settings
+    log_path: Path
+    worker_id: str
+    proc: subprocess.Popen | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def worker(cls, settings: Settings, log_path: Path, worker_id: str = "bench-w1") -> "BenchProcess":
+        return cls("worker", [sys.executable, "-m", "streamrec", "worker", "--loglevel", "warning"], settings, log_path, worker_id)
+
+    @classmethod
+    def passthrough(cls, settings: Settings, log_path: Path, worker_id: str = "bench-pass") -> "BenchProcess":
+        return cls("passthrough", [sys.executable, "-m", "streamrec.bench.passthrough"], settings, log_path, worker_id)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, *, need_model: bool = False, wait_s: float = 180.0) -> "BenchProcess":
+        env = {**os.environ, **settings_env(self.settings), "STREAMREC_WORKER_ID": self.worker_id, **self.extra_env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as handle:
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            health = self.health()
+            if health.get("kafka") and (not need_model or health.get("model")):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.name} not healthy after {wait_s:.0f}s:\n{self.log_tail()}")
+
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=2) as resp:
+                return orjson.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return orjson.loads(exc.read())
+            except orjson.JSONDecodeError:
+                return {}
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def metrics_text(self) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Flatten a Prometheus exposition into ``name{labels}`` → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def histogram_mean(values: dict[str, float], name: str, labels: str = "") -> float | None:
+    """Mean of a Prometheus histogram from its _sum and _count (seconds)."""
+    suffix = f"{{{labels}}}" if labels else ""
+    count = values.get(f"{name}_count{suffix}")
+    total = values.get(f"{name}_sum{suffix}")
+    return total / count if count else None
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+def prepare_model(settings: Settings, model: Path | None, train_events: Sequence[dict[str, Any]], epochs: int,
+                  seed: int = 0) -> dict[str, Any]:
+    """Make ``settings.models_path`` a registry with a live model: copy ``model`` in or train one quickly.
+
+    ``model`` is a registry directory (with ``v000001/``…) or one artifact
+    directory (with its manifest); None trains on ``train_events``. An empty
+    ``train_events`` with no ``model`` leaves the registry empty (popularity fallback).
+    """
+    import shutil
+
+    from streamrec.onnx.artifact import list_versions, version_dir_name
+
+    target = settings.models_path
+    target.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        model = Path(model)
+        if list_versions(model):
+            latest = list_versions(model)[-1]
+            shutil.copytree(model / version_dir_name(latest), target / version_dir_name(latest), dirs_exist_ok=True)
+        else:
+            shutil.copytree(model, target / version_dir_name(1), dirs_exist_ok=True)
+        return {"source": str(model), "trained": False}
+    if not train_events:
+        return {"source": None, "trained": False, "note": "no model: popularity fallback"}
+    from streamrec.models.train import train_from_events
+
+    t0 = time.monotonic()
+    artifact = train_from_events(train_events, target, epochs=epochs, seed=seed)
+    info: dict[str, Any] = {"source": str(artifact), "trained": True, "train_events": len(train_events),
+                            "epochs": epochs, "train_seconds": round(time.monotonic() - t0, 1)}
+    metrics = artifact / "metrics.json"
+    if metrics.exists():
+        info["offline_test"] = json.loads(metrics.read_text()).get("test", {})
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------
+def plot_latency(points: Sequence[tuple[float, float]], path: Path, title: str, target_ms: float | None = None,
+                 series: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path | None:
+    """Latency-over-time scatter with per-second p50/p99 lines; ``series`` adds more runs (e.g. passthrough)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib missing: no plot")
+        return None
+    all_series = {"worker": points, **(series or {})}
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for label, pts in all_series.items():
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, s=2, alpha=0.25, label=f"{label}: each event")
+        rows = per_second(pts)
+        ax.plot([r["second"] + 0.5 for r in rows], [r.get("p99_ms") for r in rows], label=f"{label}: p99 per second")
+        ax.plot([r["second"] + 0.5 for r in rows], [r.get("p50_ms") for r in rows], label=f"{label}: p50 per second")
+    if target_ms:
+        ax.axhline(target_ms, color="red", linestyle="--", linewidth=1, label=f"target p99 {target_ms:g} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first event was sent")
+    ax.set_ylabel("event produced → recommendation consumed (ms)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_progress(runs: dict[str, Sequence[tuple[float, float]]], path: Path, title: str) -> Path | None:
+    """Committed events over time for several runs (throughput curves)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for label, samples in runs.items():
+        if samples:
+            t0 = samples[0][0]
+            ax.plot([t - t0 for t, _ in samples], [c for _, c in samples], label=label)
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("events committed")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(values: dict[str, float], path: Path, title: str, xlabel: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(values) + 1.2))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""The passthrough worker: the real worker's Faust/Kafka path with no state and no model.
+
+Same app settings as ``streamrec.stream.app.create_app`` (raw serialisers,
+acks=-1, 1 s commit interval, ``stream_wait_empty``), same agent shape
+(``noack_take`` micro-batches of ``batch_max_events`` within
+``batch_max_wait_ms``, concurrency 1, sends awaited, then a manual ack of each
+event). Each event is forwarded as it is (same key and bytes) to
+``<prefix>.passthrough``, so a benchmark consumer can read the ``event_id``
+exactly as it reads it from a recommendation. It is the ceiling a real worker
+could reach on this box: the ratio worker/passthrough is the benchmark's
+machine-independent figure.
+
+Run as ``python -m streamrec.bench.passthrough`` with ``STREAMREC_*`` settings
+(the output topic must exist: the benchmark creates it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import faust
+from faust.web import Request, Response, View
+
+from streamrec.config import Settings, load_settings
+from streamrec.stream.app import broker_credentials
+
+log = logging.getLogger(__name__)
+
+
+def output_topic(settings: Settings) -> str:
+    return settings.topic("passthrough")
+
+
+def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
+    datadir = settings.state_dir / "bench-passthrough" / worker_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_wait_empty=True,
+        web_port=settings.web_port,
+        web_host="127.0.0.1",
+        datadir=str(datadir),
+        store="memory://",
+    )
+    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
+    out = output_topic(settings)
+
+    @app.agent(events_topic, concurrency=1)
+    async def forward(stream: faust.StreamT) -> None:
+        wait_s = settings.batch_max_wait_ms / 1000.0
+        async for batch in stream.noack_take(settings.batch_max_events, within=wait_s):
+            deliveries = []
+            for event in batch:
+                message = event.message
+                deliveries.append(
+                    await app.producer.send(out, message.key, message.value, partition=None, timestamp=None, headers=None)
+                )
+            await asyncio.gather(*deliveries)
+            for event in batch:
+                await stream.ack(event)
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            ok = bool(app.consumer and app.consumer.assignment() is not None)
+            return self.json({"kafka": ok, "worker_id": worker_id}, status=200 if ok else 503)
+
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    app = create_passthrough_app(settings, worker_id)
+    faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Security against real servers: Kafka SASL/PLAIN end to end, and secrets never leak."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiokafka.errors import KafkaError
+
+from streamrec.config import Settings
+from streamrec.deploy import infra as local
+from streamrec.errors import StreamrecError
+from streamrec.stream.generator import SyntheticConfig, generate_events
+from streamrec.stream.producer import EventProducer
+from streamrec.stream.topics import ensure_topics
+from tests.integration.helpers import WorkerProcess, expected_windows, wait_for_windows
+
+pytestmark = pytest.mark.integration
+PASSWORD = "s3cret-Pa55-do-not-log"
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A private Kafka with a SASL/PLAIN listener (users: streamrec, admin)."""
+    base = Settings()
+    broker = base.with_overrides(
+        state_dir=tmp_path_factory.mktemp("sasl-kafka"), artifacts_dir=base.lib_path,
+        kafka_port=19292, kafka_controller_port=19293, kafka_sasl_port=19294, kafka_heap="256m",
+        kafka_bootstrap="localhost:19292", kafka_sasl_users=f"streamrec:{PASSWORD},admin:adm1n-pw",
+    )
+    local.up(broker, ("kafka",))
+    yield broker
+    local.down(broker, ("kafka",))
+
+
+def client_settings(isolated: Settings, tmp_path: Path, password: str) -> Settings:
+    return isolated.with_overrides(
+        kafka_bootstrap="localhost:19294", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="streamrec", kafka_sasl_password=password, model_dir=tmp_path / "no-models",
+        window_size=10,
+    )
+
+
+async def _produce(settings: Settings, events: list[dict]) -> None:
+    async with EventProducer(settings) as producer:
+        for event in events:
+            await producer.send(event)
+        await producer.flush()
+
+
+def test_worker_and_producer_over_sasl_plain(sasl_broker: Settings, isolated: Settings, tmp_path: Path) -> None:
+    settings = client_settings(isolated, tmp_path, PASSWORD)
+    asyncio.run(ensure_topics(settings))
+    events = list(generate_events(SyntheticConfig(num_users=40, num_items=100, num_events=500, seed=3)))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        asyncio.run(_produce(settings, events))
+        expected = expected_windows(events, 10)
+        assert wait_for_windows(settings, expected) == expected
+    finally:
+        worker.kill()
+    assert PASSWORD not in (tmp_path / "worker.log").read_text(errors="replace"), "the password leaked into logs"
+
+
+def test_wrong_password_is_refused_without_echoing_it(sasl_broker: Settings, isolated: Settings, tmp_path: Path) -> None:
+    wrong = "wrong-Pa55word-xyz"
+    settings = client_settings(isolated, tmp_path, wrong)
+    with pytest.raises((KafkaError, StreamrecError, OSError)) as info:
+        asyncio.run(_produce(settings, [{"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "ts": 1}]))
+    assert wrong not in str(info.value) and wrong not in repr(info.value)
+
+
+def test_settings_never_print_secrets(isolated: Settings) -> None:
+    settings = isolated.with_overrides(kafka_sasl_password=PASSWORD, cassandra_password=PASSWORD,
+                                       kafka_sasl_users=f"u:{PASSWORD}")
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert PASSWORD not in text
