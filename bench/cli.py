@@ -95,3 +95,105 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
     result = {"benchmark": "quality", "data": str(path), "ours": ours, "recbole": recbole, "comparison": compare(ours, recbole)}
     click.echo(format_table(result["comparison"]["rows"]))
     _write(result, out)
+
+
+# --------------------------------------------------------------------------- #
+# Streaming benchmarks (e2e, latency, scale, state, all): bench/common.py holds the machinery.
+# --------------------------------------------------------------------------- #
+def _print_and_write(result: dict[str, Any], table: str, out: Path) -> None:
+    from streamrec.bench.common import write_json
+
+    click.echo(table)
+    write_json(result, out)
+    click.echo(f"wrote {out}", err=True)
+
+
+_model_option = click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                             default=None, help="Registry or artifact directory to serve. [default: train one quickly]")
+
+
+@bench.command("e2e")
+@click.option("--events", default=1_000_000, show_default=True, help="Backlog size (events pre-produced once).")
+@click.option("--users", default=200_000, show_default=True)
+@click.option("--items", default=20_000, show_default=True)
+@click.option("--train-events", default=30_000, show_default=True, help="Events (before the backlog) to train the model on.")
+@click.option("--epochs", default=2, show_default=True)
+@_model_option
+@click.option("--no-model", is_flag=True, help="Serve the popularity fallback (no encoder).")
+@click.option("--partitions", default=4, show_default=True)
+@click.option("--repeats", default=1, show_default=True, help="Passthrough/worker pairs; medians are reported.")
+@click.option("--latency-rate", default=1000.0, show_default=True, help="Paced phase after each backlog, events/s.")
+@click.option("--latency-seconds", default=10.0, show_default=True, help="Paced phase length (0 = none).")
+@click.option("--profile-seconds", default=0.0, show_default=True, help="py-spy the worker for this long (0 = no profile).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Per backlog phase.")
+@click.option("--keep", is_flag=True, help="Keep the run's topics and keyspaces.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/e2e.json"), show_default=True)
+@click.pass_context
+def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: int, epochs: int, model_dir: Path | None,
+        no_model: bool, partitions: int, repeats: int, latency_rate: float, latency_seconds: float,
+        profile_seconds: float, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
+    """Sustained events/s of one worker vs the passthrough worker on one backlog (targets: >= 5,000/s, >= 50%)."""
+    from streamrec.bench.e2e import format_result, run_e2e
+
+    result = run_e2e(_settings(ctx), events=events, users=users, items=items, train_events=train_events, epochs=epochs,
+                     model=model_dir, no_model=no_model, partitions=partitions, repeats=repeats,
+                     latency_rate=latency_rate, latency_seconds=latency_seconds, profile_seconds=profile_seconds,
+                     seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
+                     progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)
+
+
+@bench.command("latency")
+@click.option("--rate", default=1000.0, show_default=True, help="Offered load, events/s.")
+@click.option("--seconds", default=60.0, show_default=True)
+@click.option("--users", default=200_000, show_default=True)
+@click.option("--items", default=20_000, show_default=True)
+@click.option("--train-events", default=30_000, show_default=True)
+@click.option("--epochs", default=2, show_default=True)
+@_model_option
+@click.option("--no-model", is_flag=True, help="Serve the popularity fallback (no encoder).")
+@click.option("--partitions", default=4, show_default=True)
+@click.option("--with-passthrough", is_flag=True, help="Measure the passthrough worker the same way first.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)
+@click.pass_context
+def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
+            model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
+            out: Path) -> None:
+    """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
+    from streamrec.bench.latency import format_result, run_latency
+
+    result = run_latency(_settings(ctx), rate=rate, seconds=seconds, users=users, items=items,
+                         train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
+                         partitions=partitions, with_passthrough=with_passthrough, seed=seed, keep=keep,
+                         out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)
+
+
+@bench.command("scale")
+@click.option("--workers", default="1,2", show_default=True, help="Comma-separated worker counts to compare.")
+@click.option("--events", default=200_000, show_default=True)
+@click.option("--users", default=200_000, show_default=True)
+@click.option("--items", default=20_000, show_default=True)
+@click.option("--partitions", default=4, show_default=True, help="Events topic partitions (>= the most workers).")
+@click.option("--train-events", default=30_000, show_default=True)
+@click.option("--epochs", default=2, show_default=True)
+@_model_option
+@click.option("--no-model", is_flag=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
+@click.option("--keep", is_flag=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/scale.json"), show_default=True)
+@click.pass_context
+def scale(ctx: click.Context, workers: str, events: int, users: int, items: int, partitions: int, train_events: int,
+          epochs: int, model_dir: Path | None, no_model: bool, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
+    """1 worker vs 2 (or more) in one group on the same backlog: throughput ratio (target 2 workers >= 1.7x)."""
+    from streamrec.bench.scale import format_result, run_scale
+
+    counts = [int(w) for w in workers.split(",") if w.strip()]
+    result = run_scale(_settings(ctx), workers=counts, events=events, users=users, items=items, partitions=partitions,
+                       train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model, seed=seed,
+                       timeout_s=timeout_s, keep=keep, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)

@@ -381,6 +381,30 @@ class PacedResult:
     started: float
     finished: float
     behind_max_s: float
+    users: dict[str, str] = field(default_factory=dict)
+
+
+def answered_times(sent_at: dict[str, float], users: dict[str, str], arrivals: dict[str, float]) -> dict[str, float]:
+    """When each sent event was answered: by its own recommendation or by a later one of the same user.
+
+    A worker emits one recommendation per user per micro-batch, carrying the
+    user's last event of the batch; that message also answers the user's
+    earlier events (sent before it). Walks each user's events from the last
+    sent, keeping the earliest arrival seen so far.
+    """
+    by_user: dict[str, list[str]] = {}
+    for event_id in sorted(sent_at, key=sent_at.__getitem__):
+        by_user.setdefault(users.get(event_id, event_id), []).append(event_id)
+    answered: dict[str, float] = {}
+    for ids in by_user.values():
+        best: float | None = None
+        for event_id in reversed(ids):
+            own = arrivals.get(event_id)
+            if own is not None and (best is None or own < best):
+                best = own
+            if best is not None:
+                answered[event_id] = best
+    return answered
 
 
 def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], rate: float, seconds: float,
@@ -389,6 +413,7 @@ def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], 
     producer = _producer(bootstrap, latency=True)
     total = int(rate * seconds)
     sent_at: dict[str, float] = {}
+    users: dict[str, str] = {}
     it = iter(events)
     started = clock() + 0.05
     sent = 0
@@ -407,6 +432,7 @@ def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], 
                 break
             key, value = encode_event(event)
             sent_at[event["event_id"]] = clock()
+            users[event["event_id"]] = str(event["user_id"])
             while True:
                 try:
                     producer.produce(topic, value=value, key=key)
@@ -416,7 +442,7 @@ def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], 
             sent += 1
         producer.poll(0)
     producer.flush(60)
-    return PacedResult(sent_at, started, clock(), round(behind, 4))
+    return PacedResult(sent_at, started, clock(), round(behind, 4), users)
 
 
 # ---------------------------------------------------------------------------
@@ -439,7 +465,7 @@ class OutputCollector(threading.Thread):
         self.create_ts: list[float] = []
         self.arrivals: dict[str, float] = {}
         self.emitted: dict[str, float] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-collector-{time.time_ns()}",
                                    "enable.auto.commit": False, "auto.offset.reset": "latest",
@@ -458,7 +484,7 @@ class OutputCollector(threading.Thread):
     def run(self) -> None:
         consumer = self._consumer
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 msgs = consumer.consume(num_messages=2000, timeout=0.05)
                 if not msgs:
                     continue
@@ -481,7 +507,7 @@ class OutputCollector(threading.Thread):
             consumer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
     def snapshot_count(self) -> int:
@@ -513,7 +539,7 @@ class OffsetWatcher(threading.Thread):
 
         self.samples: list[tuple[float, float]] = []
         self.interval = interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
         meta = self._consumer.list_topics(topic, timeout=10)
         self._tps = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
@@ -531,12 +557,12 @@ class OffsetWatcher(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     self.samples.append((time.time(), float(self.committed())))
                 except Exception as exc:  # a slow broker answer: skip the sample
                     log.debug("offset sample failed: %s", exc)
-                self._stop.wait(self.interval)
+                self._halt.wait(self.interval)
         finally:
             self._consumer.close()
 
@@ -561,7 +587,7 @@ class OffsetWatcher(threading.Thread):
         return False
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 
@@ -578,12 +604,12 @@ class ResourceSampler(threading.Thread):
         psutil.cpu_percent(None)
         self.interval = interval
         self.samples: list[dict[str, float]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         import psutil
 
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             cpu = rss = 0.0
             for proc in self._procs:
                 try:
@@ -594,7 +620,7 @@ class ResourceSampler(threading.Thread):
             self.samples.append({"t": time.time(), "cpu_pct": cpu, "rss_mb": rss, "box_cpu_pct": psutil.cpu_percent(None)})
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
     def summary(self, t0: float | None = None, t1: float | None = None) -> dict[str, Any]:
@@ -842,3 +868,285 @@ def plot_bars(values: dict[str, float], path: Path, title: str, xlabel: str) -> 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------
+# Phases shared by e2e, latency and scale
+# ---------------------------------------------------------------------------
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Records currently in ``topic`` (high − low watermark, summed over partitions)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-size-{time.time_ns()}"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for p in meta.topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def run_backlog_phase(
+    procs: Sequence[BenchProcess], settings: Settings, output_topic: str, *, need_model: bool, timeout_s: float,
+    profile: Callable[[int], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Start ``procs`` (one consumer group) on the events backlog; measure until every event is committed.
+
+    Throughput is the committed-offset slope between 10 % and 90 % of the
+    backlog (independent of the workers: read from the broker), cross-checked
+    by the output messages' CreateTime slope seen by an independent consumer.
+    """
+    total = topic_size(settings.kafka_bootstrap, settings.events_topic)
+    collector = OutputCollector(settings.kafka_bootstrap, [output_topic])
+    collector.start()
+    watcher = OffsetWatcher(settings.kafka_bootstrap, settings.consumer_group, settings.events_topic)
+    started = time.time()
+    for proc in procs:
+        proc.start(need_model=need_model)
+    ready = time.time()
+    sampler = ResourceSampler([p.pid for p in procs])
+    infra = infra_pids()
+    infra_sampler = ResourceSampler(list(infra.values())) if infra else None
+    sampler.start()
+    if infra_sampler:
+        infra_sampler.start()
+    watcher.start()
+    profile_result: dict[str, Any] | None = None
+    try:
+        if profile is not None:
+            # Profile the steady state: from 10 % of the backlog on.
+            watcher.wait_for(int(total * 0.1), timeout_s, alive=lambda: all(p.alive() for p in procs))
+            profile_result = profile(procs[0].pid)
+        done = watcher.wait_for(total, timeout_s, alive=lambda: all(p.alive() for p in procs))
+        finished = time.time()
+        worker_metrics = [metric_values(p.metrics_text()) for p in procs if p.name == "worker"]
+    finally:
+        watcher.stop()
+        sampler.stop()
+        if infra_sampler:
+            infra_sampler.stop()
+    collector.wait_for(collector.snapshot_count() + 1, timeout=3, idle=2)
+    collector.stop()
+    samples = watcher.samples
+    rate = sustained_rate(samples, total)
+    lo_t = next((t for t, c in samples if c >= 0.1 * total), None)
+    hi_t = next((t for t, c in samples if c >= 0.9 * total), None)
+    out_rate = sustained_rate(cumulative(collector.create_ts), len(collector.create_ts))
+    result: dict[str, Any] = {
+        "kind": procs[0].name,
+        "workers": len(procs),
+        "events": total,
+        "completed": done,
+        "committed": int(watcher.latest()),
+        "events_per_s": round(rate, 1) if rate else None,
+        "events_per_s_overall": round(watcher.latest() / max(1e-9, finished - ready), 1),
+        "output_messages": collector.count,
+        "output_messages_per_s": round(out_rate, 1) if out_rate else None,
+        "startup_s": round(ready - started, 2),
+        "drain_s": round(finished - ready, 2),
+        "process": sampler.summary(lo_t, hi_t),
+        "kafka_cassandra": infra_sampler.summary(lo_t, hi_t) if infra_sampler else None,
+        "progress": [(round(t - started, 2), int(c)) for t, c in samples],
+    }
+    if worker_metrics:
+        result["worker_metrics"] = summarise_worker_metrics(worker_metrics)
+    if profile_result is not None:
+        result["profile"] = profile_result
+    if not done:
+        result["error"] = "backlog not fully committed (timeout, stall or a dead worker); see the worker log"
+        for proc in procs:
+            result.setdefault("log_tail", {})[proc.worker_id] = proc.log_tail(15)
+    return result
+
+
+def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """The worker's own view (its Prometheus metrics): batch size, encoder and Cassandra call means."""
+    merged: dict[str, float] = {}
+    for values in per_worker:
+        for k, v in values.items():
+            merged[k] = merged.get(k, 0.0) + v
+
+    def mean_ms(name: str, labels: str = "") -> float | None:
+        value = histogram_mean(merged, name, labels)
+        return round(value * 1000, 3) if value is not None else None
+
+    batches = merged.get("streamrec_batch_size_count", 0.0)
+    return {
+        "batches": int(batches),
+        "mean_batch_records": round(merged.get("streamrec_batch_size_sum", 0.0) / batches, 1) if batches else None,
+        "encoder_ms_per_batch": mean_ms("streamrec_encoder_seconds"),
+        "consume_to_emit_ms_per_batch": mean_ms("streamrec_consume_to_recommendation_seconds"),
+        "cassandra_load_windows_ms": mean_ms("streamrec_cassandra_seconds", "op=load_windows"),
+        "cassandra_save_windows_ms": mean_ms("streamrec_cassandra_seconds", "op=save_windows"),
+        "cassandra_save_user_states_ms": mean_ms("streamrec_cassandra_seconds", "op=save_user_states"),
+        "events": int(merged.get("streamrec_events_total", 0)),
+        "recommendations": int(merged.get("streamrec_recommendations_total", 0)),
+        "rejected": int(sum(v for k, v in merged.items() if k.startswith("streamrec_events_rejected_total"))),
+        "model_version": int(merged.get("streamrec_model_version", 0)),
+    }
+
+
+def run_latency_phase(settings: Settings, output_topic: str, events: Iterator[dict[str, Any]], *, rate: float,
+                      seconds: float, warmup_events: int = 200, settle_s: float = 5.0) -> dict[str, Any]:
+    """Offer ``rate`` events/s for ``seconds`` to a running worker; latency = send → arrival at our consumer."""
+    collector = OutputCollector(settings.kafka_bootstrap, [output_topic], parse_ids=True)
+    collector.start()
+    try:
+        # Warm-up: the group is assigned and the model/caches are hot before the clock starts.
+        warm = produce_paced(settings.kafka_bootstrap, settings.events_topic, events, rate=max(rate, 200.0),
+                             seconds=warmup_events / max(rate, 200.0))
+        collector.wait_for(1, timeout=60, idle=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(e in collector.arrivals for e in list(warm.sent_at)[-20:]):
+            time.sleep(0.1)
+        paced = produce_paced(settings.kafka_bootstrap, settings.events_topic, events, rate=rate, seconds=seconds)
+        # Drain: until every event is answered, or no new answer for ``settle_s``.
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() - last_change < settle_s:
+            with collector._lock:
+                arrivals = dict(collector.arrivals)
+            matched = len(answered_times(paced.sent_at, paced.users, arrivals))
+            if matched >= len(paced.sent_at):
+                break
+            if matched != last:
+                last, last_change = matched, time.monotonic()
+            time.sleep(0.25)
+    finally:
+        collector.stop()
+    answered = answered_times(paced.sent_at, paced.users, collector.arrivals)
+    points: list[tuple[float, float]] = []
+    own: list[float] = []
+    for event_id, sent in paced.sent_at.items():
+        arrived = answered.get(event_id)
+        if arrived is None:
+            continue
+        points.append((sent - paced.started, (arrived - sent) * 1000.0))
+        if event_id in collector.arrivals:
+            own.append((collector.arrivals[event_id] - sent) * 1000.0)
+    latencies = [p[1] for p in points]
+    sent_n = len(paced.sent_at)
+    return {
+        "offered_rate": rate,
+        "seconds": seconds,
+        "sent": sent_n,
+        "achieved_send_rate": round(sent_n / max(1e-9, paced.finished - paced.started), 1),
+        "producer_behind_max_s": paced.behind_max_s,
+        "matched": len(points),
+        "matched_fraction": round(len(points) / sent_n, 4) if sent_n else None,
+        "latency": latency_summary(latencies),
+        "own_message_fraction": round(len(own) / sent_n, 4) if sent_n else None,
+        "own_message_latency": latency_summary(own),
+        "per_second": per_second(points),
+        "_points": points,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Profiling (py-spy)
+# ---------------------------------------------------------------------------
+PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("ONNX Runtime (encoder run)", ("onnxruntime/",)),
+    ("encoder wrapper / features", ("streamrec/onnx/", "/onnx/runtime.py", "/models/features.py", "numpy/")),
+    ("Cassandra driver", ("cassandra/",)),
+    ("Cassandra store (ours)", ("/stream/state/",)),
+    ("event parsing / validation", ("/stream/events.py",)),
+    ("recommendation build / JSON", ("/stream/recommendation.py",)),
+    ("window merge / encode", ("/stream/window.py",)),
+    ("processor logic", ("/stream/processor.py",)),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("Kafka client (aiokafka)", ("aiokafka/", "kafka/")),
+    ("Faust / mode", ("faust/", "mode/")),
+    ("asyncio event loop", ("asyncio/", "uvloop/")),
+    ("threading / concurrent", ("threading.py", "concurrent/", "queue.py")),
+)
+
+
+def classify_frame(frame: str) -> str | None:
+    for name, patterns in PROFILE_CATEGORIES:
+        if any(p in frame for p in patterns):
+            return name
+    return None
+
+
+def summarise_collapsed(lines: Iterable[str], top: int = 15) -> dict[str, Any]:
+    """Category shares (leaf-most classified frame) and top self/inclusive functions of py-spy raw output."""
+    categories: dict[str, int] = {}
+    self_time: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line or " " not in line:
+            continue
+        stack, _, count_text = line.rpartition(" ")
+        try:
+            count = int(count_text)
+        except ValueError:
+            continue
+        frames = stack.split(";")
+        total += count
+        category = next((c for c in (classify_frame(f) for f in reversed(frames)) if c), "other (interpreter, stdlib)")
+        categories[category] = categories.get(category, 0) + count
+        leaf = frames[-1]
+        self_time[leaf] = self_time.get(leaf, 0) + count
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + count
+
+    def pct(n: int) -> float:
+        return round(100.0 * n / total, 1) if total else 0.0
+
+    return {
+        "samples": total,
+        "categories_pct": {k: pct(v) for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},
+        "top_self_pct": {k: pct(v) for k, v in sorted(self_time.items(), key=lambda kv: -kv[1])[:top]},
+        "top_inclusive_pct": {k: pct(v) for k, v in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top * 2]},
+    }
+
+
+def py_spy_profile(pid: int, out_dir: Path, seconds: float, name: str = "profile", rate: int = 100) -> dict[str, Any]:
+    """Record ``pid`` with py-spy (non-blocking): collapsed stacks → categories, then a flame graph SVG."""
+    import shutil
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / f"{name}.txt"
+    svg = out_dir / f"{name}.svg"
+    base = [exe, "record", "--pid", str(pid), "--nonblocking", "--rate", str(rate)]
+    proc = subprocess.run([*base, "--duration", str(int(seconds)), "--format", "raw", "-o", str(raw)],
+                          capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0 or not raw.exists():
+        return {"error": f"py-spy failed: {proc.stderr.strip()[-500:]}"}
+    result = summarise_collapsed(raw.read_text().splitlines())
+    result["raw"] = str(raw)
+    svg_proc = subprocess.run([*base, "--duration", str(max(3, int(seconds // 2))), "--format", "flamegraph", "-o", str(svg)],
+                              capture_output=True, text=True, timeout=seconds + 60)
+    if svg_proc.returncode == 0 and svg.exists():
+        result["flamegraph"] = str(svg)
+    return result
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+    rows = [(k, v) for k, v in profile.get("categories_pct", {}).items()]
+    return format_table(rows, ("where the worker's CPU samples are (leaf-most known frame)", "%"))
+
+
+def skip_to_end(settings: Settings) -> None:
+    """Commit the events topic's end offsets for ``settings.consumer_group`` (a fresh group starts there)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(settings.events_topic, timeout=10)
+        tps = []
+        for p in meta.topics[settings.events_topic].partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(settings.events_topic, p), timeout=10)
+            tps.append(TopicPartition(settings.events_topic, p, high))
+        consumer.commit(offsets=tps, asynchronous=False)
+    finally:
+        consumer.close()

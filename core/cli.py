@@ -30,10 +30,11 @@ def _register_commands() -> None:
     from streamrec.demo import demo
     from streamrec.deploy.cli import infra
     from streamrec.models.cli import eval_, train
+    from streamrec.models.service import retrain, retrainer
     from streamrec.onnx.cli import model
     from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
 
-    for command in (infra, worker, produce, tail, inspect, topics, cassandra, train, eval_, model, bench, demo):
+    for command in (infra, worker, produce, tail, inspect, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
         cli.add_command(command)
 
 

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     onnx_threads: int = 0  # 0 = let ONNX Runtime decide (physical cores)
 
+    # --- Retrainer -------------------------------------------------------------
+    retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
+    retrain_interval_s: float = Field(3600.0, gt=0)  # the service runs a round this often...
+    retrain_every_events: int = Field(0, ge=0)  # ...or after this many new events (0 = interval only)
+    retrain_min_events: int = Field(1000, ge=1)
+    retrain_max_events: int = Field(5_000_000, ge=1)
+    retrain_user_cap: int = Field(200, ge=2)  # most recent events kept per user for training
+    retrain_holdout_frac: float = Field(0.1, gt=0, lt=0.5)
+    retrain_epochs: int = Field(10, ge=1)
+    retrain_tolerance: float = Field(0.005, ge=0)  # publish unless holdout NDCG@10 is worse than live by more
+
     @field_validator("event_types")
     @classmethod
     def _check_event_types(cls, value: str) -> str:

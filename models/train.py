@@ -136,6 +136,7 @@ def train(
     train_config: TrainConfig = TrainConfig(),
     *,
     vocab: ItemVocab | None = None,
+    init_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train an encoder on ``split.train``; early-stop on ``split.valid``; score ``split.test``.
 
@@ -151,6 +152,8 @@ def train(
     config = model_config.__class__(**{**asdict(model_config), "n_items": len(vocab)})
     examples = build_examples(split.train.values(), vocab, config)
     model = SequenceEncoder(config)
+    if init_state is not None:  # warm start (the retrainer grows embedding tables before passing them)
+        model.load_state_dict(init_state)
     optim = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     rng = np.random.default_rng(train_config.seed)
     log.info(

@@ -200,6 +200,18 @@ class ModelRegistry:
         log.info("model version %d is live (was %s)", version, previous)
         return previous
 
+    def pin_live(self) -> int | None:
+        """Turn an implicit live version (no LIVE pointer yet) into an explicit one; returns the live version.
+
+        Called before a candidate is written, so the "newest version" fallback
+        can never pick up a candidate that has not won its duel.
+        """
+        if self._pointer() is None:
+            implicit = self.live_version()
+            if implicit is not None:
+                self.publish(implicit, reason="pinned as live before retraining")
+        return self._pointer()
+
     def rollback(self, version: int | str | None = None) -> int:
         """Make ``version`` (default: the most recent previously-live version) live again."""
         current = self.live_version()

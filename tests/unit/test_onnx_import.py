@@ -28,4 +28,5 @@ def test_import_onnx_from_repo_root_is_the_real_one():
     onnx_file, has_api, export_ok, ours = proc.stdout.split("\n")[:4]
     assert "site-packages" in onnx_file and not onnx_file.startswith(str(REPO / "onnx"))
     assert has_api == "True" and export_ok == "True"
-    assert ours == str(REPO / "onnx" / "export.py")
+    # Ours resolves to the repo's onnx/ (editable install) or to the installed copy (pip install .).
+    assert ours in (str(REPO / "onnx" / "export.py"),) or ours.endswith("site-packages/streamrec/onnx/export.py")

@@ -1,0 +1,138 @@
+"""`bench latency`: a fixed offered load through one real worker; latency percentiles and a plot.
+
+Events are sent at a constant rate (default 1,000/s for 60 s) by a paced
+librdkafka producer that records each event's send time; an independent
+consumer of the recommendations topic records arrival times. A recommendation
+answers its triggering ``event_id`` and the same user's earlier events of the
+micro-batch (one message per user per batch, by contract), so each event's
+latency is send → arrival of the first recommendation that covers it. Before
+the clock starts, a warm-up burst makes sure the group is assigned and the
+model is warm. ``--with-passthrough`` measures the passthrough worker the
+same way, as the floor of what the Faust/Kafka path costs on this box.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+from streamrec.bench import common
+from streamrec.bench.passthrough import output_topic
+from streamrec.config import Settings
+
+log = logging.getLogger(__name__)
+
+TARGET_P99_MS = 50.0
+
+
+def run_latency(
+    base: Settings,
+    *,
+    rate: float = 1000.0,
+    seconds: float = 60.0,
+    users: int = 200_000,
+    items: int = 20_000,
+    train_events: int = 30_000,
+    epochs: int = 2,
+    model: Path | None = None,
+    no_model: bool = False,
+    partitions: int = 4,
+    with_passthrough: bool = False,
+    seed: int = 0,
+    keep: bool = False,
+    out_dir: Path = common.OUT_DIR,
+    progress: Any = print,
+) -> dict[str, Any]:
+    run_id = common.new_run_id()
+    settings = common.isolated_settings(base, "lat", run_id, topic_partitions=partitions,
+                                        model_dir=base.state_dir / "bench" / f"lat-{run_id}" / "models")
+    logs = base.state_dir / "bench" / f"lat-{run_id}"
+    pass_topic = output_topic(settings)
+    machine = common.machine_info()
+    common.create_topics(settings, extra=[pass_topic])
+    phases: dict[str, dict[str, Any]] = {}
+    try:
+        stream = common.synthetic_events(train_events + 10_000_000, users, items, seed)
+        history = [] if (no_model or model is not None) else list(itertools.islice(stream, train_events))
+        model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
+        progress(f"model: {model_info}")
+        common.prepare_schema(settings)
+        kinds = (["passthrough"] if with_passthrough else []) + ["worker"]
+        for kind in kinds:
+            s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}", web_port=common.free_port())
+            if kind == "worker":
+                proc, topic = common.BenchProcess.worker(s, logs / "worker.log"), s.recommendations_topic
+            else:
+                proc, topic = common.BenchProcess.passthrough(s, logs / "passthrough.log"), pass_topic
+            # Start from the end: nothing sent before this phase is this phase's work.
+            common.skip_to_end(s)
+            proc.start(need_model=kind == "worker" and bool(model_info.get("source")))
+            sampler = common.ResourceSampler([proc.pid])
+            sampler.start()
+            try:
+                phase = common.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
+                if kind == "worker":
+                    phase["worker_metrics"] = common.summarise_worker_metrics([common.metric_values(proc.metrics_text())])
+            finally:
+                sampler.stop()
+                proc.stop()
+            phase["process"] = sampler.summary()
+            phases[kind] = phase
+            lat = phase["latency"]
+            progress(f"{kind}: p50 {lat['p50_ms']} p99 {lat['p99_ms']} ms over {lat['count']} events")
+    finally:
+        if not keep:
+            common.delete_topics(settings, common.all_topics(settings, [pass_topic]))
+            common.drop_keyspace(settings)
+
+    worker = phases.get("worker", {}).get("latency", {})
+    result: dict[str, Any] = {
+        "benchmark": "latency",
+        "headline": {
+            "offered_rate": rate,
+            "p50_ms": worker.get("p50_ms"),
+            "p95_ms": worker.get("p95_ms"),
+            "p99_ms": worker.get("p99_ms"),
+            "answered_fraction": phases.get("worker", {}).get("matched_fraction"),
+            "passthrough_p99_ms": phases.get("passthrough", {}).get("latency", {}).get("p99_ms"),
+            "target_p99_ms": f"{TARGET_P99_MS:g}: {common.target_check(worker.get('p99_ms'), TARGET_P99_MS, higher_is_better=False)}",
+        },
+        "machine": machine,
+        "model": model_info,
+        "users": users,
+        "items": items,
+        "partitions": partitions,
+        "run_id": run_id,
+        "phases": phases,
+    }
+    points = phases.get("worker", {}).get("_points", [])
+    png = common.plot_latency(points, out_dir / "latency.png", f"latency at {rate:g} events/s offered (one worker)",
+                              target_ms=TARGET_P99_MS,
+                              series={"passthrough": phases.get("passthrough", {}).get("_points", [])})
+    if png:
+        result["plot"] = str(png)
+    for phase in phases.values():
+        phase.pop("_points", None)
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    rows = []
+    for kind, phase in result["phases"].items():
+        lat, proc = phase["latency"], phase["process"]
+        rows.append((kind, phase["offered_rate"], phase["achieved_send_rate"], phase["sent"], phase["matched_fraction"],
+                     lat["p50_ms"], lat["p95_ms"], lat["p99_ms"], lat["p99.9_ms"], lat["max_ms"], proc["cpu_mean_pct"],
+                     proc.get("box_cpu_mean_pct")))
+    table = common.format_table(rows, ("run", "offered/s", "sent/s", "events", "answered", "p50 ms", "p95 ms", "p99 ms",
+                                       "p99.9 ms", "max ms", "cpu%", "box cpu%"))
+    h = result["headline"]
+    lines = [table, "", f"target p99 <= {h['target_p99_ms']}"]
+    wm = result["phases"].get("worker", {}).get("worker_metrics") or {}
+    if wm:
+        lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder {wm.get('encoder_ms_per_batch')} "
+                     f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save_windows {wm.get('cassandra_save_windows_ms')} "
+                     f"ms, save_user_states {wm.get('cassandra_save_user_states_ms')} ms, consume→emit "
+                     f"{wm.get('consume_to_emit_ms_per_batch')} ms")
+    return "\n".join(lines)

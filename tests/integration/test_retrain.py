@@ -1,0 +1,125 @@
+"""Retraining and hot swap with a real worker under a steady stream."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamrec.config import Settings
+from streamrec.onnx.registry import ModelRegistry
+from streamrec.stream.generator import SyntheticConfig, generate_events
+from streamrec.stream.model_updates import announce
+from streamrec.stream.recommendation import Recommendation
+from tests.integration.helpers import (
+    WorkerProcess,
+    events_as_records,
+    expected_windows,
+    produce,
+    read_topic,
+    wait_for_windows,
+)
+
+pytestmark = pytest.mark.integration
+WINDOW = 20
+
+
+def stream(seed: int, n: int, item_prefix: str) -> list[dict]:
+    events = list(generate_events(SyntheticConfig(num_users=150, num_items=120, cluster_size=20, num_events=n,
+                                                  seed=seed, p_follow=0.7)))
+    for e in events:  # a separate item namespace per phase: phase-2 items are new to model v1
+        e["item_id"] = f"{item_prefix}{e['item_id']}"
+        e["event_id"] = f"{item_prefix}{e['event_id']}"
+    return events
+
+
+@pytest.fixture
+def settings(isolated: Settings, tmp_path: Path) -> Settings:
+    from streamrec.models.train import train_from_events
+
+    models = tmp_path / "models"
+    train_from_events(stream(1, 3000, "a-"), models, epochs=3, seed=0)
+    return isolated.with_overrides(
+        model_dir=models, window_size=WINDOW, batch_max_events=32, retrain_min_events=100,
+        retrain_epochs=3, retrain_holdout_frac=0.1, retrain_horizon_hours=1,
+    )
+
+
+def paced_producer(settings: Settings, events: list[dict], rate: float) -> threading.Thread:
+    def run() -> None:
+        for start in range(0, len(events), 50):
+            produce(settings, events_as_records(events[start:start + 50]))
+            time.sleep(50 / rate)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_returns(settings: Settings, tmp_path: Path) -> None:
+    from streamrec.models.retrainer import retrain_round
+
+    phase1 = stream(1, 3000, "a-")[:1500]
+    phase2 = stream(2, 3000, "b-")  # new items, first seen after v1
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        assert worker.health()["model_version"] == 1
+        produce(settings, events_as_records(phase1 + phase2[:1500]))
+        # A steady stream while the round trains and publishes.
+        producer = paced_producer(settings, phase2[1500:], rate=150)
+        result = retrain_round(settings, epochs=3)
+        assert result.outcome == "published", result.reason
+        assert result.candidate_version == 2 and result.new_items > 0
+        producer.join(timeout=120)
+        deadline = time.monotonic() + 60
+        while worker.health().get("model_version") != 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker.health()["model_version"] == 2
+
+        all_events = phase1 + phase2
+        expected = expected_windows(all_events, WINDOW)
+        assert wait_for_windows(settings, expected) == expected, "events lost or doubled across the switch"
+
+        recs = [Recommendation.from_json(v) for _, v in read_topic(settings, settings.recommendations_topic, min_messages=100)]
+        versions = [r.model_version for r in sorted(recs, key=lambda r: r.emitted_at_ms)]
+        switch = versions.index(2)
+        assert set(versions[:switch]) == {1} and set(versions[switch:]) == {2}, "not one clean switch"
+        v2_items = {i.item_id for r in recs if r.model_version == 2 for i in r.items}
+        assert any(item.startswith("b-") for item in v2_items), "items new since v1 are not recommended by v2"
+
+        # Rollback: the worker returns to version 1.
+        registry = ModelRegistry.at(settings.models_path)
+        assert registry.rollback() == 1
+        asyncio.run(announce(settings, 1, registry.record(1).checksum, "rollback"))
+        deadline = time.monotonic() + 60
+        while worker.health().get("model_version") != 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker.health()["model_version"] == 1
+    finally:
+        worker.kill()
+
+
+def test_a_corrupted_version_is_refused_and_the_worker_keeps_serving(settings: Settings, tmp_path: Path) -> None:
+    registry = ModelRegistry.at(settings.models_path)
+    registry.publish(1)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        bad = registry.storage.artifact_path(2)
+        shutil.copytree(registry.storage.artifact_path(1), bad)
+        onnx_file = bad / "model.onnx"
+        onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])  # truncated
+        # Forced live behind the registry's back (the registry itself refuses to publish it).
+        registry.storage.replace_text("LIVE", "2\n")
+        asyncio.run(announce(settings, 2, "bogus", "forced"))
+        time.sleep(8)
+        produce(settings, events_as_records(stream(3, 300, "c-")))
+        recs = [Recommendation.from_json(v) for _, v in read_topic(settings, settings.recommendations_topic, min_messages=10)]
+        assert recs and {r.model_version for r in recs} == {1}
+        assert worker.alive() and worker.health()["model_version"] == 1
+        assert "REFUSED model" in worker.log_tail(400)
+    finally:
+        worker.kill()
