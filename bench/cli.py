@@ -197,3 +197,24 @@ def scale(ctx: click.Context, workers: str, events: int, users: int, items: int,
                        train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model, seed=seed,
                        timeout_s=timeout_s, keep=keep, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
+
+
+@bench.command("state")
+@click.option("--users", default=5000, show_default=True)
+@click.option("--updates", default=50_000, show_default=True, help="Window updates per model and mode.")
+@click.option("--batch", default=256, show_default=True, help="Distinct users per micro-batch.")
+@click.option("--window", default=None, type=int, help="Window size N. [default: STREAMREC_WINDOW_SIZE]")
+@click.option("--single", default=300, show_default=True, help="Sequential single-request samples per model.")
+@click.option("--ttl-probe-users", default=200, show_default=True, help="Users in the TTL-expiry probe (0 = skip).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--keep", is_flag=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/state.json"), show_default=True)
+@click.pass_context
+def state(ctx: click.Context, users: int, updates: int, batch: int, window: int | None, single: int,
+          ttl_probe_users: int, seed: int, keep: bool, out: Path) -> None:
+    """The Cassandra window store alone: chosen blob-per-user model vs rows+LIMIT+TTL (updates/s, latency, tombstones)."""
+    from streamrec.bench.state import format_result, run_state
+
+    result = run_state(_settings(ctx), users=users, updates=updates, batch=batch, window=window, single=single,
+                       ttl_probe_users=ttl_probe_users, seed=seed, keep=keep, progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(512, ge=1)
     batch_max_wait_ms: int = Field(20, ge=0)
     top_k: int = Field(10, ge=1, le=1000)
+    # Worker-local window cache (users); bounds worker memory: ~12 KB per user at N = 50.
+    window_cache_users: int = Field(20_000, ge=0)
     exclude_seen: bool = True
     worker_id: str | None = None
     web_port: int = 6066

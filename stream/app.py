@@ -95,7 +95,8 @@ def create_app(
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     sink = FaustSink(app)
     processor = BatchProcessor(
-        settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id
+        settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id,
+        cache_capacity=settings.window_cache_users,
     )
 
     @app.agent(events_topic, concurrency=1)
@@ -152,7 +153,7 @@ def create_app(
     class HealthView(View):
         async def get(self, request: Request) -> Response:
             report = {
-                "kafka": bool(app.consumer and app.consumer.assignment() is not None),
+                "kafka": kafka_connected(app),
                 "cassandra": processor.metrics is not None and store_healthy(processor),
                 "model": models.current is not None,
                 "model_version": models.version,
@@ -162,6 +163,15 @@ def create_app(
             return self.json(report, status=200 if ok else 503)
 
     return app, processor
+
+
+def kafka_connected(app: faust.App) -> bool:
+    """True while the worker's producer holds at least one live broker connection."""
+    try:
+        client = app.producer._producer.client  # noqa: SLF001 - faust exposes no connection state
+        return any(conn.connected() for conn in client._conns.values())  # noqa: SLF001
+    except AttributeError:
+        return False
 
 
 def store_healthy(processor: BatchProcessor) -> bool:
