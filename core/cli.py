@@ -34,6 +34,9 @@ def _register_commands() -> None:
     from streamrec.onnx.cli import model
     from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
 
+    from streamrec.bench.incremental import incremental
+
+    bench.add_command(incremental)
     for command in (infra, worker, produce, tail, inspect, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
         cli.add_command(command)
 
