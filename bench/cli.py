@@ -218,3 +218,89 @@ def state(ctx: click.Context, users: int, updates: int, batch: int, window: int 
     result = run_state(_settings(ctx), users=users, updates=updates, batch=batch, window=window, single=single,
                        ttl_probe_users=ttl_probe_users, seed=seed, keep=keep, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
+
+
+@bench.command("all")
+@click.option("--events", default=50_000, show_default=True, help="e2e backlog size (scale uses the same).")
+@click.option("--users", default=200_000, show_default=True)
+@click.option("--items", default=20_000, show_default=True)
+@click.option("--latency-seconds", default=20.0, show_default=True)
+@click.option("--train-events", default=30_000, show_default=True)
+@click.option("--epochs", default=2, show_default=True)
+@_model_option
+@click.option("--profile-seconds", default=10.0, show_default=True, help="py-spy the e2e worker (0 = no profile).")
+@click.option("--skip", default="", help="Comma-separated benchmarks to skip (encoder,e2e,latency,scale,state).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/all.json"), show_default=True)
+@click.pass_context
+def all_(ctx: click.Context, events: int, users: int, items: int, latency_seconds: float, train_events: int, epochs: int,
+         model_dir: Path | None, profile_seconds: float, skip: str, out: Path) -> None:
+    """Every benchmark with small defaults, one model shared; one combined report (JSON + per-benchmark files)."""
+    import itertools
+    import tempfile
+
+    from streamrec.bench import common
+
+    settings = _settings(ctx)
+    skipped = {s.strip() for s in skip.split(",") if s.strip()}
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    out_dir = out.parent
+    parts: dict[str, dict[str, Any] | None] = {}
+    errors: dict[str, str] = {}
+    tables: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="streamrec-bench-all-") as tmp:
+        if model_dir is None and not {"e2e", "latency", "scale"} <= skipped:
+            registry = Path(tmp) / "models"
+            history = list(itertools.islice(common.synthetic_events(train_events, users, items), train_events))
+            info = common.prepare_model(settings.with_overrides(model_dir=registry), None, history, epochs)
+            echo(f"shared model: {info}")
+            model_dir = registry
+
+        def step(name: str, call: Any, fmt: Any) -> None:
+            if name in skipped:
+                return
+            echo(f"== bench {name}")
+            try:
+                result = call()
+            except Exception as exc:  # one failing benchmark must not lose the others' results
+                log.exception("bench %s failed", name)
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                parts[name] = None
+                return
+            common.write_json(result, out_dir / f"{name}.json")
+            parts[name] = result
+            tables.append(f"== {name}\n{fmt(result)}")
+
+        def encoder_call() -> dict[str, Any]:
+            from streamrec.bench.encoder import run_encoder_bench
+
+            result = run_encoder_bench(None, batches=(1, 64, 256), seq_len=50, k=10, threads=2, device="cpu",
+                                       min_seconds=1.0, spin=True, fp16=False)
+            rows = result.get("rows", [])
+            result.setdefault("headline", {r_key: r.get("speedup") for r in rows for r_key in [f"ort_over_torch_batch_{r['batch']}"]})
+            return result
+
+        def encoder_fmt(result: dict[str, Any]) -> str:
+            from streamrec.bench.encoder import format_table as encoder_table
+
+            return encoder_table(result)
+
+        from streamrec.bench import e2e as e2e_mod
+        from streamrec.bench import latency as latency_mod
+        from streamrec.bench import scale as scale_mod
+        from streamrec.bench import state as state_mod
+
+        step("encoder", encoder_call, encoder_fmt)
+        step("e2e", lambda: e2e_mod.run_e2e(settings, events=events, users=users, items=items, model=model_dir,
+                                            latency_seconds=10.0, profile_seconds=profile_seconds, out_dir=out_dir,
+                                            progress=echo), e2e_mod.format_result)
+        step("latency", lambda: latency_mod.run_latency(settings, seconds=latency_seconds, users=users, items=items,
+                                                        model=model_dir, out_dir=out_dir, progress=echo),
+             latency_mod.format_result)
+        step("scale", lambda: scale_mod.run_scale(settings, events=events, users=users, items=items, model=model_dir,
+                                                  out_dir=out_dir, progress=echo), scale_mod.format_result)
+        step("state", lambda: state_mod.run_state(settings, users=2000, updates=20_000, single=200, progress=echo),
+             state_mod.format_result)
+    report = common.assemble_report(parts, common.machine_info(), errors)
+    for name, message in errors.items():
+        tables.append(f"== {name}: FAILED: {message}")
+    _print_and_write(report, "\n\n".join(tables), out)

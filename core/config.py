@@ -143,6 +143,17 @@ class Settings(BaseSettings):
             return self
         return type(self).model_validate({**self.model_dump(), **values})
 
+    def to_env(self) -> dict[str, str]:
+        """``STREAMREC_*`` variables that make a child process (worker, retrainer) see these settings."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"STREAMREC_{name.upper()}"] = str(value)
+        return env
+
     def kafka_client_kwargs(self) -> dict[str, object]:
         """Security keyword arguments for aiokafka clients (producer helper, tail, tests)."""
         kwargs: dict[str, object] = {"security_protocol": self.kafka_security_protocol}

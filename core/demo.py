@@ -25,11 +25,9 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
-import orjson
 
 from streamrec.config import Settings
 
@@ -55,17 +53,6 @@ class DemoSummary:
     model_version: int
     train_seconds: float
     offline_test: dict[str, float]
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STREAMREC_{name.upper()}"] = str(value)
-    return env
 
 
 def _metric_values(text: str) -> dict[str, float]:
@@ -214,7 +201,7 @@ def run_demo(
     click.secho("== 4/5 worker", bold=True)
     web_port = settings.web_port
     log_path = out_dir / "worker.log"
-    env = {**os.environ, **_settings_env(settings)}
+    env = {**os.environ, **settings.to_env()}
     with open(log_path, "ab") as worker_log:
         worker = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--loglevel", "warn"],
                                   env=env, stdout=worker_log, stderr=subprocess.STDOUT)

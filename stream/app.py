@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from typing import Any, Awaitable
 
 import faust

@@ -7,7 +7,6 @@ or starts them itself; if they cannot be reached the tests fail, never skip.
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 

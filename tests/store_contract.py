@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
 
 from streamrec.stream.state.base import StoredWindow, UserState, WindowStore
 from streamrec.stream.window import WindowEntry

@@ -20,6 +20,16 @@ from streamrec.config import Settings
 from streamrec.stream.window import WindowEntry, decode_window
 
 
+WINDOW = 20  # a small window, so test streams exercise the cap
+
+
+def synthetic(n_events: int, n_users: int, seed: int = 7) -> list[dict]:
+    """A deterministic synthetic stream (500 items)."""
+    from streamrec.stream.generator import SyntheticConfig, generate_events
+
+    return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -28,14 +38,7 @@ def free_port() -> int:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process see ``settings``."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STREAMREC_{name.upper()}"] = str(value)
-    return env
+    return settings.to_env()
 
 
 @dataclass

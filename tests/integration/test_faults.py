@@ -10,29 +10,26 @@ import pytest
 
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
-from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.recommendation import Recommendation
 from tests.integration.helpers import (
+    WINDOW,
     WorkerProcess,
     committed_lag,
     events_as_records,
     expected_windows,
     produce,
     read_topic,
+    synthetic,
     wait_for_windows,
 )
 
 pytestmark = pytest.mark.integration
-WINDOW = 20
 
 
 @pytest.fixture
 def settings(isolated: Settings, tmp_path: Path) -> Settings:
     return isolated.with_overrides(window_size=WINDOW, model_dir=tmp_path / "no-models", topic_partitions=4)
 
-
-def synthetic(n_events: int, n_users: int, seed: int) -> list[dict]:
-    return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
 
 
 def assert_every_user_served(settings: Settings, events: list[dict]) -> list[Recommendation]:

@@ -12,29 +12,26 @@ import pytest
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.events import DeadLetter
-from streamrec.stream.generator import SyntheticConfig, generate_events
 from tests.corpus import BAD_RECORDS
 from tests.integration.helpers import (
+    WINDOW,
     WorkerProcess,
     committed_lag,
     events_as_records,
     expected_windows,
     produce,
     read_topic,
+    synthetic,
     wait_for_windows,
 )
 
 pytestmark = pytest.mark.integration
-WINDOW = 20
 
 
 @pytest.fixture
 def settings(isolated: Settings, tmp_path: Path) -> Settings:
     return isolated.with_overrides(window_size=WINDOW, model_dir=tmp_path / "no-models", topic_partitions=4)
 
-
-def synthetic(n_events: int, n_users: int, seed: int = 7) -> list[dict]:
-    return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
 
 
 def late_arrivals(events: list[dict], fraction: float, seed: int = 1) -> list[dict]:
