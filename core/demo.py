@@ -118,7 +118,7 @@ async def _replay_and_watch(
                     rec = Recommendation.from_json(record.value)
                     count["recs"] += 1
                     received_at.setdefault(rec.event_id, now)
-                    if rec.user_id in show_users and now - shown_last > 2.0:
+                    if rec.user_id in show_users and now - shown_last > 1.0:
                         shown_last = now
                         items = ", ".join(i.item_id for i in rec.items[:5])
                         tqdm.write(f"  live: user {rec.user_id} after {rec.event_id} (model v{rec.model_version}) → {items}")
@@ -218,8 +218,11 @@ def run_demo(
 
         click.secho("== 5/5 replay", bold=True)
         rnd = random.Random(seed)
-        users = sorted({e["user_id"] for e in replay})
-        show = rnd.sample(users, min(3, len(users)))
+        # Show the most active users of the replay: they change recommendations often.
+        activity: dict[str, int] = {}
+        for e in replay:
+            activity[e["user_id"]] = activity.get(e["user_id"], 0) + 1
+        show = sorted(activity, key=lambda u: (-activity[u], u))[:3]
         sent, received, recs, replay_seconds = asyncio.run(
             _replay_and_watch(settings, replay, rate, show, _bad_records(rnd, bad_records), idle_timeout)
         )

@@ -116,7 +116,7 @@ def test_summarise_collapsed_categories() -> None:
     lines = [
         "<module> (streamrec/__main__.py:1);run (faust/worker.py:10);run (onnxruntime/capi/session.py:200) 60",
         "<module> (streamrec/__main__.py:1);send (aiokafka/producer.py:5) 30",
-        "<module> (streamrec/__main__.py:1);select (selectors.py:1) 10",
+        "<module> (streamrec/__main__.py:1);decode (json/decoder.py:1) 10",
     ]
     summary = common.summarise_collapsed(lines)
     assert summary["samples"] == 100
