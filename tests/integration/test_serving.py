@@ -85,6 +85,20 @@ def test_recommendations_follow_the_schema_one_per_user_per_batch(
     for user, rec in final.items():
         assert not {i.item_id for i in rec.items} & set(window[user][-settings.window_size:])
 
+    # Operators' view of the same user through the CLI: `inspect user` and `tail --user`.
+    user = next(iter(final))
+    env = {**os.environ, **settings.to_env()}
+    inspected = subprocess.run([sys.executable, "-m", "streamrec", "inspect", "user", user, "--json"],
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert inspected.returncode == 0, inspected.stderr
+    report = json.loads(inspected.stdout)
+    assert [e["item_id"] for e in report["window"]] == window[user][-settings.window_size:]
+    assert report["recommendation"]["event_id"] == final[user].event_id
+    tailed = subprocess.run([sys.executable, "-m", "streamrec", "tail", "--user", user, "--json", "--from-beginning",
+                             "--timeout", "10"], env=env, capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in tailed.stdout.splitlines() if line.strip()]
+    assert lines and {m["user_id"] for m in lines} == {user}
+
 
 def test_planted_sequence_beats_popularity_by_a_wide_margin(
     settings: Settings, planted_stream: list[dict], tmp_path: Path
