@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
@@ -160,6 +161,7 @@ class BatchProcessor:
         self._ttl_s = int(settings.window_max_age_days * 86_400)
         self.stopping = False
         self.last_store_ok = True
+        self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
 
     def on_rebalance(self) -> None:
         """Forget worker-local state about users: their partitions may have moved."""
@@ -197,17 +199,14 @@ class BatchProcessor:
         if by_user:
             windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
             self.metrics.duplicates.inc(report.duplicates)
-            # The window write, the encoder call and the Kafka sends overlap;
-            # the batch is acknowledged only after all of them completed.
-            window_write = asyncio.ensure_future(self._retry("window write", lambda: self._save_windows(changed)))
-            try:
-                recommendations, states = self._recommend(by_user, windows)
-                for rec in recommendations:
-                    deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
-                report.recommendations = recommendations
-                await self._retry("user state", lambda: self._timed("save_user_states", self.store.save_user_states(states)))
-            finally:
-                await window_write
+            # ONNX Runtime releases the GIL: encoding in a thread keeps the event
+            # loop (Kafka fetches, Cassandra callbacks of other work) moving.
+            loop = asyncio.get_running_loop()
+            recommendations, states = await loop.run_in_executor(self._encode_thread, self._recommend, by_user, windows)
+            for rec in recommendations:
+                deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
+            report.recommendations = recommendations
+            await self._retry("state write", lambda: self._timed("save", self.store.save(changed, states, self._ttl_s)))
             # Only after the write succeeded: a failed batch is retried from the stored state.
             for user_id in by_user:
                 self.cache.put(windows[user_id])
@@ -267,10 +266,6 @@ class BatchProcessor:
                 windows[user_id] = updated
                 changed.append(updated)
         return windows, changed, duplicates
-
-    async def _save_windows(self, changed: list[StoredWindow]) -> None:
-        if changed:
-            await self._timed("save_windows", self.store.save_windows(changed, self._ttl_s))
 
     def _recommend(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]

@@ -51,6 +51,20 @@ class StoreContract:
         finally:
             await store.close()
 
+    async def check_save_writes_windows_and_states_together(self) -> None:
+        store = await self.make_store()
+        try:
+            state = UserState("u1", 2, b"", b'{"v":1}', "u1-e2", 1)
+            other = UserState("u2", 2, b"", b'{"v":1}', "u2-e0", 1)  # state only: window unchanged (a replay)
+            await store.save([_window("u1", 3, 3)], [state, other], ttl_s=3600)
+            assert (await store.load_windows(["u1"]))["u1"] == _window("u1", 3, 3)
+            assert (await store.load_user_state("u1")).last_event_id == "u1-e2"
+            assert (await store.load_user_state("u2")).last_event_id == "u2-e0"
+            await store.save([_window("u1", 2, 2)], [], ttl_s=3600)  # stale
+            assert (await store.load_windows(["u1"]))["u1"].seq == 3
+        finally:
+            await store.close()
+
     async def check_identifiers_are_data(self) -> None:
         store = await self.make_store()
         try:
@@ -66,4 +80,5 @@ CHECKS = [
     "check_newer_seq_wins_over_a_late_stale_write",
     "check_user_state_round_trip",
     "check_identifiers_are_data",
+    "check_save_writes_windows_and_states_together",
 ]

@@ -55,6 +55,10 @@ class WindowStore(Protocol):
         """Durably write the latest serving state of each user."""
         ...
 
+    async def save(self, windows: Sequence[StoredWindow], states: Sequence[UserState], ttl_s: int) -> None:
+        """Durably write a batch's changed windows and new user states (one request per user where possible)."""
+        ...
+
     async def load_user_state(self, user_id: str) -> UserState | None:
         ...
 

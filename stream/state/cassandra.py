@@ -24,14 +24,15 @@ import asyncio
 import logging
 import re
 import ssl
+import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cassandra import DriverException, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import ConstantReconnectionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from streamrec.config import Settings
 from streamrec.errors import ConfigError, StateStoreError
@@ -112,19 +113,42 @@ def migrate(session: Session, settings: Settings) -> None:
     )
 
 
-async def _await_future(response_future: Any) -> Any:
-    """Bridge a driver ResponseFuture (callbacks on the driver's thread) to asyncio."""
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future = loop.create_future()
+class _ChunkWaiter:
+    """Completes one asyncio future when every request of a chunk has answered.
 
-    def on_ok(rows: Any) -> None:
-        loop.call_soon_threadsafe(lambda: result.done() or result.set_result(rows))
+    The driver calls back on its I/O thread; waking the event loop once per
+    chunk instead of once per request saves a thread hop per statement.
+    """
 
-    def on_err(exc: BaseException) -> None:
-        loop.call_soon_threadsafe(lambda: result.done() or result.set_exception(exc))
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self._loop = loop
+        self._left = count
+        self._lock = threading.Lock()
+        self.results: list[Any] = [None] * count
+        self.error: BaseException | None = None
+        self.future: asyncio.Future = loop.create_future()
 
-    response_future.add_callbacks(on_ok, on_err)
-    return await result
+    def callbacks(self, index: int) -> tuple[Callable[[Any], None], Callable[[BaseException], None]]:
+        def ok(rows: Any) -> None:
+            self.results[index] = rows
+            self._done()
+
+        def err(exc: BaseException) -> None:
+            self.error = self.error or exc
+            self._done()
+
+        return ok, err
+
+    def _done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            finished = self._left == 0
+        if finished:
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class CassandraStore:
@@ -134,7 +158,6 @@ class CassandraStore:
         self._settings = settings
         self._cluster = cluster
         self._session = session
-        self._limit = asyncio.Semaphore(settings.cassandra_concurrency)
         ks = check_keyspace_name(settings.cassandra_keyspace)
         prepare = session.prepare
         self._select_window: PreparedStatement = prepare(f"SELECT events, seq FROM {ks}.windows WHERE user_id = ?")
@@ -161,50 +184,71 @@ class CassandraStore:
             cluster.shutdown()
             raise StateStoreError(f"Cassandra schema set-up failed: {exc}") from exc
 
-    async def _run(self, statement: PreparedStatement, params: Sequence[Any]) -> Any:
-        async with self._limit:
+    async def _execute_all(self, requests: Sequence[tuple[Any, Sequence[Any] | None]]) -> list[Any]:
+        """Run (statement, params) requests, at most ``cassandra_concurrency`` in flight; results in order."""
+        loop = asyncio.get_running_loop()
+        results: list[Any] = []
+        chunk_size = self._settings.cassandra_concurrency
+        for start in range(0, len(requests), chunk_size):
+            chunk = requests[start : start + chunk_size]
+            waiter = _ChunkWaiter(loop, len(chunk))
             try:
-                return await _await_future(self._session.execute_async(statement, params))
+                for index, (statement, params) in enumerate(chunk):
+                    self._session.execute_async(statement, params).add_callbacks(*waiter.callbacks(index))
             except _TRANSIENT as exc:
                 raise StateStoreError(f"Cassandra request failed: {type(exc).__name__}: {exc}") from exc
+            await waiter.future
+            if waiter.error is not None:
+                exc = waiter.error
+                raise StateStoreError(f"Cassandra request failed: {type(exc).__name__}: {exc}") from exc
+            results.extend(waiter.results)
+        return results
 
     async def load_windows(self, user_ids: Sequence[str]) -> dict[str, StoredWindow]:
-        rows = await asyncio.gather(*(self._run(self._select_window, (u,)) for u in user_ids))
+        rows = await self._execute_all([(self._select_window, (u,)) for u in user_ids])
         windows: dict[str, StoredWindow] = {}
         for user_id, result in zip(user_ids, rows):
-            row = result.one() if hasattr(result, "one") else (result[0] if result else None)
-            if row is not None:
+            if result:
+                row = result[0]
                 windows[user_id] = StoredWindow(user_id, tuple(decode_window(row.events)), row.seq or 0)
         return windows
 
+    def _window_params(self, w: StoredWindow, now_ms: int, ttl_s: int) -> tuple:
+        return (w.user_id, encode_window(w.entries), w.seq, now_ms, w.seq, ttl_s)
+
+    @staticmethod
+    def _state_params(s: UserState) -> tuple:
+        return (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms)
+
     async def save_windows(self, windows: Sequence[StoredWindow], ttl_s: int) -> None:
         now = int(time.time() * 1000)
-        await asyncio.gather(
-            *(
-                self._run(
-                    self._insert_window,
-                    (w.user_id, encode_window(w.entries), w.seq, now, w.seq, ttl_s),
-                )
-                for w in windows
-            )
-        )
+        await self._execute_all([(self._insert_window, self._window_params(w, now, ttl_s)) for w in windows])
 
     async def save_user_states(self, states: Sequence[UserState]) -> None:
-        await asyncio.gather(
-            *(
-                self._run(
-                    self._insert_state,
-                    (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms),
-                )
-                for s in states
-            )
-        )
+        await self._execute_all([(self._insert_state, self._state_params(s)) for s in states])
+
+    async def save(self, windows: Sequence[StoredWindow], states: Sequence[UserState], ttl_s: int) -> None:
+        """Each user's changed window and new state in one request (an unlogged batch of one partition key)."""
+        now = int(time.time() * 1000)
+        changed = {w.user_id: w for w in windows}
+        requests: list[tuple[Any, Sequence[Any] | None]] = []
+        for state in states:
+            window = changed.pop(state.user_id, None)
+            if window is None:
+                requests.append((self._insert_state, self._state_params(state)))
+                continue
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch.add(self._insert_window, self._window_params(window, now, ttl_s))
+            batch.add(self._insert_state, self._state_params(state))
+            requests.append((batch, None))
+        requests.extend((self._insert_window, self._window_params(w, now, ttl_s)) for w in changed.values())
+        await self._execute_all(requests)
 
     async def load_user_state(self, user_id: str) -> UserState | None:
-        result = await self._run(self._select_state, (user_id,))
-        row = result.one() if hasattr(result, "one") else (result[0] if result else None)
-        if row is None:
+        (result,) = await self._execute_all([(self._select_state, (user_id,))])
+        if not result:
             return None
+        row = result[0]
         updated = int(row.updated_at.timestamp() * 1000) if row.updated_at else 0
         return UserState(user_id, row.model_version, row.user_vector, row.recommendation, row.last_event_id, updated)
 

@@ -33,6 +33,9 @@ class InMemoryStore:
 
     async def save_windows(self, windows: Sequence[StoredWindow], ttl_s: int) -> None:
         self._maybe_fail()
+        self._put_windows(windows)
+
+    def _put_windows(self, windows: Sequence[StoredWindow]) -> None:
         for window in windows:
             current = self.windows.get(window.user_id)
             # Same rule as Cassandra's last-write-wins on USING TIMESTAMP seq
@@ -42,6 +45,12 @@ class InMemoryStore:
 
     async def save_user_states(self, states: Sequence[UserState]) -> None:
         self._maybe_fail()
+        for state in states:
+            self.states[state.user_id] = state
+
+    async def save(self, windows: Sequence[StoredWindow], states: Sequence[UserState], ttl_s: int) -> None:
+        self._maybe_fail()
+        self._put_windows(windows)
         for state in states:
             self.states[state.user_id] = state
 
