@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish the in-flight batch
     model_dir: Path | None = None
     onnx_threads: int = 0  # 0 = let ONNX Runtime decide (physical cores)
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon

@@ -43,6 +43,11 @@ def live_model_path(settings: Settings) -> Path | None:
 
 def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     """Run a worker until SIGINT/SIGTERM."""
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        # libuv's loop: the profile shows a quarter of the worker's CPU in asyncio's own scheduling.
+        mode.loop.use("uvloop")
     import faust
 
     worker_id = default_worker_id(settings)
