@@ -252,20 +252,27 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
         live_version=live.version if live else None, candidate_holdout=candidate_holdout,
         live_holdout=live_holdout, plot=str(kept_plot),
     )
-    if live_score is not None and cand < live_score - settings.retrain_tolerance:
+    publish, outcome.reason = judge(cand, live_score, settings.retrain_tolerance)
+    if not publish:
         outcome.outcome = "rejected"
-        outcome.reason = (f"holdout NDCG@10 {cand:.4f} is worse than live {live_score:.4f} "
-                          f"by more than the tolerance {settings.retrain_tolerance}")
         registry.reject(candidate, outcome.reason)
     else:
-        outcome.reason = (f"holdout NDCG@10 {cand:.4f} vs live {live_score:.4f}" if live_score is not None
-                          else f"first model, holdout NDCG@10 {cand:.4f}")
         registry.publish(candidate, reason=outcome.reason)
         if announce:
             _announce(settings, registry, candidate)
     outcome.duration_s = round(time.monotonic() - started, 1)
     log.info("retrain round: %s", asdict(outcome))
     return outcome
+
+
+def judge(candidate_ndcg: float, live_ndcg: float | None, tolerance: float) -> tuple[bool, str]:
+    """Publish unless the candidate is worse than live by more than ``tolerance`` (holdout NDCG@10)."""
+    if live_ndcg is None:
+        return True, f"first model, holdout NDCG@10 {candidate_ndcg:.4f}"
+    if candidate_ndcg < live_ndcg - tolerance:
+        return False, (f"holdout NDCG@10 {candidate_ndcg:.4f} is worse than live {live_ndcg:.4f} "
+                       f"by more than the tolerance {tolerance}")
+    return True, f"holdout NDCG@10 {candidate_ndcg:.4f} vs live {live_ndcg:.4f}"
 
 
 def _announce(settings: Settings, registry: Any, version: int) -> None:

@@ -192,6 +192,17 @@ def wait_for_windows(settings: Settings, expected: dict[str, list[str]], timeout
     return actual
 
 
+def fault_report(name: str, settings: Settings, produced: int, expected: dict[str, list[str]],
+                 actual: dict[str, list[str]], recovery_s: float) -> str:
+    """One line for the issue notes: produced, in state, recommendations emitted, recovery time."""
+    recs = len(read_topic(settings, settings.recommendations_topic, timeout=30, idle=2.0))
+    in_state = sum(len(v) for v in actual.values())
+    line = (f"FAULT {name}: events produced {produced}, window entries expected {sum(len(v) for v in expected.values())}"
+            f" / in state {in_state} (users {len(actual)}), recommendations emitted {recs}, recovered in {recovery_s:.1f}s")
+    print(line)
+    return line
+
+
 def committed_lag(settings: Settings) -> int:
     """Events on the events topic not yet committed by the worker group."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,

@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     events_as_records,
     expected_windows,
     produce,
+    fault_report,
     read_topic,
     synthetic,
     wait_for_windows,
@@ -54,9 +55,11 @@ def test_sigkill_of_one_of_two_workers_mid_replay(settings: Settings, tmp_path: 
         produce(settings, events_as_records(events[:4000]))
         time.sleep(1.0)
         first.kill()  # mid-replay
+        killed_at = time.monotonic()
         produce(settings, events_as_records(events[4000:]))
         expected = expected_windows(events, WINDOW)
         actual = wait_for_windows(settings, expected, timeout=180)
+        fault_report("sigkill-1-of-2", settings, len(events), expected, actual, time.monotonic() - killed_at)
         assert actual == expected, "the surviving worker did not take over every partition"
         assert second.alive()
         recs = assert_every_user_served(settings, events)
@@ -77,9 +80,12 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
         local.stop(settings, "kafka")
         time.sleep(5.0)
         local.start(settings, "kafka")
+        restarted_at = time.monotonic()
         produce(settings, events_as_records(events[2000:]))
         expected = expected_windows(events, WINDOW)
-        assert wait_for_windows(settings, expected, timeout=180) == expected
+        actual = wait_for_windows(settings, expected, timeout=180)
+        fault_report("broker-restart", settings, len(events), expected, actual, time.monotonic() - restarted_at)
+        assert actual == expected
         assert worker.alive(), "the worker must reconnect, not die"
         assert_every_user_served(settings, events)
     finally:

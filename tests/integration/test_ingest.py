@@ -19,6 +19,7 @@ from tests.integration.helpers import (
     committed_lag,
     events_as_records,
     expected_windows,
+    fault_report,
     produce,
     read_topic,
     synthetic,
@@ -118,8 +119,10 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
     produce(settings, events_as_records(events[3000:]))
     restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
+        restarted_at = time.monotonic()
         expected = expected_windows(events, WINDOW)
         actual = wait_for_windows(settings, expected)
+        fault_report("sigkill-restart", settings, len(events), expected, actual, time.monotonic() - restarted_at)
         assert actual == expected
         for window in actual.values():
             assert len(window) == len(set(window)), "an event entered a window twice"
@@ -142,8 +145,11 @@ def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Pat
         assert worker.alive(), "the worker must ride out the outage"
         assert committed_lag(settings) > 0, "offsets must not be committed while Cassandra is down"
         local.start(settings, "cassandra")
+        restarted_at = time.monotonic()
         expected = expected_windows(events, WINDOW)
-        assert wait_for_windows(settings, expected, timeout=180) == expected
+        actual = wait_for_windows(settings, expected, timeout=180)
+        fault_report("cassandra-30s-outage", settings, len(events), expected, actual, time.monotonic() - restarted_at)
+        assert actual == expected
         assert worker.alive()
     finally:
         worker.kill()
