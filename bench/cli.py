@@ -43,8 +43,8 @@ def _write(result: dict[str, Any], out: Path | None) -> None:
 @click.option("--threads", default=2, show_default=True, help="Threads for both torch and ONNX Runtime.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--min-seconds", default=2.0, show_default=True, help="Minimum timed seconds per case and backend.")
-@click.option("--spin/--no-spin", default=True, show_default=True,
-              help="ORT threads busy-wait between ops, as torch's OpenMP threads do by default.")
+@click.option("--spin/--no-spin", default=False, show_default=True,
+              help="Let ORT threads busy-wait between ops (serving default: off).")
 @click.option("--fp16", is_flag=True, help="Serve the fp16 graph (CUDA only).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/encoder.json"), show_default=True)
 def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: int, threads: int, device: str,

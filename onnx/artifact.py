@@ -117,6 +117,7 @@ def write_artifact(
     if len(vocab) != config.n_items:
         raise ModelError(f"vocabulary has {len(vocab)} entries but the model has {config.n_items} item rows")
     tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; workers under another user must read it
     try:
         export_onnx(model, tmp / MODEL_FILE)
         parity = check_parity(model, vocab, tmp / MODEL_FILE, real_sequences=real_sequences)
