@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Awaitable
 
 import faust
@@ -101,7 +102,10 @@ def create_app(
     @app.agent(events_topic, concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
         wait_s = settings.batch_max_wait_ms / 1000.0
+        last_done = time.perf_counter()
         async for batch in stream.noack_take(settings.batch_max_events, within=wait_s):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("batch of %d records after %.1f ms idle", len(batch), (time.perf_counter() - last_done) * 1000)
             records = [
                 SourceRecord(
                     e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
@@ -130,6 +134,7 @@ def create_app(
             for event in batch:
                 await stream.ack(event)
             await models.maybe_swap()
+            last_done = time.perf_counter()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
