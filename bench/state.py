@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from streamrec.bench import common
 from streamrec.config import Settings
 from streamrec.stream.state.base import StoredWindow
-from streamrec.stream.state.cassandra import CassandraStore, _await_future, check_keyspace_name
+from streamrec.stream.state.cassandra import CassandraStore, await_response, check_keyspace_name
 from streamrec.stream.window import WindowEntry, merge_window
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class RowsModel:
 
     async def _run(self, stmt: Any, params: Sequence[Any]) -> Any:
         async with self.limit:
-            return await _await_future(self.session.execute_async(stmt, params))
+            return await await_response(self.session.execute_async(stmt, params))
 
     async def append(self, events: Sequence[tuple[str, WindowEntry]]) -> None:
         await asyncio.gather(*(self._run(self.insert, (u, e.ts_ms, e.event_id, e.item_id, e.event_type)) for u, e in events))
@@ -212,11 +212,11 @@ async def _ttl_probe(store: CassandraStore, rows: RowsModel, ks: str, users: int
     for u in range(users):
         entries = [_entry(u, n, now + n, items, rnd) for n in range(window * 2)]
         await probe_rows.append([(f"u{u}", e) for e in entries])
-        await _await_future(session.execute_async(insert, (f"u{u}", encode_window(entries[-window:]), 1)))
+        await await_response(session.execute_async(insert, (f"u{u}", encode_window(entries[-window:]), 1)))
     await asyncio.sleep(3.0)
     for u in range(users):
         await probe_rows.read([f"u{u}"], window)
-        await _await_future(session.execute_async(select, (f"u{u}",)))
+        await await_response(session.execute_async(select, (f"u{u}",)))
     views = _system_views(store, ks)
     return {"users": users, "events_per_user": window * 2, "ttl_s": 2,
             "rows_model": views.get("window_rows_ttl", {}), "blob_model": views.get("windows_ttl", {})}

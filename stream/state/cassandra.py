@@ -151,6 +151,16 @@ class _ChunkWaiter:
             self.future.set_result(None)
 
 
+async def await_response(response_future: Any) -> Any:
+    """Await one driver ResponseFuture from asyncio (ad-hoc requests; the store batches its own)."""
+    waiter = _ChunkWaiter(asyncio.get_running_loop(), 1)
+    response_future.add_callbacks(*waiter.callbacks(0))
+    await waiter.future
+    if waiter.error is not None:
+        raise waiter.error
+    return waiter.results[0]
+
+
 class CassandraStore:
     """:class:`~streamrec.stream.state.base.WindowStore` on Cassandra, async with bounded concurrency."""
 
