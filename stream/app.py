@@ -29,6 +29,15 @@ from streamrec.stream.state.base import WindowStore
 log = logging.getLogger(__name__)
 
 
+class WorkerApp(faust.App):
+    """A Faust app whose consumer uses :class:`streamrec.stream.transport.Transport` (short fetch wait)."""
+
+    def _new_transport(self) -> Any:
+        from streamrec.stream.transport import Transport
+
+        return Transport(self.conf.broker_consumer, self)
+
+
 class FaustSink:
     """Produces through the app's own producer; ``send`` returns the delivery future."""
 
@@ -74,7 +83,7 @@ def create_app(
     metrics = metrics or WorkerMetrics()
     datadir = settings.state_dir / "worker" / worker_id
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = WorkerApp(
         settings.consumer_group,
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
