@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1)
     topic_replication: int = Field(1, ge=1)
     consumer_group: str = "streamrec-worker"
+    # How long the group waits for a silent (killed) worker before moving its partitions.
+    kafka_session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
 
     # --- Cassandra ----------------------------------------------------------
     cassandra_hosts: str = "127.0.0.1"
