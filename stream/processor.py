@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -162,11 +163,13 @@ class BatchProcessor:
         self.stopping = False
         self.last_store_ok = True
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._recommend_lock = threading.Lock()
 
     def on_rebalance(self) -> None:
         """Forget worker-local state about users: their partitions may have moved."""
         self.cache.clear()
-        self.previous.clear()
+        with self._recommend_lock:  # _recommend runs in the encoder thread
+            self.previous.clear()
 
     # ------------------------------------------------------------------ #
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
@@ -268,6 +271,12 @@ class BatchProcessor:
         return windows, changed, duplicates
 
     def _recommend(
+        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]
+    ) -> tuple[list[Recommendation], list[UserState]]:
+        with self._recommend_lock:
+            return self._recommend_locked(by_user, windows)
+
+    def _recommend_locked(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]
     ) -> tuple[list[Recommendation], list[UserState]]:
         users = list(by_user)
