@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 
 from streamrec.config import Settings
+from streamrec.stream.metrics import metric_values  # noqa: F401 - re-exported for the bench modules
 
 log = logging.getLogger(__name__)
 
@@ -726,18 +727,6 @@ class BenchProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def metric_values(text: str) -> dict[str, float]:
-    """Flatten a Prometheus exposition into ``name{labels}`` → value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
 
 
 def histogram_mean(values: dict[str, float], name: str, labels: str = "") -> float | None:

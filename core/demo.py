@@ -30,6 +30,7 @@ import click
 import numpy as np
 
 from streamrec.config import Settings
+from streamrec.stream.metrics import metric_values
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,6 @@ class DemoSummary:
     model_version: int
     train_seconds: float
     offline_test: dict[str, float]
-
-
-def _metric_values(text: str) -> dict[str, float]:
-    """Flatten a Prometheus exposition into ``name{labels}`` → value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
 
 
 def _fetch(url: str) -> str | None:
@@ -227,7 +216,7 @@ def run_demo(
             _replay_and_watch(settings, replay, rate, show, _bad_records(rnd, bad_records), idle_timeout)
         )
         time.sleep(1.0)
-        values = _metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+        values = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

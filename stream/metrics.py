@@ -58,3 +58,15 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this worker's metrics."""
         return generate_latest(self.registry)
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Flatten a Prometheus exposition into ``name{label=value,...}`` → value (demo and benchmarks read workers with it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
