@@ -15,6 +15,9 @@ app = faust.App(
     web_enabled=False,
     datadir=os.environ["ECHO_DATADIR"],
     broker_commit_interval=0.5,
+    # A member that left uncleanly is evicted after 10 s, not Faust's default 60 s.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
 )
 source = app.topic(os.environ["ECHO_IN"], value_serializer="raw", key_serializer="raw", partitions=4)
 sink = app.topic(os.environ["ECHO_OUT"], value_serializer="raw", key_serializer="raw", partitions=4)

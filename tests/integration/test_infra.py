@@ -115,7 +115,7 @@ def test_faust_agent_through_our_broker_with_rebalance(infra: Settings, tmp_path
             await producer.stop()
 
     def outputs(expected: int) -> dict[int, set[str]]:
-        got = asyncio.run(_consume(infra.kafka_bootstrap, env["ECHO_OUT"], expected, timeout=60))
+        got = asyncio.run(_consume(infra.kafka_bootstrap, env["ECHO_OUT"], expected, timeout=150))
         seen: dict[int, set[str]] = {}
         for _, value in got:
             number, worker = value.decode().split("|")
