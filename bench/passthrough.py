@@ -25,7 +25,7 @@ import faust
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings, load_settings
-from streamrec.stream.app import broker_credentials
+from streamrec.stream.app import new_worker_app
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +35,7 @@ def output_topic(settings: Settings) -> str:
 
 
 def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
-    datadir = settings.state_dir / "bench-passthrough" / worker_id
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.consumer_group,
-        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
-        broker_credentials=broker_credentials(settings),
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        broker_commit_interval=1.0,
-        stream_wait_empty=True,
-        web_port=settings.web_port,
-        web_host="127.0.0.1",
-        datadir=str(datadir),
-        store="memory://",
-    )
+    app = new_worker_app(settings, settings.state_dir / "bench-passthrough" / worker_id, web_host="127.0.0.1")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     out = output_topic(settings)
 

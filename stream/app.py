@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
 from typing import Any, Awaitable
 
 import faust
@@ -67,23 +68,10 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def default_worker_id(settings: Settings) -> str:
-    return settings.worker_id or f"{socket.gethostname()}-{__import__('os').getpid()}"
-
-
-def create_app(
-    settings: Settings,
-    store: WindowStore,
-    models: ModelHolder,
-    *,
-    worker_id: str,
-    metrics: WorkerMetrics | None = None,
-) -> tuple[faust.App, BatchProcessor]:
-    """Build the worker's Faust app around a processor; returns both (tests drive the processor)."""
-    metrics = metrics or WorkerMetrics()
-    datadir = settings.state_dir / "worker" / worker_id
+def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> WorkerApp:
+    """The Faust app every worker runs (the benchmark's passthrough too, so both share one Kafka path)."""
     datadir.mkdir(parents=True, exist_ok=True)
-    app = WorkerApp(
+    return WorkerApp(
         settings.consumer_group,
         broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
@@ -98,11 +86,28 @@ def create_app(
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         stream_wait_empty=True,
         web_port=settings.web_port,
-        web_host="0.0.0.0",
+        web_host=web_host,
         datadir=str(datadir),
         # No Faust tables: all state is in Cassandra, so no changelog topics.
         store="memory://",
     )
+
+
+def default_worker_id(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}-{__import__('os').getpid()}"
+
+
+def create_app(
+    settings: Settings,
+    store: WindowStore,
+    models: ModelHolder,
+    *,
+    worker_id: str,
+    metrics: WorkerMetrics | None = None,
+) -> tuple[faust.App, BatchProcessor]:
+    """Build the worker's Faust app around a processor; returns both (tests drive the processor)."""
+    metrics = metrics or WorkerMetrics()
+    app = new_worker_app(settings, settings.state_dir / "worker" / worker_id, web_host="0.0.0.0")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     sink = FaustSink(app)
     processor = BatchProcessor(
