@@ -43,17 +43,15 @@ def _write(result: dict[str, Any], out: Path | None) -> None:
 @click.option("--threads", default=2, show_default=True, help="Threads for both torch and ONNX Runtime.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--min-seconds", default=2.0, show_default=True, help="Minimum timed seconds per case and backend.")
-@click.option("--spin/--no-spin", default=False, show_default=True,
-              help="Let ORT threads busy-wait between ops (serving default: off).")
 @click.option("--fp16", is_flag=True, help="Serve the fp16 graph (CUDA only).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/encoder.json"), show_default=True)
 def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: int, threads: int, device: str,
-            min_seconds: float, spin: bool, fp16: bool, out: Path) -> None:
+            min_seconds: float, fp16: bool, out: Path) -> None:
     """ONNX Runtime vs PyTorch eager, same inputs: median latency, throughput, ratio (target ORT >= 2x)."""
     from streamrec.bench.encoder import format_table, run_encoder_bench
 
     result = run_encoder_bench(model_dir, batches=batches, seq_len=seq_len, k=k, threads=threads,
-                               device=device, min_seconds=min_seconds, spin=spin, fp16=fp16)
+                               device=device, min_seconds=min_seconds, fp16=fp16)
     click.echo(format_table(result))
     _write(result, out)
 
@@ -274,7 +272,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
             from streamrec.bench.encoder import run_encoder_bench
 
             result = run_encoder_bench(None, batches=(1, 64, 256), seq_len=50, k=10, threads=2, device="cpu",
-                                       min_seconds=1.0, spin=True, fp16=False)
+                                       min_seconds=1.0, fp16=False)
             rows = result.get("rows", [])
             result.setdefault("headline", {r_key: r.get("speedup") for r in rows for r_key in [f"ort_over_torch_batch_{r['batch']}"]})
             return result

@@ -95,6 +95,15 @@ def _backbone_config(config: EncoderConfig) -> PretrainedConfig:
         raise ModelError(f"unknown transformers backbone {config.backbone!r}: {exc}") from exc
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real events from the oldest kept one.
+
+    Left padding then does not shift them, so training chunks and serving
+    windows of the same events see the same positions.
+    """
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class SequenceEncoder(nn.Module):
     """Transformer encoder over item, event-type and time-gap embeddings of left-padded sequences."""
 
@@ -122,19 +131,20 @@ class SequenceEncoder(nn.Module):
         time_bucket: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> EncoderOutput:
+        x = self.embed(item_idx, event_type, time_bucket)
+        hidden = self.backbone(
+            inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+        ).last_hidden_state
+        return EncoderOutput(hidden=hidden, user_vector=hidden[:, -1])
+
+    def embed(self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq, dim)`` input embeddings: item + event type + time gap, normalised."""
         x = self.item_emb(item_idx)
         if self.config.use_event_types:
             x = x + self.event_emb(event_type)
         if self.config.use_time_gaps:
             x = x + self.time_emb(time_bucket)
-        x = self.emb_dropout(self.emb_norm(x))
-        # Positions count real events from the oldest kept one, so left
-        # padding does not shift them (training chunks and serving windows agree).
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(
-            inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state
-        return EncoderOutput(hidden=hidden, user_vector=hidden[:, -1])
+        return self.emb_dropout(self.emb_norm(x))
 
     def encode(self, batch: EncoderInput) -> EncoderOutput:
         return self(batch.item_idx, batch.event_type, batch.time_bucket, batch.attention_mask)

@@ -20,16 +20,24 @@ from torch import nn
 
 from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG, EncoderOnnxConfig
 from streamrec.models.encoder import SequenceEncoder
+from streamrec.models.serving import user_vector_encoder
 
 log = logging.getLogger(__name__)
 
 
 class RankingHead(nn.Module):
-    """Encoder + full-catalogue scoring + exclusion + TopK: the exported computation."""
+    """Encoder + full-catalogue scoring + exclusion + TopK: the exported computation.
 
-    def __init__(self, model: SequenceEncoder) -> None:
+    ``newest_only`` (the served graph) computes the user vector through
+    :class:`~streamrec.models.serving.NewestPositionUserVector` where the
+    backbone allows; ``False`` is the trained model's full computation, the
+    reference the parity check compares against.
+    """
+
+    def __init__(self, model: SequenceEncoder, *, newest_only: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.user_vector = user_vector_encoder(model, newest_only=newest_only)
         reserved = torch.zeros(1, model.config.n_items, dtype=torch.bool)
         reserved[:, :FIRST_REAL_INDEX] = True
         self.register_buffer("reserved", reserved, persistent=False)
@@ -43,7 +51,7 @@ class RankingHead(nn.Module):
         exclude: torch.Tensor,
         k: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        user_vector = self.model(item_idx, event_type, time_bucket, attention_mask).user_vector
+        user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask)
         scores = user_vector @ self.model.item_emb.weight.T
         scores = scores.masked_fill(self.reserved, float("-inf"))
         # Exclusion inside the graph: ScatterElements writes -inf at seen items.

@@ -20,6 +20,7 @@ from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence, exclusion_indices, featurize
 from streamrec.onnx.export import RankingHead
+from streamrec.onnx.runtime import session_options
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,10 @@ def check_parity(
     import onnxruntime as ort
 
     model = model.eval()
-    head = RankingHead(model).eval()
-    opts = ort.SessionOptions()
+    # The reference is the trained model's full computation, so the check also
+    # proves the served (newest-position) graph computes the same function.
+    head = RankingHead(model, newest_only=False).eval()
+    opts = session_options()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     cfg = model.config

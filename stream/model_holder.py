@@ -78,11 +78,20 @@ class ModelHolder:
             self.refused.append((str(self._pending_path), str(exc)))
             log.error("REFUSED model %s: %s — still serving version %s", self._pending_path, exc, self.version)
             return False
-        previous = self.version
+        previous, previous_version = self.current, self.version
         self.current = encoder
-        log.warning("switched model version %s -> %s", previous, self.version)
+        # Swaps happen between batches, so nothing is running on the old one.
+        _close(previous)
+        log.warning("switched model version %s -> %s", previous_version, self.version)
         await asyncio.sleep(0)
         return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        _close(self.current)
+
+
+def _close(encoder: Any | None) -> None:
+    close = getattr(encoder, "close", None)
+    if close is not None:
+        close()

@@ -1,0 +1,77 @@
+"""The served computation: newest-position encoder and sharded ONNX Runtime runs match the full model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamrec.models.config import EncoderConfig
+from streamrec.models.encoder import SequenceEncoder
+from streamrec.models.features import ItemVocab, UserSequence
+from streamrec.models.serving import FullSequenceUserVector, NewestPositionUserVector, user_vector_encoder
+from streamrec.onnx.artifact import write_artifact
+from streamrec.onnx.runtime import EncoderSession
+
+N_ITEMS = 40
+
+
+def left_padded_batch(config: EncoderConfig, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    seq = max(lengths)
+    mask = torch.tensor([[0] * (seq - n) + [1] * n for n in lengths])
+    items = torch.randint(2, config.n_items, (len(lengths), seq), generator=gen) * mask
+    etypes = torch.randint(2, config.n_event_types, (len(lengths), seq), generator=gen) * mask
+    buckets = torch.randint(2, config.n_time_buckets, (len(lengths), seq), generator=gen) * mask
+    return items, etypes, buckets, mask
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_newest_position_vector_equals_the_full_model(layers):
+    torch.manual_seed(layers)
+    config = EncoderConfig(n_items=N_ITEMS, max_len=12, hidden=32, layers=layers, heads=4)
+    model = SequenceEncoder(config).eval()
+    batch = left_padded_batch(config, [12, 1, 5, 12, 7])
+    with torch.no_grad():
+        full = model(*batch).user_vector
+        newest = NewestPositionUserVector(model)(*batch)
+    assert newest.shape == full.shape == (5, 32)
+    torch.testing.assert_close(newest, full, atol=1e-5, rtol=1e-5)
+
+
+def test_other_backbones_serve_through_the_full_computation():
+    config = EncoderConfig(n_items=N_ITEMS, max_len=8, hidden=16, layers=1, heads=2, backbone="llama")
+    model = SequenceEncoder(config).eval()
+    assert isinstance(user_vector_encoder(model), FullSequenceUserVector)
+    with pytest.raises(ValueError, match="GPT-2"):
+        NewestPositionUserVector(model)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    vocab = ItemVocab([f"i{n}" for n in range(N_ITEMS)])
+    model = SequenceEncoder(EncoderConfig(n_items=len(vocab), max_len=10, hidden=16, layers=2, heads=2)).eval()
+    return write_artifact(model, vocab, tmp_path_factory.mktemp("models"), include_fp16=False)
+
+
+def test_sharded_runs_answer_like_one_run_in_order(artifact):
+    rng = np.random.default_rng(0)
+    sequences = []
+    for user in range(70):  # above the sharding threshold, rows of different lengths
+        n = int(rng.integers(1, 11))
+        sequences.append(UserSequence([f"i{rng.integers(0, N_ITEMS)}" for _ in range(n)], ["view"] * n,
+                                      list(range(0, 1000 * n, 1000))))
+    one = EncoderSession.load(artifact, device="cpu", threads=1)
+    sharded = EncoderSession.load(artifact, device="cpu", threads=3)
+    try:
+        assert sharded.shards == 3
+        for a, b in zip(one.recommend(sequences, k=5), sharded.recommend(sequences, k=5), strict=True):
+            assert a.item_ids == b.item_ids
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+            np.testing.assert_allclose(a.user_vector, b.user_vector, atol=1e-6)
+    finally:
+        sharded.close()
+        one.close()
