@@ -48,11 +48,13 @@ def _write(result: dict[str, Any], out: Path | None) -> None:
 def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: int, threads: int, device: str,
             min_seconds: float, fp16: bool, out: Path) -> None:
     """ONNX Runtime vs PyTorch eager, same inputs: median latency, throughput, ratio (target ORT >= 2x)."""
-    from streamrec.bench.encoder import format_table, run_encoder_bench
+    from streamrec.bench.encoder import format_table, plot, run_encoder_bench
 
     result = run_encoder_bench(model_dir, batches=batches, seq_len=seq_len, k=k, threads=threads,
                                device=device, min_seconds=min_seconds, fp16=fp16)
     click.echo(format_table(result))
+    if result["rows"]:
+        result["plot"] = str(plot(result, out.with_suffix(".png")))
     _write(result, out)
 
 

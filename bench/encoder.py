@@ -231,3 +231,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['speedup']:>10.2f}x{r['speedup_same_graph']:>11.2f}x  {r['provider']}"
         )
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    """Sequences per second for every backend at every batch size (horizontal bars)."""
+    from streamrec.bench.common import plot_bars
+
+    backends = (("torch", "torch_median_ms"), ("torch newest-position", "torch_newest_median_ms"),
+                ("ORT one call", "ort_one_call_median_ms"), ("ORT served (shards)", "ort_median_ms"))
+    values = {f"batch {r['batch']}: {name}": round(r["batch"] / (r[key] / 1000.0), 1)
+              for r in result["rows"] for name, key in backends}
+    return plot_bars(values, path, f"encoder, seq {result['rows'][0]['seq_len']}, {result['threads']} threads",
+                     "sequences per second (higher is better)")
