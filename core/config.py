@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     web_port: int = 6066
     shutdown_grace_s: float = Field(20.0, ge=0)  # SIGTERM: time to finish the in-flight batch
     model_dir: Path | None = None
-    onnx_threads: int = 0  # 0 = let ONNX Runtime decide (physical cores)
+    onnx_threads: int = 0  # CPU cores one batch encode may use, as concurrent shards (0 = physical cores)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
 
     # --- Retrainer -------------------------------------------------------------
