@@ -70,10 +70,13 @@ def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: i
 @click.option("--recbole-device", default="cpu", show_default=True, help="cpu or cuda for RecBole.")
 @click.option("--recbole-venv", type=click.Path(path_type=Path), default=None,
               help="RecBole virtualenv. [default: <state dir>/recbole-venv]")
+@click.option("--ours-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --recbole-only: put our side from an earlier quality JSON beside RecBole's.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/quality.json"), show_default=True)
 @click.pass_context
 def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
-            recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None, out: Path) -> None:
+            recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
+            ours_from: Path | None, out: Path) -> None:
     """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec)."""
     from streamrec.bench.quality import compare, format_table, run_ours, run_recbole
     from streamrec.models.config import EncoderConfig
@@ -84,6 +87,12 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
     path = resolve_dataset(data, settings.state_dir / "data")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     ours = None
+    if ours_from is not None:
+        if not recbole_only:
+            raise click.UsageError("--ours-from goes with --recbole-only")
+        ours = json.loads(ours_from.read_text()).get("ours")
+        if not ours:
+            raise click.UsageError(f"{ours_from} has no 'ours' section (a quality run without --recbole-only writes one)")
     if not recbole_only:
         ours = run_ours(path, seed_list, EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)),
                         TrainConfig(epochs=epochs, patience=patience, threads=threads, progress=False))
