@@ -36,7 +36,7 @@ def _write(result: dict[str, Any], out: Path | None) -> None:
 
 @bench.command("encoder")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Artifact to benchmark. [default: an untrained ML-100k-sized model]")
+              help="Artifact (a vNNNNNN directory, or a model directory: its live version). [default: an untrained ML-100k-sized model]")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1, 64, 256), show_default=True)
 @click.option("--seq-len", default=50, show_default=True)
 @click.option("-k", "k", default=10, show_default=True)

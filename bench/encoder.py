@@ -36,6 +36,7 @@ from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import FeatureBatch, ItemVocab
 from streamrec.onnx.artifact import load_artifact, write_artifact
 from streamrec.onnx.export import RankingHead
+from streamrec.onnx.registry import resolve_artifact_dir
 from streamrec.onnx.runtime import EncoderSession, session_options
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def random_artifact(out_dir: Path, config: EncoderConfig | None = None) -> Path:
 def run_encoder_bench(artifact_dir: Path | None, **kwargs: Any) -> dict[str, Any]:
     """Benchmark ``artifact_dir`` (or a fresh ML-100k-sized model); JSON-ready result."""
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
-        path = Path(artifact_dir) if artifact_dir else random_artifact(Path(tmp))
+        path = resolve_artifact_dir(Path(artifact_dir)) if artifact_dir else random_artifact(Path(tmp))
         config = load_artifact(path).config
         rows = bench_artifact(path, **kwargs)
     import platform
@@ -207,7 +208,7 @@ def run_encoder_bench(artifact_dir: Path | None, **kwargs: Any) -> dict[str, Any
 
     return {
         "benchmark": "encoder",
-        "artifact": str(artifact_dir) if artifact_dir else "untrained ML-100k-sized model",
+        "artifact": str(path) if artifact_dir else "untrained ML-100k-sized model",
         "model_config": config.to_dict(),
         "torch_version": torch.__version__,
         "cpu": platform.processor() or platform.machine(),

@@ -129,9 +129,10 @@ def eval_(ctx: click.Context, model_dir: Path | None, data: str, fmt: str, split
     from streamrec.models.data import load_events, resolve_dataset
     from streamrec.models.evaluate import evaluate_model, evaluate_session
     from streamrec.onnx.artifact import latest_artifact, load_artifact
+    from streamrec.onnx.registry import resolve_artifact_dir
 
     settings = _settings(ctx)
-    artifact = load_artifact(model_dir) if model_dir else latest_artifact(settings.models_path)
+    artifact = load_artifact(resolve_artifact_dir(model_dir)) if model_dir else latest_artifact(settings.models_path)
     path = resolve_dataset(data, settings.state_dir / "data")
     split = _split(load_events(path, fmt), split_kind)
     cases = split.test if subset == "test" else split.valid

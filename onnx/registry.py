@@ -230,6 +230,23 @@ class ModelRegistry:
         return target
 
 
+def resolve_artifact_dir(path: Path) -> Path:
+    """A version directory as given, or a model directory's live version.
+
+    What a user passes as ``--model`` is either; without this a model
+    directory failed with "incomplete: no manifest.json", which sends people
+    looking for a broken artifact.
+    """
+    path = Path(path)
+    if (path / MANIFEST).is_file() or not path.is_dir() or not list_versions(path):
+        return path  # load_artifact names what is wrong with it
+    live = ModelRegistry(FilesystemStorage(path)).live_path()
+    if live is None:
+        raise ModelError(f"model directory {path} has versions but none is live (all rejected or retired)")
+    log.info("model directory %s: using its live version %s", path, live.name)
+    return live
+
+
 def _read_json_quiet(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())

@@ -9,7 +9,7 @@ import pytest
 
 from streamrec.errors import ModelError
 from streamrec.models.config import EncoderConfig
-from streamrec.onnx.registry import ModelRegistry, parse_version
+from streamrec.onnx.registry import ModelRegistry, parse_version, resolve_artifact_dir
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,17 @@ def test_crafted_version_names_are_refused(bad: str) -> None:
 
 def test_version_names_parse() -> None:
     assert parse_version("3") == parse_version("v000003") == parse_version(3) == 3
+
+
+def test_a_model_directory_resolves_to_its_live_version(tmp_path: Path, one_artifact: Path) -> None:
+    registry = make_registry(tmp_path, one_artifact, 3)
+    root = tmp_path / "models"
+    assert resolve_artifact_dir(root) == root / "v000003"  # no pointer yet: the newest
+    registry.publish(2)
+    assert resolve_artifact_dir(root) == root / "v000002"
+    assert resolve_artifact_dir(root / "v000001") == root / "v000001"  # a version directory as given
+    for version in (1, 2, 3):
+        registry.reject(version, "worse")
+    (root / "LIVE").unlink()
+    with pytest.raises(ModelError, match="none is live"):
+        resolve_artifact_dir(root)
