@@ -210,7 +210,10 @@ class EncoderSession:
             return self._run_one(feeds, k)
         bounds = np.linspace(0, len(exclude), n_shards + 1).astype(int)
         shards = [{name: value[lo:hi] for name, value in feeds.items()} for lo, hi in zip(bounds[:-1], bounds[1:])]
-        others = [self._shard_pool.submit(self._run_one, shard, k) for shard in shards[1:]]
+        try:
+            others = [self._shard_pool.submit(self._run_one, shard, k) for shard in shards[1:]]
+        except RuntimeError:  # closed while a caller still held this session: answer, unsharded
+            return self._run_one(feeds, k)
         parts = [self._run_one(shards[0], k)] + [future.result() for future in others]
         uv, idx, scores = (np.concatenate([part[i] for part in parts]) for i in range(3))
         return uv, idx, scores

@@ -78,11 +78,12 @@ class ModelHolder:
             self.refused.append((str(self._pending_path), str(exc)))
             log.error("REFUSED model %s: %s — still serving version %s", self._pending_path, exc, self.version)
             return False
-        previous, previous_version = self.current, self.version
+        previous = self.version
+        # The old encoder is not closed here: the idle-swap timer can run while a
+        # batch is still encoding on it. Dropping the last reference is enough
+        # (its shard threads exit when it is garbage-collected).
         self.current = encoder
-        # Swaps happen between batches, so nothing is running on the old one.
-        _close(previous)
-        log.warning("switched model version %s -> %s", previous_version, self.version)
+        log.warning("switched model version %s -> %s", previous, self.version)
         await asyncio.sleep(0)
         return True
 

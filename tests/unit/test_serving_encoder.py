@@ -75,3 +75,55 @@ def test_sharded_runs_answer_like_one_run_in_order(artifact):
     finally:
         sharded.close()
         one.close()
+
+
+def _shard_threads() -> int:
+    import threading
+
+    return sum(1 for t in threading.enumerate() if t.name.startswith("encoder-shard"))
+
+
+def test_a_closed_session_still_answers_and_a_dropped_one_leaves_no_threads(artifact):
+    import gc
+    import time
+
+    sequences = [UserSequence([f"i{n % N_ITEMS}", f"i{(n + 1) % N_ITEMS}"], ["view", "view"], [0, 1000]) for n in range(40)]
+    session = EncoderSession.load(artifact, device="cpu", threads=2)
+    expected = [r.item_ids for r in session.recommend(sequences, k=3)]
+    assert _shard_threads() >= 1
+    # A hot swap can happen while a batch still encodes on the old version.
+    session.close()
+    assert [r.item_ids for r in session.recommend(sequences, k=3)] == expected
+    session = EncoderSession.load(artifact, device="cpu", threads=2)
+    session.recommend(sequences, k=3)
+    del session
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while _shard_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _shard_threads() == 0  # swapped-out versions do not leak threads
+
+
+def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
+    import asyncio
+
+    from streamrec.stream.model_holder import ModelHolder
+
+    class FakeEncoder:
+        def __init__(self, version: int) -> None:
+            self.version = version
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    old, new = FakeEncoder(1), FakeEncoder(2)
+    holder = ModelHolder(loader=lambda path: new)
+    holder.current = old
+    holder.request(Path("/models/v000002"))
+    while holder._pending is not None and not holder._pending.done():  # noqa: SLF001
+        pass
+    assert asyncio.run(holder.maybe_swap()) is True
+    assert holder.current is new and not old.closed
+    holder.close()
+    assert new.closed
