@@ -127,3 +127,16 @@ def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
     assert holder.current is new and not old.closed
     holder.close()
     assert new.closed
+
+
+def test_length_chunks_partition_the_rows_and_group_similar_lengths():
+    from streamrec.onnx.runtime import length_chunks
+
+    lengths = np.array([50] * 8 + [1] * 40)  # a worker batch: a few long windows, many short
+    mask = (np.arange(50)[None, :] >= 50 - lengths[:, None]).astype(np.int64)
+    chunks = length_chunks(mask, 2)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(48))
+    assert len(chunks) > 2  # cut finer: the short rows no longer pay for the long ones
+    assert [int(lengths[c].max()) for c in chunks][:-1] == [1] * (len(chunks) - 1)
+    uniform = np.ones((48, 50), dtype=np.int64)
+    assert len(length_chunks(uniform, 2)) == 2  # nothing to gain: one chunk per shard
