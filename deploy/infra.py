@@ -238,6 +238,20 @@ def status(settings: Settings, server: str) -> ServerStatus:
 # --------------------------------------------------------------------------- #
 # Server configuration
 # --------------------------------------------------------------------------- #
+
+def kafka_cluster_id() -> str:
+    """A random Kafka cluster id (22 base64url characters) that does not start with '-'.
+
+    ``kafka-storage format -t <id>`` parses an id starting with '-' as an
+    option and fails (it did, once in a CI run); Kafka's own
+    ``Uuid.randomUuid`` skips such ids for the same reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_command(settings: Settings, java: str, lib: Path) -> list[str]:
     home = server_dir(settings, "kafka")
     props = home / "server.properties"
@@ -308,7 +322,7 @@ def _kafka_command(settings: Settings, java: str, lib: Path) -> list[str]:
         f"{lib}/*",
     ]
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         fmt = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
             capture_output=True,
