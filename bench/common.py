@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 
 from streamrec.config import Settings
-from streamrec.stream.metrics import metric_values  # noqa: F401 - re-exported for the bench modules
+from streamrec.stream.metrics import metric_values
 
 log = logging.getLogger(__name__)
 
@@ -744,23 +744,22 @@ def prepare_model(settings: Settings, model: Path | None, train_events: Sequence
                   seed: int = 0) -> dict[str, Any]:
     """Make ``settings.models_path`` a registry with a live model: copy ``model`` in or train one quickly.
 
-    ``model`` is a registry directory (with ``v000001/``…) or one artifact
-    directory (with its manifest); None trains on ``train_events``. An empty
+    ``model`` is a model directory (its live version is copied, as a worker
+    would serve it) or one artifact directory; None trains on ``train_events``. An empty
     ``train_events`` with no ``model`` leaves the registry empty (popularity fallback).
     """
     import shutil
 
-    from streamrec.onnx.artifact import list_versions, version_dir_name
+    from streamrec.onnx.artifact import version_dir_name
+    from streamrec.onnx.registry import resolve_artifact_dir
 
     target = settings.models_path
     target.mkdir(parents=True, exist_ok=True)
     if model is not None:
         model = Path(model)
-        if list_versions(model):
-            latest = list_versions(model)[-1]
-            shutil.copytree(model / version_dir_name(latest), target / version_dir_name(latest), dirs_exist_ok=True)
-        else:
-            shutil.copytree(model, target / version_dir_name(1), dirs_exist_ok=True)
+        source = resolve_artifact_dir(model)
+        name = source.name if source != model else version_dir_name(1)
+        shutil.copytree(source, target / name, dirs_exist_ok=True)
         return {"source": str(model), "trained": False}
     if not train_events:
         return {"source": None, "trained": False, "note": "no model: popularity fallback"}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from pathlib import Path
 from typing import Any
 

@@ -34,10 +34,10 @@ import torch
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import FeatureBatch, ItemVocab
-from streamrec.onnx.artifact import load_artifact, write_artifact
+from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact, write_artifact
 from streamrec.onnx.export import RankingHead
 from streamrec.onnx.registry import resolve_artifact_dir
-from streamrec.onnx.runtime import EncoderSession, session_options
+from streamrec.onnx.runtime import EncoderSession, graph_feeds, session_options
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,8 @@ def bench_artifact(
     artifact = load_artifact(artifact_dir)
     model = SequenceEncoder(artifact.config)
     model.load_state_dict(torch.load(artifact.path / "weights.pt", weights_only=True))
-    torch_heads = {
-        "torch": RankingHead(model, newest_only=False).eval(),
-        "torch_newest": RankingHead(model, newest_only=True).eval(),
-    }
+    full_head = RankingHead(model, newest_only=False).eval()
+    newest_head = RankingHead(model, newest_only=True).eval()
     session = EncoderSession.load(artifact_dir, device=device, threads=threads, fp16=fp16)
     one_call = _one_call_session(session, threads)
     torch.set_num_threads(threads)
@@ -147,13 +145,12 @@ def bench_artifact(
         def run_ort() -> Any:
             return session.run(feats, exclude, k)
 
-        feeds = {"item_idx": feats.item_idx, "event_type": feats.event_type, "time_bucket": feats.time_bucket,
-                 "attention_mask": feats.attention_mask, "exclude": exclude, "k": np.array(k, dtype=np.int64)}
+        feeds = {**graph_feeds(feats, exclude), "k": np.array(k, dtype=np.int64)}
 
         def run_ort_one_call() -> Any:
             return one_call.run(None, feeds)
 
-        calls = [torch_call(torch_heads["torch"]), torch_call(torch_heads["torch_newest"]), run_ort, run_ort_one_call]
+        calls = [torch_call(full_head), torch_call(newest_head), run_ort, run_ort_one_call]
         # Same inputs, same answer: guard the benchmark against comparing different work.
         reference = calls[0]()[1].numpy()
         for name, call in zip(("torch_newest", "ort", "ort_one_call"), calls[1:]):
@@ -183,7 +180,7 @@ def _one_call_session(session: EncoderSession, threads: int) -> Any:
     opts.intra_op_num_threads = threads
     # Not spinning, as in serving: spinning threads would steal the cores from the backend timed next.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model_path = session.artifact.path / ("model_fp16.onnx" if session.fp16 else "model.onnx")
+    model_path = session.artifact.path / FP16_MODEL_FILE if session.fp16 else session.artifact.onnx_path
     return ort.InferenceSession(str(model_path), opts, providers=session.session.get_providers())
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from streamrec.bench import common
 from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
+from streamrec.stream.metrics import metric_values
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run_latency(
             try:
                 phase = common.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
                 if kind == "worker":
-                    phase["worker_metrics"] = common.summarise_worker_metrics([common.metric_values(proc.metrics_text())])
+                    phase["worker_metrics"] = common.summarise_worker_metrics([metric_values(proc.metrics_text())])
             finally:
                 sampler.stop()
                 proc.stop()

@@ -81,7 +81,6 @@ async def _bench(settings: Settings, *, users: int, updates: int, batch: int, wi
     ks = settings.cassandra_keyspace
     rows = RowsModel(store, ks)
     ttl_s = int(settings.window_max_age_days * 86400)
-    user_ids = [f"u{u}" for u in range(users)]
     base_ts = int(time.time() * 1000) - 3_600_000
     counters = {u: 0 for u in range(users)}
     results: dict[str, Any] = {"blob": {}, "rows": {}}

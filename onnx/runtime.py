@@ -11,8 +11,8 @@ cut to their own longest sequence, so short windows are not padded to the
 batch's longest), each run single-threaded and all at once (``InferenceSession.run`` is thread-safe and releases the
 GIL). At serving sizes (a few to a few hundred sequences of 50 events) the
 ops are too small for ONNX Runtime's intra-op pool to pay for waking its
-threads: two intra-op threads measured about 1.1x one, two shards about 1.4x
-(``streamrec bench encoder``). Featurisation is :func:`streamrec.models.features.featurize`,
+threads: two intra-op threads measured about 1.1x one, two shards about 1.5x
+one call with two intra-op threads at batch 64 (``streamrec bench encoder``). Featurisation is :func:`streamrec.models.features.featurize`,
 the same function training uses.
 """
 
@@ -46,15 +46,14 @@ CHUNKS_PER_SHARD = 3
 SEQUENCE_INPUTS = ("item_idx", "event_type", "time_bucket", "attention_mask")
 
 
-def length_chunks(attention_mask: np.ndarray, n_shards: int) -> list[np.ndarray]:
-    """Row indices split into chunks of similar length (shortest first).
+def length_chunks(lengths: np.ndarray, n_shards: int) -> list[np.ndarray]:
+    """Row indices split into chunks of similar ``lengths`` (real events per row; shortest first).
 
     A batch is padded to its longest sequence; in a worker's batch most
     windows are short. Cutting the length-sorted rows into ``n_shards``
     chunks, or ``CHUNKS_PER_SHARD`` times as many when that removes over a
     quarter of the padded positions, lets each chunk run at its own length.
     """
-    lengths = attention_mask.sum(axis=1)
     order = np.argsort(lengths, kind="stable")
 
     def split(n: int) -> list[np.ndarray]:
@@ -102,6 +101,17 @@ def default_threads() -> int:
         return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
     except ImportError:
         return os.cpu_count() or 1
+
+
+def graph_feeds(features: FeatureBatch, exclude: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's inputs by name, ``k`` aside (see ``EncoderOnnxConfig``)."""
+    return {
+        "item_idx": features.item_idx,
+        "event_type": features.event_type,
+        "time_bucket": features.time_bucket,
+        "attention_mask": features.attention_mask,
+        "exclude": exclude,
+    }
 
 
 def session_options() -> ort.SessionOptions:
@@ -229,24 +239,19 @@ class EncoderSession:
 
     def run(self, features: FeatureBatch, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw graph call: ``(user_vector, topk_indices, topk_scores)``, sharded across CPU threads."""
-        feeds = {
-            "item_idx": features.item_idx,
-            "event_type": features.event_type,
-            "time_bucket": features.time_bucket,
-            "attention_mask": features.attention_mask,
-            "exclude": exclude,
-        }
+        feeds = graph_feeds(features, exclude)
         n_shards = min(self.shards, len(exclude) // MIN_SHARD_ROWS)
         if self._shard_pool is None or n_shards < 2:
             return self._run_one(feeds, k)
-        chunks = length_chunks(features.attention_mask, n_shards)
+        lengths = features.attention_mask.sum(axis=1)
+        chunks = length_chunks(lengths, n_shards)
         # Round-robin over length-sorted chunks gives every shard a similar mix.
         groups = [chunks[shard::n_shards] for shard in range(n_shards)]
         try:
-            others = [self._shard_pool.submit(self._run_chunks, feeds, group, k) for group in groups[1:]]
+            others = [self._shard_pool.submit(self._run_chunks, feeds, lengths, group, k) for group in groups[1:]]
         except RuntimeError:  # closed while a caller still held this session: answer, unsharded
             return self._run_one(feeds, k)
-        parts = self._run_chunks(feeds, groups[0], k) + [part for future in others for part in future.result()]
+        parts = self._run_chunks(feeds, lengths, groups[0], k) + [part for future in others for part in future.result()]
         first = parts[0][1]
         outputs = [np.empty((len(exclude), *array.shape[1:]), dtype=array.dtype) for array in first]
         for rows, answers in parts:
@@ -256,13 +261,13 @@ class EncoderSession:
         return uv, idx, scores
 
     def _run_chunks(
-        self, feeds: dict[str, np.ndarray], chunks: Sequence[np.ndarray], k: int
+        self, feeds: dict[str, np.ndarray], lengths: np.ndarray, chunks: Sequence[np.ndarray], k: int
     ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """Run row chunks one after another, each cut to its own longest sequence."""
         answers = []
         for rows in chunks:
             # Left padding: the last ``width`` columns hold every real event of these rows.
-            width = max(1, int(feeds["attention_mask"][rows].sum(axis=1).max()))
+            width = max(1, int(lengths[rows].max()))
             chunk = {name: value[rows, -width:] if name in SEQUENCE_INPUTS else value[rows] for name, value in feeds.items()}
             answers.append((rows, self._run_one(chunk, k)))
         return answers
@@ -282,7 +287,7 @@ class EncoderSession:
         return uv, idx, scores
 
     def close(self) -> None:
-        """Stop the shard threads (after the last ``run``; a swapped-out version is closed)."""
+        """Stop the shard threads (worker shutdown). A later ``run`` still answers, unsharded."""
         if self._shard_pool is not None:
             self._shard_pool.shutdown(wait=False)
 

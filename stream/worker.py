@@ -91,4 +91,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
         # The agent swaps between batches; this covers a worker with no traffic.
         await models.maybe_swap()
 
-    faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    try:
+        faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    finally:
+        models.close()
