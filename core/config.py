@@ -13,6 +13,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EVENT_TYPES = "view:1,click:2,add_to_cart:3,purchase:4"
+CassandraConsistency = Literal[
+    "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"
+]
 
 
 class Settings(BaseSettings):
@@ -45,6 +48,11 @@ class Settings(BaseSettings):
     cassandra_password: SecretStr | None = None
     cassandra_ssl_cafile: Path | None = None
     cassandra_concurrency: int = Field(64, ge=1)
+    # Consistency of window/state reads and writes. LOCAL_QUORUM makes "durable
+    # before the offset is committed" mean a quorum of replicas, and lets a new
+    # owner read the previous owner's last write; it also works on one node.
+    cassandra_read_consistency: CassandraConsistency = "LOCAL_QUORUM"
+    cassandra_write_consistency: CassandraConsistency = "LOCAL_QUORUM"
 
     # --- Local infrastructure (streamrec infra) -----------------------------
     state_dir: Path = Path.home() / ".streamrec"

@@ -28,7 +28,7 @@ from streamrec.errors import StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
-from streamrec.stream.state.base import StoredWindow, UserState, WindowStore
+from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.window import WindowEntry, merge_window
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,7 @@ class BatchProcessor:
 
         duplicates = 0
         changed: list[StoredWindow] = []
+        now_us = int(self.clock() * 1_000_000)
         for user_id, events in by_user.items():
             current = windows[user_id]
             entries, stats = merge_window(
@@ -265,7 +266,8 @@ class BatchProcessor:
             )
             duplicates += stats.duplicates
             if stats.changed:
-                updated = StoredWindow(user_id, tuple(entries), current.seq + max(1, stats.added))
+                written_us = next_write_us(current.written_us, now_us)
+                updated = StoredWindow(user_id, tuple(entries), current.seq + max(1, stats.added), written_us)
                 windows[user_id] = updated
                 changed.append(updated)
         return windows, changed, duplicates
@@ -318,7 +320,10 @@ class BatchProcessor:
                 event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,
             )
             recommendations.append(rec)
-            states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms))
+            # The state is written at the window's new timestamp (or just past the
+            # stored one when the window did not change), so it too only moves forward.
+            written_us = next_write_us(windows[user_id].written_us - 1, now_ms * 1000)
+            states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms, written_us))
             self._remember(user_id, items, windows[user_id], popular, last.event_id)
         for events in by_user.values():
             for event in events:

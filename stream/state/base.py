@@ -1,8 +1,20 @@
 """The state store contract: windows and each user's latest serving state.
 
-Two implementations share one contract test suite (tests/unit/test_store_contract.py
-and tests/integration/test_cassandra_store.py): :class:`InMemoryStore` for
+Two implementations share one contract test suite (``tests/store_contract.py``,
+run by ``tests/unit/test_store_memory.py`` and
+``tests/integration/test_store_cassandra.py``): :class:`InMemoryStore` for
 unit tests and :class:`CassandraStore`, which is what runs.
+
+Write timestamps
+----------------
+Cassandra keeps the write timestamp of a cell after it expired (TTL) or was
+deleted, and silently hides any later write that carries a smaller
+``USING TIMESTAMP``. So every write of a user's window or state carries
+:func:`next_write_us`: the wall clock in microseconds, but never less than
+one past the timestamp of the copy it replaces. Timestamps then only grow
+per user across expiry, an operator's ``DELETE`` (which uses the wall clock)
+and worker restarts, and a worker whose clock lags the previous owner's still
+writes after it.
 """
 
 from __future__ import annotations
@@ -15,17 +27,18 @@ from streamrec.stream.window import WindowEntry
 
 @dataclass(frozen=True, slots=True)
 class StoredWindow:
-    """A user's window as stored, with ``seq``: how many distinct events were ever merged.
+    """A user's window as stored.
 
-    ``seq`` only grows, so it orders two writes of the same user's window:
-    the Cassandra store writes with ``USING TIMESTAMP seq`` and a stale
-    writer (a worker that lost the partition mid-batch) can never overwrite
-    a newer window.
+    ``seq`` counts the distinct events ever merged into this window since it
+    was (re)started empty; ``written_us`` is the write timestamp (epoch
+    microseconds) of the stored copy, 0 when there is none. The store writes
+    a window with ``USING TIMESTAMP written_us``; see :func:`next_write_us`.
     """
 
     user_id: str
     entries: tuple[WindowEntry, ...] = ()
     seq: int = 0
+    written_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,12 @@ class UserState:
     recommendation: bytes  # the recommendation message as emitted (JSON)
     last_event_id: str
     updated_at_ms: int = field(default=0)
+    written_us: int = 0  # write timestamp (epoch µs); 0 = let the store use its clock
+
+
+def next_write_us(previous_us: int, now_us: int) -> int:
+    """The write timestamp for a user's next write: the clock, but always after ``previous_us``."""
+    return max(now_us, previous_us + 1)
 
 
 class WindowStore(Protocol):

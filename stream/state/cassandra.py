@@ -8,14 +8,19 @@ Data model (see README, "The window in Cassandra"):
     overwrite shadows the previous cell without a tombstone, so sliding the
     window costs no tombstones at all; the only tombstone per user comes from
     the TTL (= the window's age limit) when the user goes idle. Writes carry
-    ``USING TIMESTAMP seq`` so a late write from a worker that has lost the
-    partition can never replace a newer window.
+    ``USING TIMESTAMP`` from :func:`~streamrec.stream.state.base.next_write_us`
+    (the wall clock, and always past the copy being replaced, read back with
+    ``WRITETIME``), so a returning user's window is stored again after the
+    old one expired or was deleted.
 
 ``user_state(user_id PRIMARY KEY, ...)``
     The latest user vector, model version and recommendation message.
 
 Every statement is prepared; values from events are bound, never formatted
-into CQL. Identifiers formatted into DDL (the keyspace) are validated.
+into CQL. Identifiers formatted into DDL (the keyspace) are validated. Reads
+and writes run at the configured consistency levels (default LOCAL_QUORUM),
+so "durable before the offset is committed" means a quorum of replicas, and a
+window read after a rebalance sees the previous owner's last write.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from cassandra import DriverException, OperationTimedOut, RequestExecutionException
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import ConstantReconnectionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
@@ -36,7 +41,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from streamrec.config import Settings
 from streamrec.errors import ConfigError, StateStoreError
-from streamrec.stream.state.base import StoredWindow, UserState
+from streamrec.stream.state.base import StoredWindow, UserState, next_write_us
 from streamrec.stream.window import decode_window, encode_window
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,15 @@ def connect(settings: Settings, *, timeout_s: float = 10.0) -> tuple[Cluster, Se
         cluster.shutdown()
         # The exception text lists hosts and errors only, never credentials.
         raise StateStoreError(f"cannot reach Cassandra at {settings.cassandra_hosts}:{settings.cassandra_port}: {exc}") from exc
+
+
+def consistency_level(name: str) -> int:
+    """The driver's consistency level for a name such as ``LOCAL_QUORUM``; ConfigError if unknown."""
+    try:
+        return ConsistencyLevel.name_to_value[name.upper()]
+    except KeyError:
+        known = ", ".join(sorted(ConsistencyLevel.name_to_value))
+        raise ConfigError(f"unknown Cassandra consistency level {name!r} (one of {known})") from None
 
 
 def check_keyspace_name(name: str) -> str:
@@ -169,17 +183,29 @@ class CassandraStore:
         self._cluster = cluster
         self._session = session
         ks = check_keyspace_name(settings.cassandra_keyspace)
-        prepare = session.prepare
-        self._select_window: PreparedStatement = prepare(f"SELECT events, seq FROM {ks}.windows WHERE user_id = ?")
-        self._insert_window: PreparedStatement = prepare(
-            f"INSERT INTO {ks}.windows (user_id, events, seq, updated_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?"
+        self._read_cl = consistency_level(settings.cassandra_read_consistency)
+        self._write_cl = consistency_level(settings.cassandra_write_consistency)
+
+        def prepare(cql: str, level: int) -> PreparedStatement:
+            statement = session.prepare(cql)
+            statement.consistency_level = level
+            return statement
+
+        self._select_window = prepare(
+            f"SELECT events, seq, WRITETIME(events) AS written_us FROM {ks}.windows WHERE user_id = ?", self._read_cl
         )
-        self._insert_state: PreparedStatement = prepare(
+        self._insert_window = prepare(
+            f"INSERT INTO {ks}.windows (user_id, events, seq, updated_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
+            self._write_cl,
+        )
+        self._insert_state = prepare(
             f"INSERT INTO {ks}.user_state (user_id, model_version, user_vector, recommendation, last_event_id, updated_at)"
-            f" VALUES (?, ?, ?, ?, ?, ?)"
+            f" VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            self._write_cl,
         )
-        self._select_state: PreparedStatement = prepare(
-            f"SELECT model_version, user_vector, recommendation, last_event_id, updated_at FROM {ks}.user_state WHERE user_id = ?"
+        self._select_state = prepare(
+            f"SELECT model_version, user_vector, recommendation, last_event_id, updated_at FROM {ks}.user_state WHERE user_id = ?",
+            self._read_cl,
         )
 
     @classmethod
@@ -220,22 +246,27 @@ class CassandraStore:
         for user_id, result in zip(user_ids, rows):
             if result:
                 row = result[0]
-                windows[user_id] = StoredWindow(user_id, tuple(decode_window(row.events)), row.seq or 0)
+                entries = tuple(decode_window(row.events))
+                windows[user_id] = StoredWindow(user_id, entries, row.seq or 0, row.written_us or 0)
         return windows
 
-    def _window_params(self, w: StoredWindow, now_ms: int, ttl_s: int) -> tuple:
-        return (w.user_id, encode_window(w.entries), w.seq, now_ms, w.seq, ttl_s)
+    @staticmethod
+    def _window_params(w: StoredWindow, now_ms: int, ttl_s: int) -> tuple:
+        written_us = w.written_us or next_write_us(0, now_ms * 1000)
+        return (w.user_id, encode_window(w.entries), w.seq, now_ms, written_us, ttl_s)
 
     @staticmethod
-    def _state_params(s: UserState) -> tuple:
-        return (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms)
+    def _state_params(s: UserState, now_ms: int) -> tuple:
+        written_us = s.written_us or next_write_us(0, now_ms * 1000)
+        return (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms, written_us)
 
     async def save_windows(self, windows: Sequence[StoredWindow], ttl_s: int) -> None:
         now = int(time.time() * 1000)
         await self._execute_all([(self._insert_window, self._window_params(w, now, ttl_s)) for w in windows])
 
     async def save_user_states(self, states: Sequence[UserState]) -> None:
-        await self._execute_all([(self._insert_state, self._state_params(s)) for s in states])
+        now = int(time.time() * 1000)
+        await self._execute_all([(self._insert_state, self._state_params(s, now)) for s in states])
 
     async def save(self, windows: Sequence[StoredWindow], states: Sequence[UserState], ttl_s: int) -> None:
         """Each user's changed window and new state in one request (an unlogged batch of one partition key)."""
@@ -245,11 +276,11 @@ class CassandraStore:
         for state in states:
             window = changed.pop(state.user_id, None)
             if window is None:
-                requests.append((self._insert_state, self._state_params(state)))
+                requests.append((self._insert_state, self._state_params(state, now)))
                 continue
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._write_cl)
             batch.add(self._insert_window, self._window_params(window, now, ttl_s))
-            batch.add(self._insert_state, self._state_params(state))
+            batch.add(self._insert_state, self._state_params(state, now))
             requests.append((batch, None))
         requests.extend((self._insert_window, self._window_params(w, now, ttl_s)) for w in changed.values())
         await self._execute_all(requests)

@@ -5,7 +5,10 @@ import asyncio
 import pytest
 
 from streamrec.config import Settings
-from streamrec.stream.state.cassandra import CassandraStore
+from streamrec.errors import StateStoreError
+from streamrec.stream.state.base import StoredWindow
+from streamrec.stream.window import WindowEntry
+from streamrec.stream.state.cassandra import CassandraStore, connect
 from tests.store_contract import CHECKS, StoreContract
 
 pytestmark = pytest.mark.integration
@@ -18,7 +21,43 @@ class CassandraContract(StoreContract):
     async def make_store(self) -> CassandraStore:
         return CassandraStore.open(self.settings)
 
+    async def operator_delete(self, store: CassandraStore, user_id: str) -> None:
+        # Plain CQL from a separate session, as an operator would type it in cqlsh.
+        cluster, session = connect(self.settings)
+        try:
+            ks = self.settings.cassandra_keyspace
+            session.execute(f"DELETE FROM {ks}.windows WHERE user_id = %s", (user_id,))
+            session.execute(f"DELETE FROM {ks}.user_state WHERE user_id = %s", (user_id,))
+        finally:
+            cluster.shutdown()
+
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_cassandra_store_contract(isolated: Settings, check: str) -> None:
     asyncio.run(getattr(CassandraContract(isolated), check)())
+
+
+def test_writes_wait_for_a_quorum_of_replicas_by_default(isolated: Settings) -> None:
+    """Two replicas configured on a one-node cluster: LOCAL_QUORUM (2) cannot be met, LOCAL_ONE can.
+
+    So a window is never called durable (and its offset never committed) on
+    the word of a single replica unless the operator chose that level.
+    """
+    two_replicas = isolated.with_overrides(cassandra_replication="{'class': 'SimpleStrategy', 'replication_factor': 2}")
+    window = StoredWindow("u1", (WindowEntry("e1", "i1", "view", 1),), 1, 1)
+
+    async def save(settings: Settings) -> None:
+        store = CassandraStore.open(settings)
+        try:
+            await store.save_windows([window], ttl_s=3600)
+        finally:
+            await store.close()
+
+    with pytest.raises(StateStoreError, match="Unavailable"):
+        asyncio.run(save(two_replicas))
+    asyncio.run(save(two_replicas.with_overrides(cassandra_write_consistency="LOCAL_ONE")))
+
+
+def test_an_unknown_consistency_level_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(Exception, match="LOCAL_QUORUM"):
+        Settings(cassandra_read_consistency="SOMETIMES")

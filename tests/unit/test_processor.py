@@ -134,3 +134,42 @@ def test_online_evaluation_scores_the_previous_recommendation_against_the_next_e
 )
 def test_score_previous(previous: list[str], nxt: str, expected: tuple) -> None:
     assert score_previous(previous, nxt) == expected
+
+
+class Clock:
+    """A settable wall clock shared by the processor and the in-memory store (TTL, write timestamps)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_returning_user_gets_a_stored_window_after_the_old_one_expired() -> None:
+    clock = Clock(1_700_000_000.0)
+    settings = Settings(window_size=50, top_k=2, window_max_age_days=1)
+    store = InMemoryStore(clock=clock)
+    first = BatchProcessor(settings, store, RecordingSink(), clock=clock)
+    asyncio.run(first.process([record(event(i, ts=int(clock.now * 1000) + i), i) for i in range(25)]))
+    assert len(store.windows["u1"].entries) == 25
+
+    clock.now += 2 * 86_400  # the window's TTL passes; the user comes back to a restarted worker
+    assert store.windows == {}
+    again = BatchProcessor(settings, store, RecordingSink(), clock=clock)
+    asyncio.run(again.process([record(event(100 + i, ts=int(clock.now * 1000) + i), 100 + i) for i in range(3)]))
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e100", "e101", "e102"]
+    assert store.states["u1"].last_event_id == "e102"
+
+
+def test_writes_after_an_operator_delete_are_stored_while_the_window_is_cached() -> None:
+    clock = Clock(1_700_000_000.0)
+    store = InMemoryStore(clock=clock)
+    processor = BatchProcessor(SETTINGS, store, RecordingSink(), clock=clock)
+    run(processor, [record(event(i), i) for i in range(3)])
+    clock.now += 1
+    store.delete_user("u1")
+    clock.now += 1
+    run(processor, [record(event(9), 9)])
+    assert "u1" in store.windows and store.windows["u1"].entries[-1].event_id == "e9"
+    assert store.states["u1"].last_event_id == "e9"

@@ -12,6 +12,9 @@ class MemoryContract(StoreContract):
     async def make_store(self) -> InMemoryStore:
         return InMemoryStore()
 
+    async def operator_delete(self, store: InMemoryStore, user_id: str) -> None:
+        store.delete_user(user_id)
+
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_memory_store_contract(check: str) -> None:
