@@ -29,6 +29,8 @@ from streamrec.stream.state.base import WindowStore
 
 log = logging.getLogger(__name__)
 
+METADATA_MAX_AGE_MS = 10_000
+
 
 class WorkerApp(faust.App):
     """A Faust app whose consumer uses :class:`streamrec.stream.transport.Transport` (short fetch wait)."""
@@ -45,8 +47,40 @@ class FaustSink:
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        return await self._app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+        return await self._app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+
+
+class EventsPartitions:
+    """The events topic's partition count, as this worker last read it from the cluster (None until known).
+
+    The processor compares each record's partition with its key's owner
+    partition under this count. It is refreshed on every assignment (before
+    the new partitions are consumed) and every few seconds, so partitions
+    added to a live topic are followed within seconds.
+    """
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+        self.count: int | None = None
+
+    def __call__(self) -> int | None:
+        return self.count
+
+    async def refresh(self) -> None:
+        found: int | None = None
+        try:
+            client = self._app.producer._producer.client  # noqa: SLF001 - faust exposes no metadata call
+            partitions = (await client.fetch_all_metadata()).partitions_for_topic(self._topic)
+            found = len(partitions) if partitions else None
+        except Exception as exc:  # keep the last count; the consumer's own view is the fallback
+            log.warning("could not read the partition count of %s: %r", self._topic, exc)
+        if found is None:
+            found = self._app.consumer.topic_partitions(self._topic)
+        if found and found != self.count:
+            log.info("%s has %d partitions (was %s)", self._topic, found, self.count)
+            self.count = found
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -82,6 +116,9 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # New partitions of a live topic are assigned once the consumer's metadata
+        # sees them; aiokafka's default refresh is every 5 minutes.
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         stream_wait_empty=True,
@@ -110,9 +147,10 @@ def create_app(
     app = new_worker_app(settings, settings.state_dir / "worker" / worker_id, web_host="0.0.0.0")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     sink = FaustSink(app)
+    partitions = EventsPartitions(app, settings.events_topic)
     processor = BatchProcessor(
         settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id,
-        cache_capacity=settings.window_cache_users,
+        cache_capacity=settings.window_cache_users, partition_count=partitions,
     )
 
     @app.agent(events_topic, concurrency=1)
@@ -159,6 +197,11 @@ def create_app(
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         processor.on_rebalance()
+        await partitions.refresh()
+
+    @app.timer(interval=METADATA_MAX_AGE_MS / 1000.0)
+    async def refresh_partition_count() -> None:
+        await partitions.refresh()
 
     @app.timer(interval=5.0)
     async def report_lag() -> None:

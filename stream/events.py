@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import math
@@ -52,9 +53,13 @@ logger = logging.getLogger(__name__)
 
 EVENT_VERSION = 1
 DEAD_LETTER_VERSION = 1
-# Kafka's default max.message.bytes is ~1 MiB; base64 grows the payload by 4/3,
-# so the dead letter keeps at most this much of the original record.
+# Kafka's default max.message.bytes (and the producers' max request size) is
+# ~1 MiB, and the rejected record itself may be that big. base64 grows bytes
+# by 4/3, so a dead letter keeps at most this much of the original value and
+# of the original key, and always fits: 4/3 × (256 KiB + 1 KiB) + the rest.
 DEFAULT_DLQ_MAX_PAYLOAD_BYTES = 256 * 1024
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_DETAIL_CHARS = 1024
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
@@ -361,14 +366,24 @@ def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text, validate=True)
 
 
+def _bounded(data: bytes | bytearray | memoryview | None, limit: int) -> tuple[bytes | None, int, bool, str | None]:
+    """(the first ``limit`` bytes, the full size, whether it was cut, SHA-256 hex of the whole)."""
+    if data is None:
+        return None, 0, False, None
+    whole = bytes(data)
+    return whole[:limit], len(whole), len(whole) > limit, hashlib.sha256(whole).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected record as published to the dead-letter topic (``schemas/dead_letter.schema.json``).
 
     ``payload`` and ``key`` are the original bytes (base64 on the wire, since
-    they may be invalid UTF-8); ``payload`` is cut to a bound so that an
-    oversized record still fits in a Kafka message, with ``payload_size`` and
-    ``payload_truncated`` saying so.
+    they may be invalid UTF-8), each cut to a bound so that a dead letter of
+    any record the broker accepted still fits in a Kafka message; the
+    ``*_size`` and ``*_truncated`` fields say so, and the SHA-256 of the whole
+    original value and key lets the record be found again.
+    :meth:`kafka_key` is the key to publish the dead letter under.
     """
 
     reason: str
@@ -384,7 +399,17 @@ class DeadLetter:
     source_offset: int | None = None
     source_timestamp_ms: int | None = None
     worker_id: str | None = None
+    payload_sha256: str | None = None
+    key_size: int = 0
+    key_truncated: bool = False
+    key_sha256: str | None = None
     v: int = DEAD_LETTER_VERSION
+
+    def kafka_key(self) -> bytes | None:
+        """The original key when it was kept whole, else its SHA-256 (hex): bounded either way."""
+        if self.key_truncated:
+            return (self.key_sha256 or "").encode()
+        return self.key
 
     @classmethod
     def from_rejection(
@@ -402,25 +427,29 @@ class DeadLetter:
         max_payload_bytes: int = DEFAULT_DLQ_MAX_PAYLOAD_BYTES,
     ) -> DeadLetter:
         """Build the dead letter for ``payload`` rejected with ``rejection`` at a source coordinate."""
-        data = None if payload is None else bytes(payload)
-        size = 0 if data is None else len(data)
-        truncated = size > max_payload_bytes
-        if truncated and data is not None:
-            data = data[:max_payload_bytes]
+        value, value_size, value_cut, value_digest = _bounded(payload, max_payload_bytes)
+        key_kept, key_size, key_cut, key_digest = _bounded(key, DLQ_MAX_KEY_BYTES)
+        detail = rejection.detail
+        if len(detail) > DLQ_MAX_DETAIL_CHARS:
+            detail = detail[:DLQ_MAX_DETAIL_CHARS] + "…"
         return cls(
             reason=str(rejection.reason),
-            detail=rejection.detail,
+            detail=detail,
             rejected_at_ms=_wall_clock_ms() if rejected_at_ms is None else rejected_at_ms,
-            payload=data,
-            payload_size=size,
-            payload_truncated=truncated,
+            payload=value,
+            payload_size=value_size,
+            payload_truncated=value_cut,
             field=rejection.field,
-            key=None if key is None else bytes(key),
+            key=key_kept,
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
             source_timestamp_ms=source_timestamp_ms,
             worker_id=worker_id,
+            payload_sha256=value_digest,
+            key_size=key_size,
+            key_truncated=key_cut,
+            key_sha256=key_digest,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -440,6 +469,10 @@ class DeadLetter:
             "source_timestamp": self.source_timestamp_ms,
             "rejected_at": self.rejected_at_ms,
             "worker_id": self.worker_id,
+            "payload_sha256": self.payload_sha256,
+            "key_size": self.key_size,
+            "key_truncated": self.key_truncated,
+            "key_sha256": self.key_sha256,
         }
 
     def to_json(self) -> bytes:
@@ -465,6 +498,10 @@ class DeadLetter:
                 source_offset=obj.get("source_offset"),
                 source_timestamp_ms=obj.get("source_timestamp"),
                 worker_id=obj.get("worker_id"),
+                payload_sha256=obj.get("payload_sha256"),
+                key_size=obj.get("key_size", 0),
+                key_truncated=obj.get("key_truncated", False),
+                key_sha256=obj.get("key_sha256"),
                 v=obj.get("v", DEAD_LETTER_VERSION),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error) as exc:

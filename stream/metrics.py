@@ -20,6 +20,11 @@ class WorkerMetrics:
         self.events = Counter("streamrec_events", "Valid events consumed", registry=r)
         self.rejected = Counter("streamrec_events_rejected", "Events dead-lettered, by reason", ["reason"], registry=r)
         self.repartitioned = Counter("streamrec_events_repartitioned", "Events re-keyed by user and re-sent", registry=r)
+        self.rerouted = Counter(
+            "streamrec_events_rerouted",
+            "Events keyed by user but on another partition than the key's murmur2 owner, moved there",
+            registry=r,
+        )
         self.duplicates = Counter("streamrec_window_duplicates", "Events already in the window (replays)", registry=r)
         self.recommendations = Counter("streamrec_recommendations", "Recommendation messages emitted", registry=r)
         self.batch_size = Histogram(

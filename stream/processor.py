@@ -29,6 +29,7 @@ from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRule
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
+from streamrec.stream.topics import owner_partition
 from streamrec.stream.window import WindowEntry, merge_window
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class SourceRecord:
 class Sink(Protocol):
     """Where the processor's Kafka output goes; ``send`` returns an awaitable delivery."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]: ...
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
 
 
 class Encoder(Protocol):
@@ -71,6 +72,7 @@ class BatchReport:
     events: int = 0
     rejected: int = 0
     repartitioned: int = 0
+    rerouted: int = 0
     duplicates: int = 0
     recommendations: list[Recommendation] = field(default_factory=list)
 
@@ -138,6 +140,7 @@ class BatchProcessor:
         *,
         encoder: Callable[[], Encoder | None] = lambda: None,
         metrics: WorkerMetrics | None = None,
+        partition_count: Callable[[], int | None] = lambda: None,
         worker_id: str = "worker",
         clock: Callable[[], float] = time.time,
         rules: ValidationRules | None = None,
@@ -148,6 +151,7 @@ class BatchProcessor:
         self.store = store
         self.sink = sink
         self.current_encoder = encoder
+        self.partition_count = partition_count
         self.metrics = metrics or WorkerMetrics()
         self.worker_id = worker_id
         self.clock = clock
@@ -181,22 +185,33 @@ class BatchProcessor:
 
         by_user: dict[str, list[Event]] = {}
         appended_ms: dict[str, int] = {}  # Kafka timestamp of each user's triggering record
+        partitions = self.partition_count()
         for record in records:
             parsed = parse_event(record.value, rules=self.rules)
             if isinstance(parsed, Rejection):
                 deliveries.append(await self._dead_letter(record, parsed))
                 report.rejected += 1
-            elif record.key is None or record.key != parsed.user_id.encode():
+                continue
+            user_key = parsed.user_id.encode()
+            owner = owner_partition(user_key, partitions) if partitions else None
+            if record.key != user_key:
                 # Another key would put the user's events on several partitions
                 # (and workers): re-key by user and let the owner handle it.
-                deliveries.append(await self.sink.send(self.settings.events_topic, parsed.user_id.encode(), record.value or b""))
+                deliveries.append(await self.sink.send(self.settings.events_topic, user_key, record.value or b"", owner))
                 report.repartitioned += 1
+            elif owner is not None and record.partition != owner:
+                # The right key on the wrong partition (a CRC32 producer, or partitions
+                # added since it was produced): merging it here would give the user two
+                # owners racing on one window. Move it to the owner's partition.
+                deliveries.append(await self.sink.send(self.settings.events_topic, user_key, record.value or b"", owner))
+                report.rerouted += 1
             else:
                 by_user.setdefault(parsed.user_id, []).append(parsed)
                 if record.timestamp_ms is not None:
                     appended_ms[parsed.user_id] = record.timestamp_ms
                 report.events += 1
         self.metrics.repartitioned.inc(report.repartitioned)
+        self.metrics.rerouted.inc(report.rerouted)
         self.metrics.events.inc(report.events)
 
         if by_user:
@@ -234,7 +249,7 @@ class BatchProcessor:
             rejected_at_ms=int(self.clock() * 1000),
         )
         log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
-        return await self.sink.send(self.settings.dlq_topic, record.key, letter.to_json())
+        return await self.sink.send(self.settings.dlq_topic, letter.kafka_key(), letter.to_json())
 
     async def _merge_windows(
         self, by_user: dict[str, list[Event]]

@@ -7,6 +7,7 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from streamrec.config import Settings
 from streamrec.errors import StreamrecError
@@ -16,6 +17,16 @@ log = logging.getLogger(__name__)
 
 class TopicError(StreamrecError):
     """Topics could not be created or inspected."""
+
+
+def owner_partition(key: bytes, partitions: int) -> int:
+    """The partition that owns ``key``: murmur2, as the Java client, aiokafka and Kafka Streams hash keys.
+
+    librdkafka clients (kcat, confluent-kafka, Go, .NET) hash with CRC32
+    unless told ``partitioner=murmur2_random``; the worker re-routes their
+    records here so that one worker owns each user, whatever client produced.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:

@@ -102,10 +102,15 @@ class WorkerProcess:
             return ""
 
 
-def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None) -> int:
-    """Produce (key, value) pairs with confluent-kafka (librdkafka): a client independent of ours."""
+def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None,
+            *, partitioner: str = "murmur2_random") -> int:
+    """Produce (key, value) pairs with confluent-kafka (librdkafka): a client independent of ours.
+
+    ``murmur2_random`` is what the README tells librdkafka users to set (the
+    Java client's partitioning); ``consistent_random`` is librdkafka's CRC32 default.
+    """
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "linger.ms": 5,
-                         "enable.idempotence": True})
+                         "enable.idempotence": True, "partitioner": partitioner})
     count = 0
     for key, value in records:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 from typing import Any
 
@@ -339,3 +340,25 @@ def test_dead_letter_for_null_value_and_oversized_payload() -> None:
 def test_dead_letter_from_json_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         DeadLetter.from_json(b'{"reason": "x"}')
+
+
+@pytest.mark.parametrize("key_size, value_size", [(450_000, 10), (450_000, 520_000), (0, 1_000_000), (1_000_000, 0)])
+def test_a_dead_letter_of_any_record_the_broker_accepts_fits_a_kafka_message(key_size: int, value_size: int) -> None:
+    """The producer refuses requests over ~1 MB: an oversized dead letter would crash the worker on every restart."""
+    key = b"k" * key_size if key_size else None
+    value = b"{" * value_size
+    letter = DeadLetter.from_rejection(
+        Rejection(Reason.PAYLOAD_TOO_LARGE, "detail " * 100_000), value, key=key, topic="t", partition=0, offset=1,
+        rejected_at_ms=1,
+    )
+    kafka_key = letter.kafka_key()
+    assert len(letter.to_json()) + len(kafka_key or b"") < 500_000
+    wire = orjson.loads(letter.to_json())
+    DLQ_SCHEMA.validate(wire)
+    assert wire["payload_size"] == value_size and wire["payload_sha256"] == hashlib.sha256(value).hexdigest()
+    if key is not None:
+        assert wire["key_size"] == key_size and wire["key_sha256"] == hashlib.sha256(key).hexdigest()
+        assert wire["key_truncated"] == (key_size > 1024)
+        # A long key is replaced by its digest as the dead letter's own key; a short one is kept.
+        assert kafka_key == (hashlib.sha256(key).hexdigest().encode() if key_size > 1024 else key)
+    assert DeadLetter.from_json(letter.to_json()) == letter
