@@ -3,20 +3,22 @@
 The work is in :class:`streamrec.stream.processor.BatchProcessor`. Acks are
 manual (``noack_take``): an event is acknowledged — and so its offset may be
 committed — only after the processor has made the whole batch durable. This
-sidesteps the faust-streaming traps listed in DESIGN.md: an exception in the
-agent never acknowledges anything (the worker stops instead, and the batch is
-consumed again after restart), ``take()``'s ack-on-exit is not used, and
-concurrency is 1 per worker (scale with more workers, not more coroutines).
+sidesteps faust-streaming's known traps: an exception in the agent never
+acknowledges anything (the process stops at once, and everything uncommitted
+is consumed again after restart), ``take()``'s ack-on-exit is not used, acks
+stay off when the agent ends, and concurrency is 1 per worker (scale with
+more workers, not more coroutines).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable, NoReturn
 
 import faust
 from faust.web import Request, Response, View
@@ -130,8 +132,19 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
     )
 
 
+FAIL_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor (Kubernetes, systemd) restarts the worker
+
+
+def fail_stop(exc: BaseException) -> NoReturn:
+    """End the process now: no further ack, no commit, no flush (everything uncommitted is consumed again)."""
+    log.critical("batch processing failed; stopping the worker without acknowledging anything more: %r", exc,
+                 exc_info=exc)
+    logging.shutdown()
+    os._exit(FAIL_STOP_EXIT_CODE)
+
+
 def default_worker_id(settings: Settings) -> str:
-    return settings.worker_id or f"{socket.gethostname()}-{__import__('os').getpid()}"
+    return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def create_app(
@@ -141,8 +154,14 @@ def create_app(
     *,
     worker_id: str,
     metrics: WorkerMetrics | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> tuple[faust.App, BatchProcessor]:
-    """Build the worker's Faust app around a processor; returns both (tests drive the processor)."""
+    """Build the worker's Faust app around a processor; returns both (tests drive the processor).
+
+    ``on_fatal`` is called when the agent fails; the default, :func:`fail_stop`,
+    ends the process at once so that nothing more is acknowledged.
+    """
+    on_fatal = on_fatal or fail_stop
     metrics = metrics or WorkerMetrics()
     app = new_worker_app(settings, settings.state_dir / "worker" / worker_id, web_host="0.0.0.0")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
@@ -155,40 +174,53 @@ def create_app(
 
     @app.agent(events_topic, concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        wait_s = settings.batch_max_wait_ms / 1000.0
+        # Faust reads within=0 as "no time limit" (wait for a full batch): 0 means 1 ms here.
+        wait_s = max(settings.batch_max_wait_ms, 1) / 1000.0
         last_done = time.perf_counter()
-        async for batch in stream.noack_take(settings.batch_max_events, within=wait_s):
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("batch of %d records after %.1f ms idle", len(batch), (time.perf_counter() - last_done) * 1000)
-            records = [
-                SourceRecord(
-                    e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                )
-                for e in batch
-            ]
-            in_flight = asyncio.ensure_future(processor.process(records))
-            try:
-                await asyncio.shield(in_flight)
-            except asyncio.CancelledError:
-                # Shutting down (SIGTERM): let the in-flight batch finish, bounded,
-                # and acknowledge it so its offsets are committed on the way out.
-                done, _ = await asyncio.wait({in_flight}, timeout=settings.shutdown_grace_s)
-                if in_flight in done and in_flight.exception() is None:
-                    for event in batch:
-                        await stream.ack(event)
-                    log.info("finished the in-flight batch of %d events before stopping", len(batch))
-                else:
-                    in_flight.cancel()  # not acknowledged: consumed again after restart
-                raise
-            except Exception as exc:  # a bug, not bad input: stop rather than skip (nothing is acked)
-                log.critical("batch processing failed; stopping the worker without acknowledging: %r", exc, exc_info=True)
-                await app.crash(exc)
-                return
-            for event in batch:
-                await stream.ack(event)
-            await models.maybe_swap()
-            last_done = time.perf_counter()
+        # Held here so that only this function closes it (see the ``finally``).
+        batches = stream.noack_take(settings.batch_max_events, within=wait_s)
+        try:
+            async for batch in batches:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("batch of %d records after %.1f ms idle", len(batch), (time.perf_counter() - last_done) * 1000)
+                records = [
+                    SourceRecord(
+                        e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
+                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                    )
+                    for e in batch
+                ]
+                in_flight = asyncio.ensure_future(processor.process(records))
+                try:
+                    await asyncio.shield(in_flight)
+                except asyncio.CancelledError:
+                    # Shutting down (SIGTERM): let the in-flight batch finish, bounded,
+                    # and acknowledge it so its offsets are committed on the way out.
+                    done, _ = await asyncio.wait({in_flight}, timeout=settings.shutdown_grace_s)
+                    if in_flight in done and in_flight.exception() is None:
+                        for event in batch:
+                            await stream.ack(event)
+                        log.info("finished the in-flight batch of %d events before stopping", len(batch))
+                    else:
+                        in_flight.cancel()  # not acknowledged: consumed again after restart
+                    raise
+                for event in batch:
+                    await stream.ack(event)
+                await models.maybe_swap()
+                last_done = time.perf_counter()
+        except Exception as exc:
+            # A bug, not bad input (the processor never raises for input and retries
+            # store and delivery failures). Faust would restart the agent and ack
+            # whatever it reads next, unprocessed: stop the process instead.
+            on_fatal(exc)
+            await app.crash(exc)  # only when on_fatal returned (tests)
+        finally:
+            # noack_take's own ``finally`` turns Faust's auto-acks back on, and its
+            # drainer would then ack (and the commit timer commit) every record it
+            # reads, unprocessed. Close the generator and pin acks off in one step,
+            # with no await in between.
+            await batches.aclose()
+            stream.enable_acks = False
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
@@ -221,6 +253,7 @@ def create_app(
                 "model": models.current is not None,
                 "model_version": models.version,
                 "worker_id": worker_id,
+                "partitions": assigned_partitions(app, settings.events_topic),
             }
             ok = report["kafka"] and report["cassandra"]
             return self.json(report, status=200 if ok else 503)
@@ -235,6 +268,14 @@ def kafka_connected(app: faust.App) -> bool:
         return any(conn.connected() for conn in client._conns.values())  # noqa: SLF001
     except AttributeError:
         return False
+
+
+def assigned_partitions(app: faust.App, topic: str) -> list[int]:
+    """The partitions of ``topic`` this worker owns now (empty before the group assigned any)."""
+    try:
+        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
+    except Exception:  # no consumer yet
+        return []
 
 
 def store_healthy(processor: BatchProcessor) -> bool:

@@ -50,13 +50,16 @@ class WorkerProcess:
     worker_id: str = "w1"
     web_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # Another entry point (a worker with an injected fault) and extra environment.
+    module: str = "streamrec"
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, wait_healthy: float = 90.0) -> "WorkerProcess":
         env = {**os.environ, **settings_env(self.settings), "STREAMREC_WORKER_ID": self.worker_id,
-               "STREAMREC_WEB_PORT": str(self.web_port)}
+               "STREAMREC_WEB_PORT": str(self.web_port), **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec", "worker", "--loglevel", "info"],
+            [sys.executable, "-m", self.module, "worker", "--loglevel", "info"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + wait_healthy
@@ -100,6 +103,28 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def wait_for_assignment(workers: Sequence["WorkerProcess"], partitions: int, timeout: float = 90.0) -> None:
+    """Until every worker owns some partitions and together they own all of them (the group is stable)."""
+    deadline = time.monotonic() + timeout
+    owned: list[list[int]] = []
+    while time.monotonic() < deadline:
+        owned = [w.health().get("partitions") or [] for w in workers]
+        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the group never settled: partitions owned per worker {owned}")
+
+
+def metric_total(workers: Sequence["WorkerProcess"], name: str) -> float:
+    """Sum of an unlabelled counter over workers (as exposed on /metrics)."""
+    total = 0.0
+    for worker in workers:
+        for line in worker.metrics().splitlines():
+            if line.startswith(name + " "):
+                total += float(line.split()[1])
+    return total
 
 
 def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None,
@@ -206,6 +231,42 @@ def fault_report(name: str, settings: Settings, produced: int, expected: dict[st
             f" / in state {in_state} (users {len(actual)}), recommendations emitted {recs}, recovered in {recovery_s:.1f}s")
     print(line)
     return line
+
+
+def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The worker group's committed offset per partition of the events topic (0 where nothing is committed)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(settings.events_topic, timeout=10)
+        tps = [TopicPartition(settings.events_topic, p) for p in meta.topics[settings.events_topic].partitions]
+        return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def read_events_at(settings: Settings, timeout: float = 60.0) -> dict[tuple[int, int], dict]:
+    """Every event on the events topic by (partition, offset), read from the start."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{time.time_ns()}",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(settings.events_topic, timeout=10)
+        tps = [TopicPartition(settings.events_topic, p) for p in meta.topics[settings.events_topic].partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        consumer.assign([TopicPartition(settings.events_topic, p, 0) for p in ends])
+        out: dict[tuple[int, int], dict] = {}
+        deadline = time.monotonic() + timeout
+        while sum(1 for _ in out) < sum(ends.values()) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                raise AssertionError(f"consumer error: {msg.error()}")
+            out[(msg.partition(), msg.offset())] = orjson.loads(msg.value())
+        assert len(out) == sum(ends.values()), f"read {len(out)} of {sum(ends.values())} events"
+        return out
+    finally:
+        consumer.close()
 
 
 def committed_lag(settings: Settings) -> int:

@@ -15,11 +15,14 @@ from tests.integration.helpers import (
     WINDOW,
     WorkerProcess,
     committed_lag,
+    committed_offsets,
     events_as_records,
     expected_windows,
     produce,
     fault_report,
+    read_events_at,
     read_topic,
+    read_windows,
     synthetic,
     wait_for_windows,
 )
@@ -115,3 +118,44 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
         assert committed_lag(settings) == 0
     finally:
         restarted.kill()
+
+
+def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Settings, tmp_path: Path) -> None:
+    """A bug raised outside the batch's try once let Faust restart the agent and ack records it never processed."""
+    whole = 1000  # every event of every user stays in its window: each one is checked
+    settings = settings.with_overrides(window_size=whole, batch_max_events=25)
+    events = synthetic(3000, 60, seed=51)
+    failing = WorkerProcess(settings, tmp_path / "failing.log", worker_id="failing",
+                            module="tests.integration.failing_worker", extra_env={"FAIL_AFTER_BATCHES": "60"}).start()
+    # A paced stream: the worker commits several times before the failure, and work is in flight when it hits.
+    for start in range(0, len(events), 100):
+        produce(settings, events_as_records(events[start:start + 100]))
+        time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while failing.alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    still_running = failing.alive()
+    failing.kill()
+    time.sleep(2.0)
+
+    committed = committed_offsets(settings)
+    at = read_events_at(settings)
+    in_state = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
+    committed_not_durable = sorted((p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in in_state)
+    print(f"FAULT agent-failure: committed {sum(committed.values())} of {len(at)}, in state {len(in_state)},"
+          f" committed but not durable {len(committed_not_durable)}")
+    assert not committed_not_durable, f"{len(committed_not_durable)} events committed but never stored"
+    assert 0 < sum(committed.values()) < len(events), "the failure must hit after commits, with uncommitted work left"
+    assert not still_running and failing.proc.returncode == 70, "the worker must stop, not carry on acking"
+    assert "injected failure" in failing.log_path.read_text()
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log", worker_id="w2").start()
+    try:
+        expected = expected_windows(events, whole)
+        assert wait_for_windows(settings, expected, timeout=120) == expected
+        deadline = time.monotonic() + 30
+        while committed_lag(settings) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        assert committed_lag(settings) == 0
+    finally:
+        worker.kill()
