@@ -22,7 +22,7 @@ from streamrec.config import Settings
 
 
 class _NullSink:
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

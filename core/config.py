@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     consumer_group: str = "streamrec-worker"
     # How long the group waits for a silent (killed) worker before moving its partitions.
     kafka_session_timeout_s: float = Field(10.0, ge=6.0, le=300.0)
+    # How long one produce request may take before it fails and is re-sent
+    # (Faust's default is 20 minutes, during which a batch would just hang).
+    kafka_delivery_timeout_s: float = Field(30.0, ge=1.0, le=600.0)
 
     # --- Cassandra ----------------------------------------------------------
     cassandra_hosts: str = "127.0.0.1"

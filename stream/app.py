@@ -117,6 +117,7 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_request_timeout=settings.kafka_delivery_timeout_s,
         broker_commit_interval=1.0,
         # New partitions of a live topic are assigned once the consumer's metadata
         # sees them; aiokafka's default refresh is every 5 minutes.
@@ -249,13 +250,14 @@ def create_app(
         async def get(self, request: Request) -> Response:
             report = {
                 "kafka": kafka_connected(app),
-                "cassandra": processor.metrics is not None and store_healthy(processor),
+                "cassandra": store_healthy(processor),
+                "delivery": processor.last_delivery_ok,
                 "model": models.current is not None,
                 "model_version": models.version,
                 "worker_id": worker_id,
                 "partitions": assigned_partitions(app, settings.events_topic),
             }
-            ok = report["kafka"] and report["cassandra"]
+            ok = report["kafka"] and report["cassandra"] and report["delivery"]
             return self.json(report, status=200 if ok else 503)
 
     return app, processor

@@ -20,6 +20,9 @@ class WorkerMetrics:
         self.events = Counter("streamrec_events", "Valid events consumed", registry=r)
         self.rejected = Counter("streamrec_events_rejected", "Events dead-lettered, by reason", ["reason"], registry=r)
         self.repartitioned = Counter("streamrec_events_repartitioned", "Events re-keyed by user and re-sent", registry=r)
+        self.delivery_errors = Counter(
+            "streamrec_delivery_errors", "Outputs whose Kafka delivery failed and was retried", registry=r
+        )
         self.rerouted = Counter(
             "streamrec_events_rerouted",
             "Events keyed by user but on another partition than the key's murmur2 owner, moved there",

@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 import numpy as np
 
 from streamrec.config import Settings
-from streamrec.errors import StateStoreError
+from streamrec.errors import DeliveryError, StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
@@ -48,6 +48,19 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record the processor produces (a recommendation, a dead letter, a re-routed event)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
+Pending = tuple[Output, "Awaitable[Any]"]
 
 
 class Sink(Protocol):
@@ -166,6 +179,7 @@ class BatchProcessor:
         self._ttl_s = int(settings.window_max_age_days * 86_400)
         self.stopping = False
         self.last_store_ok = True
+        self.last_delivery_ok = True
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._recommend_lock = threading.Lock()
 
@@ -181,7 +195,7 @@ class BatchProcessor:
         started = self.clock()
         report = BatchReport(records=len(records))
         self.metrics.batch_size.observe(len(records))
-        deliveries: list[Awaitable[Any]] = []
+        deliveries: list[Pending] = []
 
         by_user: dict[str, list[Event]] = {}
         appended_ms: dict[str, int] = {}  # Kafka timestamp of each user's triggering record
@@ -197,13 +211,13 @@ class BatchProcessor:
             if record.key != user_key:
                 # Another key would put the user's events on several partitions
                 # (and workers): re-key by user and let the owner handle it.
-                deliveries.append(await self.sink.send(self.settings.events_topic, user_key, record.value or b"", owner))
+                deliveries.append(await self._send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.repartitioned += 1
             elif owner is not None and record.partition != owner:
                 # The right key on the wrong partition (a CRC32 producer, or partitions
                 # added since it was produced): merging it here would give the user two
                 # owners racing on one window. Move it to the owner's partition.
-                deliveries.append(await self.sink.send(self.settings.events_topic, user_key, record.value or b"", owner))
+                deliveries.append(await self._send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.rerouted += 1
             else:
                 by_user.setdefault(parsed.user_id, []).append(parsed)
@@ -222,7 +236,7 @@ class BatchProcessor:
             loop = asyncio.get_running_loop()
             recommendations, states = await loop.run_in_executor(self._encode_thread, self._recommend, by_user, windows)
             for rec in recommendations:
-                deliveries.append(await self.sink.send(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json()))
+                deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
             report.recommendations = recommendations
             await self._retry("state write", lambda: self._timed("save", self.store.save(changed, states, self._ttl_s)))
             # Only after the write succeeded: a failed batch is retried from the stored state.
@@ -230,7 +244,7 @@ class BatchProcessor:
                 self.cache.put(windows[user_id])
 
         # Kafka deliveries last but before returning: the caller acks after this.
-        await asyncio.gather(*deliveries)
+        await self._deliver(deliveries)
         now = self.clock()
         self.metrics.recommendations.inc(len(report.recommendations))
         self.metrics.consume_to_emit.observe(now - started)
@@ -241,7 +255,46 @@ class BatchProcessor:
         return report
 
     # ------------------------------------------------------------------ #
-    async def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> Awaitable[Any]:
+    async def _send(self, output: Output) -> Pending:
+        """Hand ``output`` to the producer; a refusal at send time becomes a failed delivery (retried)."""
+        try:
+            return output, await self.sink.send(output.topic, output.key, output.value, output.partition)
+        except Exception as exc:  # noqa: BLE001 - any producer refusal is retried by _deliver, never skipped
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return output, failed
+
+    async def _deliver(self, pending: list[Pending]) -> None:
+        """Wait until every output is delivered, re-sending failed ones with backoff (the batch stays unacked).
+
+        Output is at-least-once, so a re-send is safe. While deliveries fail,
+        ``last_delivery_ok`` is false and ``/health`` says so.
+        """
+        delay = 0.1
+        failures = 0
+        while pending:
+            results = await asyncio.gather(*(delivery for _, delivery in pending), return_exceptions=True)
+            failed = [(out, r) for (out, _), r in zip(pending, results) if isinstance(r, Exception)]
+            if not failed:
+                self.last_delivery_ok = True
+                if failures:
+                    log.warning("Kafka deliveries succeeded after %d failed attempts", failures)
+                return
+            failures += 1
+            self.last_delivery_ok = False
+            self.metrics.delivery_errors.inc(len(failed))
+            first_output, first_error = failed[0]
+            if self.stopping:
+                raise DeliveryError(f"{len(failed)} outputs undelivered at shutdown: {first_error!r}")
+            log.warning(
+                "%d of %d outputs not delivered (e.g. to %s: %r); re-sending in %.2fs (batch not acknowledged)",
+                len(failed), len(pending), first_output.topic, first_error, delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max_delay_s)
+            pending = [await self._send(out) for out, _ in failed]
+
+    async def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> Pending:
         self.metrics.rejected.labels(str(rejection.reason)).inc()
         letter = DeadLetter.from_rejection(
             rejection, record.value, key=record.key, topic=record.topic, partition=record.partition,
@@ -249,7 +302,7 @@ class BatchProcessor:
             rejected_at_ms=int(self.clock() * 1000),
         )
         log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
-        return await self.sink.send(self.settings.dlq_topic, letter.kafka_key(), letter.to_json())
+        return await self._send(Output(self.settings.dlq_topic, letter.kafka_key(), letter.to_json()))
 
     async def _merge_windows(
         self, by_user: dict[str, list[Event]]

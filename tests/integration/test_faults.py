@@ -159,3 +159,42 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
         assert committed_lag(settings) == 0
     finally:
         worker.kill()
+
+
+def _set_topic_config(settings: Settings, topic: str, name: str, value: str | None) -> None:
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    op = AlterConfigOpType.SET if value is not None else AlterConfigOpType.DELETE
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic,
+                              incremental_configs=[ConfigEntry(name, value or "", incremental_operation=op)])
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def test_undeliverable_outputs_hold_the_batch_and_health_says_so(settings: Settings, tmp_path: Path) -> None:
+    """The broker refuses every recommendation (max.message.bytes too small): nothing is acked, /health is 503."""
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        _set_topic_config(settings, settings.recommendations_topic, "max.message.bytes", "64")
+        events = synthetic(400, 40, seed=61)
+        produce(settings, events_as_records(events))
+        deadline = time.monotonic() + 60
+        while worker.health().get("delivery", True) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        health = worker.health()
+        assert health.get("delivery") is False, f"/health did not report the failing deliveries: {health}"
+        time.sleep(3.0)  # several commit intervals
+        assert sum(committed_offsets(settings).values()) == 0, "offsets committed while outputs were undelivered"
+        assert worker.alive()
+
+        _set_topic_config(settings, settings.recommendations_topic, "max.message.bytes", None)
+        expected = expected_windows(events, WINDOW)
+        assert wait_for_windows(settings, expected, timeout=120) == expected
+        assert_every_user_served(settings, events)
+        deadline = time.monotonic() + 30
+        while committed_lag(settings) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        assert committed_lag(settings) == 0 and worker.health().get("delivery") is True
+    finally:
+        worker.kill()

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 class DiscardingSink:
     """Kafka output is not what these tests are about; deliveries complete at once."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

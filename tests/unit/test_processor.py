@@ -17,11 +17,25 @@ from streamrec.stream.state.memory import InMemoryStore
 
 @dataclass
 class RecordingSink:
-    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    """Records what was delivered; ``refuse_next`` / ``fail_next`` model a producer refusing at send time
+    or a delivery failing later (as aiokafka does for a broker error)."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future:
-        self.sent.append((topic, key, value))
+    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    partitions: list[int | None] = field(default_factory=list)
+    refuse_next: int = 0
+    fail_next: int = 0
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> asyncio.Future:
+        if self.refuse_next:
+            self.refuse_next -= 1
+            raise RuntimeError("producer buffer full")
         future = asyncio.get_running_loop().create_future()
+        if self.fail_next:
+            self.fail_next -= 1
+            future.set_exception(RuntimeError("NotLeaderForPartition"))
+            return future
+        self.sent.append((topic, key, value))
+        self.partitions.append(partition)
         future.set_result(None)
         return future
 
@@ -173,3 +187,51 @@ def test_writes_after_an_operator_delete_are_stored_while_the_window_is_cached()
     run(processor, [record(event(9), 9)])
     assert "u1" in store.windows and store.windows["u1"].entries[-1].event_id == "e9"
     assert store.states["u1"].last_event_id == "e9"
+
+
+def test_failed_deliveries_are_re_sent_until_delivered_and_reported_meanwhile() -> None:
+    processor, store, sink = make()
+    sink.refuse_next, sink.fail_next = 2, 3
+    seen_unhealthy = []
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(processor.process([record(b"{oops", 0), record(event(1), 1), record(event(2, user="u2"), 2)]))
+        while not task.done():
+            seen_unhealthy.append(not processor.last_delivery_ok)
+            await asyncio.sleep(0.005)
+        await task
+
+    asyncio.run(scenario())
+    # Every output delivered exactly once in the end: one dead letter and two recommendations.
+    assert len(sink.on(SETTINGS.dlq_topic)) == 1
+    assert sorted(Recommendation.from_json(v).user_id for _, v in sink.on(SETTINGS.recommendations_topic)) == ["u1", "u2"]
+    assert any(seen_unhealthy) and processor.last_delivery_ok
+    assert processor.metrics.delivery_errors._value.get() >= 5
+
+
+def test_records_on_another_partition_than_their_key_owner_are_rerouted_not_merged() -> None:
+    from streamrec.stream.topics import owner_partition
+
+    store = InMemoryStore()
+    sink = RecordingSink()
+    processor = BatchProcessor(SETTINGS, store, sink, partition_count=lambda: 4)
+    owner = owner_partition(b"u1", 4)
+    wrong = (owner + 1) % 4
+    records = [SourceRecord("streamrec.events", wrong, 0, b"u1", orjson.dumps(event(1))),
+               SourceRecord("streamrec.events", owner, 0, b"u1", orjson.dumps(event(2)))]
+    report = asyncio.run(processor.process(records))
+    assert (report.rerouted, report.events) == (1, 1)
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e2"]  # only the owner's record merged
+    rerouted = [(k, orjson.loads(v)["event_id"]) for k, v in sink.on(SETTINGS.events_topic)]
+    assert rerouted == [(b"u1", "e1")] and sink.partitions[0] == owner
+
+
+def test_owner_partition_is_the_java_clients_murmur2() -> None:
+    from streamrec.stream.topics import owner_partition
+
+    # Signed murmur2 hashes from the Java client's own test (UtilsTest.testMurmur2);
+    # its DefaultPartitioner picks toPositive(hash) % partitions.
+    java = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536, b"abc": 479470107}
+    for key, signed in java.items():
+        for partitions in (1, 4, 7, 1000):
+            assert owner_partition(key, partitions) == (signed & 0x7FFFFFFF) % partitions
