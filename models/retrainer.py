@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StreamrecError
@@ -51,6 +51,21 @@ class RoundResult:
 # --------------------------------------------------------------------------- #
 # Data
 # --------------------------------------------------------------------------- #
+T = TypeVar("T")
+
+
+def newest_share(first: dict[T, int], ends: dict[T, int], max_events: int) -> dict[T, int]:
+    """Start offsets that keep at most ``max_events`` records over all partitions: the newest of each.
+
+    Each partition gives up the oldest part of its range, in proportion to its
+    size, so a capped round trains on the most recent behaviour, not the oldest.
+    """
+    total = sum(max(0, ends[tp] - first[tp]) for tp in first)
+    if total <= max_events:
+        return dict(first)
+    return {tp: ends[tp] - (max(0, ends[tp] - first[tp]) * max_events) // total for tp in first}
+
+
 async def _read_recent(settings: Settings, since_ms: int, user_cap: int, max_events: int) -> tuple[dict[str, deque], int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from tqdm import tqdm
@@ -75,11 +90,12 @@ async def _read_recent(settings: Settings, since_ms: int, user_cap: int, max_eve
         ends = await consumer.end_offsets(tps)
         starts = await consumer.offsets_for_times({tp: since_ms for tp in tps})
         begin = await consumer.beginning_offsets(tps)
+        first = {tp: max(starts[tp].offset if starts.get(tp) is not None else ends[tp], begin[tp]) for tp in tps}
+        first = newest_share(first, ends, max_events)
         todo = 0
         remaining = set()
         for tp in tps:
-            start = starts[tp].offset if starts.get(tp) is not None else ends[tp]
-            start = max(start, begin[tp])
+            start = first[tp]
             consumer.seek(tp, start)
             todo += max(0, ends[tp] - start)
             if start < ends[tp]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import asdict
 import socket
 import time
 from pathlib import Path
@@ -254,6 +255,9 @@ def create_app(
                 "delivery": processor.last_delivery_ok,
                 "model": models.current is not None,
                 "model_version": models.version,
+                # Degraded but serving (popularity fallback or the previous version): not a 503.
+                "model_error": processor.encoder_error,
+                "model_refused": asdict(models.last_refusal) if models.last_refusal else None,
                 "worker_id": worker_id,
                 "partitions": assigned_partitions(app, settings.events_topic),
             }

@@ -23,6 +23,12 @@ class WorkerMetrics:
         self.delivery_errors = Counter(
             "streamrec_delivery_errors", "Outputs whose Kafka delivery failed and was retried", registry=r
         )
+        self.model_refusals = Counter(
+            "streamrec_model_refusals", "Model versions refused at load, verification or warm-up", registry=r
+        )
+        self.encoder_failures = Counter(
+            "streamrec_encoder_failures", "Batches the encoder failed on, served by the popularity fallback", registry=r
+        )
         self.rerouted = Counter(
             "streamrec_events_rerouted",
             "Events keyed by user but on another partition than the key's murmur2 owner, moved there",

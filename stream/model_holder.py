@@ -1,17 +1,23 @@
 """The encoder a worker serves, and the switch to a new one between micro-batches.
 
-A new version is loaded, verified (checksum, smoke inference) and warmed in a
-background thread; the agent calls :meth:`ModelHolder.maybe_swap` after each
-batch, so a batch is always served by exactly one version and serving never
-waits for a load. A version that fails verification is refused loudly and the
-current one keeps serving.
+A new version is loaded, verified (checksum, smoke inference at the
+configured top-K) and warmed in a background thread; the agent calls
+:meth:`ModelHolder.maybe_swap` after each batch, so a batch is always served
+by exactly one version and serving never waits for a load. Any failure of a
+version — a bad checksum, a graph ONNX Runtime rejects, a catalogue smaller
+than top-K — is a refusal: logged, counted, shown on ``/health``, and the
+current version (or the popularity fallback) keeps serving. A refused version
+is tried again after a backoff (the file may have been mid-copy), never in a
+loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,45 +25,91 @@ from streamrec.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 600.0
 
-def load_encoder(path: Path, threads: int = 0) -> Any:
-    """Load, verify and warm an artifact directory (raises ModelError when it is unusable)."""
+
+def load_encoder(path: Path, threads: int = 0, top_k: int = 1) -> Any:
+    """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason."""
     from streamrec.models.features import UserSequence
     from streamrec.onnx.runtime import EncoderSession
 
-    encoder = EncoderSession.load(path, threads=threads)
-    # Smoke inference: a user the model has never seen, with an unknown item.
-    smoke = encoder.recommend([UserSequence(["__smoke_unknown_item__"], ["view"], [0])], k=1)
+    try:
+        encoder = EncoderSession.load(path, threads=threads)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (Fail, InvalidGraph, ...) derive from Exception
+        raise ModelError(f"model at {path} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if top_k > encoder.n_recommendable:
+        raise ModelError(
+            f"model at {path} can recommend {encoder.n_recommendable} items, fewer than STREAMREC_TOP_K={top_k}"
+        )
+    try:
+        # Smoke inference at the served top-K: a user the model has never seen, with an unknown item.
+        smoke = encoder.recommend([UserSequence(["__smoke_unknown_item__"], ["view"], [0])], k=top_k)
+    except Exception as exc:  # noqa: BLE001 - same: whatever the runtime raises is a refusal
+        raise ModelError(f"model at {path} failed the smoke inference: {type(exc).__name__}: {exc}") from exc
     if len(smoke) != 1:
         raise ModelError(f"model at {path} failed the smoke inference")
     return encoder
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a model version was refused, and when it may be tried again."""
+
+    path: str
+    reason: str
+    attempts: int
+    retry_at: float
+
+
 class ModelHolder:
     """Holds the serving encoder (``current``) and a pending replacement."""
 
-    def __init__(self, loader: Callable[[Path], Any] | None = None, *, threads: int = 0) -> None:
-        self._loader = loader or (lambda path: load_encoder(path, threads=threads))
+    def __init__(
+        self,
+        loader: Callable[[Path], Any] | None = None,
+        *,
+        threads: int = 0,
+        top_k: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[Refusal], None] = lambda refusal: None,
+    ) -> None:
+        self._loader = loader or (lambda path: load_encoder(path, threads=threads, top_k=top_k))
+        self._clock = clock
+        self._on_refused = on_refused
         self.current: Any | None = None
         self._pending: Future | None = None
         self._pending_path: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
-        self.refused: list[tuple[str, str]] = []
+        self.refused: dict[str, Refusal] = {}
+        self.last_refusal: Refusal | None = None
 
     @property
     def version(self) -> int:
         return int(getattr(self.current, "version", 0)) if self.current is not None else 0
 
     def load_now(self, path: Path) -> None:
-        """Load synchronously (worker start-up)."""
-        self.current = self._loader(path)
+        """Load synchronously (worker start-up); a failure is a refusal (ModelError), never a crash."""
+        try:
+            self.current = self._loader(path)
+        except Exception as exc:  # noqa: BLE001 - every failure of a model is a refusal
+            self._refuse(path, exc)
+            raise ModelError(str(exc)) from exc
         self._pending_path = path
+        self.last_refusal = None
         log.info("serving model version %s from %s", self.version, path)
 
     def wants(self, path: Path) -> bool:
-        """Whether ``path`` is neither being served, nor loading, nor already refused."""
+        """Whether ``path`` is neither served, nor loading, nor refused and still within its backoff."""
         serving = getattr(getattr(self.current, "artifact", None), "path", None)
-        return path != serving and path != self._pending_path and str(path) not in {p for p, _ in self.refused}
+        if path == serving:
+            return False
+        if self._pending is not None and path == self._pending_path:
+            return False  # loading, or loaded and waiting for the next swap
+        refusal = self.refused.get(str(path))
+        return refusal is None or self._clock() >= refusal.retry_at
 
     def request(self, path: Path) -> None:
         """Start loading ``path`` in the background; it is switched to by :meth:`maybe_swap`."""
@@ -67,25 +119,38 @@ class ModelHolder:
         self._pending = self._executor.submit(self._loader, path)
 
     async def maybe_swap(self) -> bool:
-        """Switch to the pending model if it finished loading; never blocks on a load."""
+        """Switch to the pending model if it finished loading; never blocks on a load, never raises for a model."""
         pending = self._pending
         if pending is None or not pending.done():
             return False
         self._pending = None
         try:
             encoder = pending.result()
-        except (ModelError, OSError, ValueError, RuntimeError) as exc:
-            self.refused.append((str(self._pending_path), str(exc)))
-            log.error("REFUSED model %s: %s — still serving version %s", self._pending_path, exc, self.version)
+        except Exception as exc:  # noqa: BLE001 - every failure of a model is a refusal
+            if self._pending_path is not None:
+                self._refuse(self._pending_path, exc)
             return False
         previous = self.version
         # The old encoder is not closed here: the idle-swap timer can run while a
         # batch is still encoding on it. Dropping the last reference is enough
         # (its shard threads exit when it is garbage-collected).
         self.current = encoder
+        self.refused.pop(str(self._pending_path), None)
+        self.last_refusal = None
         log.warning("switched model version %s -> %s", previous, self.version)
         await asyncio.sleep(0)
         return True
+
+    def _refuse(self, path: Path, exc: BaseException) -> None:
+        earlier = self.refused.get(str(path))
+        attempts = (earlier.attempts if earlier else 0) + 1
+        backoff = min(RETRY_FIRST_S * 2 ** (attempts - 1), RETRY_MAX_S)
+        refusal = Refusal(str(path), str(exc) or type(exc).__name__, attempts, self._clock() + backoff)
+        self.refused[str(path)] = refusal
+        self.last_refusal = refusal
+        log.error("REFUSED model %s (attempt %d): %s — still serving version %s; trying it again in %.0fs",
+                  path, attempts, refusal.reason, self.version, backoff)
+        self._on_refused(refusal)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -12,6 +12,7 @@ so an event is either fully handled or will be seen again.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import threading
@@ -121,16 +122,37 @@ class WindowCache:
 
 
 class PopularityModel:
-    """Running item counts: the no-model fallback and the online-evaluation baseline."""
+    """Running item counts: the no-model fallback and the online-evaluation baseline.
 
-    def __init__(self) -> None:
+    ``top`` costs O(n + items seen since the last call), not O(catalogue):
+    counts only grow, so only the previous top and the items observed since
+    can be in the new top. Memory is bounded: past ``max_items`` distinct
+    items the rarer half is forgotten.
+    """
+
+    def __init__(self, max_items: int = 500_000) -> None:
         self.counts: Counter[str] = Counter()
+        self._max_items = max_items
+        self._top: list[tuple[str, int]] = []
+        self._depth = 0  # how many entries _top holds
+        self._touched: set[str] = set()
 
     def top(self, n: int) -> list[tuple[str, int]]:
-        return self.counts.most_common(n)
+        if n > self._depth:
+            self._depth = n
+            self._top = self.counts.most_common(n)
+        elif self._touched:
+            candidates = {item for item, _ in self._top} | self._touched
+            self._top = heapq.nlargest(self._depth, ((i, self.counts[i]) for i in candidates), key=lambda kv: kv[1])
+        self._touched.clear()
+        return self._top[:n]
 
     def observe(self, item_id: str) -> None:
         self.counts[item_id] += 1
+        self._touched.add(item_id)
+        if len(self.counts) > self._max_items:
+            self.counts = Counter(dict(self.counts.most_common(self._max_items // 2)))
+            self._depth = 0  # recompute in full next time
 
 
 def score_previous(previous: Sequence[str], next_item: str, k: int = ONLINE_K) -> tuple[bool, int | None, float]:
@@ -180,6 +202,7 @@ class BatchProcessor:
         self.stopping = False
         self.last_store_ok = True
         self.last_delivery_ok = True
+        self.encoder_error: str | None = None  # the model's last failure, until it serves a batch again
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._recommend_lock = threading.Lock()
 
@@ -352,24 +375,8 @@ class BatchProcessor:
         users = list(by_user)
         popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
         encoder = self.current_encoder()
-        ranked: list[tuple[list[str], list[float], bytes]]
-        if encoder is not None:
-            from streamrec.models.features import UserSequence
-
-            sequences = [
-                UserSequence(
-                    item_ids=[e.item_id for e in windows[u].entries],
-                    event_types=[e.event_type for e in windows[u].entries],
-                    timestamps_ms=[e.ts_ms for e in windows[u].entries],
-                )
-                for u in users
-            ]
-            t0 = time.perf_counter()
-            results = encoder.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)
-            self.metrics.encoder_latency.observe(time.perf_counter() - t0)
-            ranked = [
-                (list(r.item_ids), list(r.scores), np.asarray(r.user_vector, dtype="<f4").tobytes()) for r in results
-            ]
+        ranked = self._encode(encoder, users, windows) if encoder is not None else None
+        if ranked is not None and encoder is not None:
             version = encoder.version
         else:
             ranked = [self._popular_for(windows[u], popular) for u in users]
@@ -397,6 +404,33 @@ class BatchProcessor:
             for event in events:
                 self.popularity.observe(event.item_id)
         return recommendations, states
+
+    def _encode(
+        self, encoder: Encoder, users: list[str], windows: dict[str, StoredWindow]
+    ) -> list[tuple[list[str], list[float], bytes]] | None:
+        """Top-K per user from the model, or None when the model fails (the batch gets the popularity fallback)."""
+        from streamrec.models.features import UserSequence
+
+        sequences = [
+            UserSequence(
+                item_ids=[e.item_id for e in windows[u].entries],
+                event_types=[e.event_type for e in windows[u].entries],
+                timestamps_ms=[e.ts_ms for e in windows[u].entries],
+            )
+            for u in users
+        ]
+        t0 = time.perf_counter()
+        try:
+            results = encoder.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)
+        except Exception as exc:  # noqa: BLE001 - a model failing must degrade serving, not stop the worker
+            self.metrics.encoder_failures.inc()
+            self.encoder_error = f"{type(exc).__name__}: {exc}"
+            log.error("model version %s failed on a batch of %d users (%s); served the popularity fallback",
+                      encoder.version, len(users), self.encoder_error)
+            return None
+        self.encoder_error = None
+        self.metrics.encoder_latency.observe(time.perf_counter() - t0)
+        return [(list(r.item_ids), list(r.scores), np.asarray(r.user_vector, dtype="<f4").tobytes()) for r in results]
 
     def _popular_for(self, window: StoredWindow, popular: list[tuple[str, int]]) -> tuple[list[str], list[float], bytes]:
         seen = {e.item_id for e in window.entries} if self.settings.exclude_seen else set()

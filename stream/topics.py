@@ -32,11 +32,15 @@ def owner_partition(key: bytes, partitions: int) -> int:
 def topic_specs(settings: Settings) -> list[NewTopic]:
     """events / recommendations / DLQ share the partition count; model-updates is compacted."""
     p, r = settings.topic_partitions, settings.topic_replication
+    # With acks=all, a write is durable on min.insync.replicas brokers. A re-routed
+    # event becomes the only copy once its original offset is committed, so with
+    # three or more replicas require two (one broker may still be down).
+    durable = {"min.insync.replicas": "2"} if r >= 3 else {}
     return [
-        NewTopic(settings.events_topic, p, r),
-        NewTopic(settings.recommendations_topic, p, r),
-        NewTopic(settings.dlq_topic, p, r, topic_configs={"retention.ms": str(30 * 86_400_000)}),
-        NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.events_topic, p, r, topic_configs=dict(durable)),
+        NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(durable)),
+        NewTopic(settings.dlq_topic, p, r, topic_configs={"retention.ms": str(30 * 86_400_000), **durable}),
+        NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact", **durable}),
     ]
 
 

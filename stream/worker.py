@@ -10,6 +10,7 @@ from pathlib import Path
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
 from streamrec.stream.app import create_app, default_worker_id
+from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.state.cassandra import CassandraStore
 from streamrec.stream.topics import ensure_topics_sync
@@ -53,7 +54,11 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     worker_id = default_worker_id(settings)
     store = open_store_with_retry(settings)
     ensure_topics_sync(settings)
-    models = ModelHolder(threads=settings.onnx_threads)
+    metrics = WorkerMetrics()
+    models = ModelHolder(
+        threads=settings.onnx_threads, top_k=settings.top_k,
+        on_refused=lambda refusal: metrics.model_refusals.inc(),
+    )
     path = live_model_path(settings)
     if path is None:
         log.warning("no model under %s: serving the popularity fallback (model_version 0) until one is published",
@@ -61,9 +66,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
     else:
         try:
             models.load_now(path)
-        except ModelError as exc:
-            log.error("REFUSED the live model %s at start-up: %s; serving the popularity fallback", path, exc)
-    app, _processor = create_app(settings, store, models, worker_id=worker_id)
+        except ModelError:
+            log.error("serving the popularity fallback until the live model can be loaded")
+    app, _processor = create_app(settings, store, models, worker_id=worker_id, metrics=metrics)
 
     def consider(path: Path | None) -> None:
         if path is not None and models.wants(path):
@@ -71,13 +76,12 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
 
     @app.task
     async def follow_announcements() -> None:
-        from streamrec.onnx.registry import ModelRegistry
         from streamrec.stream.model_updates import watch_announcements
 
-        registry = ModelRegistry.at(settings.models_path)
-
         async def on_announcement(message: "object") -> None:
-            consider(registry.storage.artifact_path(message.version))  # type: ignore[attr-defined]
+            # An announcement only says "look again": the registry's LIVE pointer
+            # decides (a replayed announcement may name a rejected or rolled-back version).
+            consider(live_model_path(settings))
 
         await watch_announcements(settings, on_announcement, asyncio.Event())
 

@@ -42,7 +42,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from streamrec.config import Settings
 from streamrec.errors import ConfigError, StateStoreError
 from streamrec.stream.state.base import StoredWindow, UserState, next_write_us
-from streamrec.stream.window import decode_window, encode_window
+from streamrec.stream.window import WindowDecodeError, decode_window, encode_window
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,12 @@ class CassandraStore:
         for user_id, result in zip(user_ids, rows):
             if result:
                 row = result[0]
-                entries = tuple(decode_window(row.events))
+                try:
+                    entries = tuple(decode_window(row.events))
+                except WindowDecodeError as exc:
+                    # Written by a newer (or older) worker in a format this one cannot read,
+                    # e.g. mid-rollout: retried like an outage, never merged over or crashed on.
+                    raise StateStoreError(f"window of user {user_id!r} cannot be read by this worker: {exc}") from exc
                 windows[user_id] = StoredWindow(user_id, entries, row.seq or 0, row.written_us or 0)
         return windows
 

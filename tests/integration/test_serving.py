@@ -166,3 +166,25 @@ def test_demo_runs_to_completion(infra: Settings, tmp_path: Path) -> None:
     assert summary["model_version"] == 1
     assert summary["recommendations_received"] > 0
     assert "online hit@10: model vs popularity" in proc.stdout
+
+
+def test_top_k_beyond_the_models_catalogue_is_a_refusal_not_a_crash_loop(settings: Settings, tmp_path: Path) -> None:
+    """STREAMREC_TOP_K larger than what the model can recommend once passed the load check and failed every batch."""
+    settings = settings.with_overrides(top_k=1000)  # the planted catalogue has 300 items
+    events = synthetic_users_events(30)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, events_as_records(events))
+        recs = _recommendations(settings, min_messages=len({e["user_id"] for e in events}))
+        assert worker.alive(), worker.log_tail()
+        health = worker.health()
+    finally:
+        worker.kill()
+    assert recs and all(r.model_version == 0 for r in recs), "served by the popularity fallback"
+    assert health["model"] is False and "STREAMREC_TOP_K=1000" in health["model_refused"]["reason"]
+
+
+def synthetic_users_events(n: int) -> list[dict]:
+    now = int(time.time() * 1000)
+    return [{"event_id": f"k-{i}", "user_id": f"k-user-{i % 10}", "item_id": f"i{i % 7}", "event_type": "view",
+             "ts": now + i} for i in range(n)]

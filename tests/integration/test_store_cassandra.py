@@ -61,3 +61,23 @@ def test_writes_wait_for_a_quorum_of_replicas_by_default(isolated: Settings) -> 
 def test_an_unknown_consistency_level_is_refused_with_the_known_ones() -> None:
     with pytest.raises(Exception, match="LOCAL_QUORUM"):
         Settings(cassandra_read_consistency="SOMETIMES")
+
+
+def test_a_window_in_an_unknown_format_is_a_store_error_retried_not_a_crash(isolated: Settings) -> None:
+    """A window written by a newer worker mid-rollout: the reader backs off and retries (StateStoreError)."""
+
+    async def scenario() -> None:
+        store = CassandraStore.open(isolated)
+        try:
+            cluster, session = connect(isolated)
+            try:
+                session.execute(f"INSERT INTO {isolated.cassandra_keyspace}.windows (user_id, events, seq) VALUES (%s, %s, 1)",
+                                ("u-future", b"\x09future-format"))
+            finally:
+                cluster.shutdown()
+            with pytest.raises(StateStoreError, match="u-future"):
+                await store.load_windows(["u-future"])
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -227,3 +227,12 @@ def test_backbone_is_configurable(tmp_path):
     assert art.config.backbone == "llama" and art.parity["passed"]
     with pytest.raises(ModelError, match="unknown transformers backbone"):
         SequenceEncoder(EncoderConfig(**{**TINY.to_dict(), "n_items": 5, "backbone": "no-such-model"}))
+
+
+def test_a_top_k_beyond_the_catalogue_is_refused_at_load(artifact):
+    from streamrec.stream.model_holder import load_encoder
+
+    assert load_encoder(artifact, top_k=5).version >= 1
+    with pytest.raises(ModelError, match="fewer than STREAMREC_TOP_K=500"):
+        load_encoder(artifact, top_k=500)
+

@@ -235,3 +235,60 @@ def test_owner_partition_is_the_java_clients_murmur2() -> None:
     for key, signed in java.items():
         for partitions in (1, 4, 7, 1000):
             assert owner_partition(key, partitions) == (signed & 0x7FFFFFFF) % partitions
+
+
+class FailingEncoder:
+    version = 4
+
+    def recommend(self, sequences, k, exclude_seen=True):  # noqa: ANN001, ANN201
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
+
+
+def test_a_model_failing_on_a_batch_serves_the_popularity_fallback_and_says_so() -> None:
+    store = InMemoryStore()
+    sink = RecordingSink()
+    processor = BatchProcessor(SETTINGS, store, sink, encoder=lambda: FailingEncoder())
+    report = run(processor, [record(event(i), i) for i in range(3)])
+    assert report.events == 3 and len(report.recommendations) == 1
+    assert report.recommendations[0].model_version == 0
+    assert "RUNTIME_EXCEPTION" in (processor.encoder_error or "")
+    assert processor.metrics.encoder_failures._value.get() == 1
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e0", "e1", "e2"]
+
+
+def test_popularity_top_stays_exact_while_only_touching_new_items() -> None:
+    import random
+    from collections import Counter
+
+    from streamrec.stream.processor import PopularityModel
+
+    rnd = random.Random(3)
+    model = PopularityModel()
+    reference: Counter[str] = Counter()
+    for _ in range(200):
+        for _ in range(rnd.randint(1, 30)):
+            item = f"i{int(rnd.paretovariate(1.2)) % 500}"
+            model.observe(item)
+            reference[item] += 1
+        got = model.top(12)
+        # Same counts in the same order as a full sort (ties may list different items).
+        assert [c for _, c in got] == [c for _, c in reference.most_common(12)]
+        assert all(reference[i] == c for i, c in got)
+
+
+def test_popularity_memory_is_bounded() -> None:
+    from streamrec.stream.processor import PopularityModel
+
+    model = PopularityModel(max_items=100)
+    for n in range(1000):
+        model.observe(f"i{n}")
+    model.observe("i999")
+    assert len(model.counts) <= 100 and model.top(1) == [("i999", 2)]
+
+
+def test_topics_require_two_in_sync_replicas_where_replication_allows() -> None:
+    from streamrec.stream.topics import topic_specs
+
+    replicated = topic_specs(Settings(topic_replication=3))
+    assert all(t.topic_configs.get("min.insync.replicas") == "2" for t in replicated)
+    assert all("min.insync.replicas" not in t.topic_configs for t in topic_specs(Settings(topic_replication=1)))

@@ -34,3 +34,13 @@ def test_warm_state_copies_live_rows_and_keeps_fresh_rows_for_new_items() -> Non
     assert torch.equal(state["item_emb.weight"][4:], torch.zeros(2, 3))
     assert torch.equal(state["other"], torch.full((2,), 5.0))
     assert torch.equal(state["new_layer"], torch.zeros(1))
+
+
+def test_a_capped_round_reads_the_newest_events_of_each_partition() -> None:
+    from streamrec.models.retrainer import newest_share
+
+    first = {"p0": 0, "p1": 100, "p2": 50}
+    ends = {"p0": 600, "p1": 400, "p2": 50}  # 600 + 300 + 0 = 900 events within the horizon
+    starts = newest_share(first, ends, max_events=300)
+    assert starts == {"p0": 400, "p1": 300, "p2": 50}  # the newest 200 and 100: the most recent third of each
+    assert newest_share(first, ends, max_events=5000) == first
