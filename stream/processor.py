@@ -389,7 +389,11 @@ class BatchProcessor:
         for user_id, (items, scores, vector) in zip(users, ranked):
             events = by_user[user_id]
             online = self._online_eval(user_id, events, windows[user_id], popular)
-            last = events[-1]
+            # Labelled with the newest event of the window it was computed from, not the
+            # last of this batch: a replay (whatever its batch boundaries) finds these
+            # events already in the window and repeats the same (user_id, event_id).
+            entries = windows[user_id].entries
+            last = entries[-1] if entries else WindowEntry(events[-1].event_id, "", "", events[-1].ts_ms)
             rec = Recommendation.from_ranked(
                 user_id, items, scores, model_version=version, event_id=last.event_id,
                 event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,

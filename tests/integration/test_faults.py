@@ -37,8 +37,11 @@ def settings(isolated: Settings, tmp_path: Path) -> Settings:
 
 
 def assert_every_user_served(settings: Settings, events: list[dict]) -> list[Recommendation]:
-    """Each user's last event triggered a recommendation; repeats share (user_id, event_id)."""
-    last = {e["user_id"]: e["event_id"] for e in events}
+    """Each user got a recommendation computed from their whole window (labelled with their newest event)."""
+    newest: dict[str, tuple[int, str]] = {}
+    for e in events:
+        newest[e["user_id"]] = max(newest.get(e["user_id"], (0, "")), (int(e["ts"]), e["event_id"]))
+    last = {user: event_id for user, (_, event_id) in newest.items()}
     recs = [Recommendation.from_json(v) for _, v in
             read_topic(settings, settings.recommendations_topic, min_messages=len(last), timeout=120)]
     triggered = defaultdict(set)
