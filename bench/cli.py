@@ -208,6 +208,26 @@ def scale(ctx: click.Context, workers: str, events: int, users: int, items: int,
     _print_and_write(result, format_result(result), out)
 
 
+@bench.command("faults")
+@click.option("--scenario", "scenarios", multiple=True, help="Run only these (repeatable). [default: all]")
+@click.option("--timeout", "timeout_s", default=180.0, show_default=True, help="Seconds each scenario may take to settle.")
+@click.option("--keep", is_flag=True, help="Keep the scenarios' topics and keyspaces.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/faults.json"), show_default=True)
+@click.pass_context
+def faults(ctx: click.Context, scenarios: tuple[str, ...], timeout_s: float, keep: bool, out: Path) -> None:
+    """Fault scenarios against the local servers: events produced, in state, lost, duplicated, recovery time."""
+    from streamrec.bench.faults import SCENARIOS, format_result, run_faults
+
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise click.BadParameter(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    result = run_faults(_settings(ctx), scenarios=scenarios or SCENARIOS, timeout_s=timeout_s, keep=keep,
+                        progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)
+    if not result["all_clean"]:
+        ctx.exit(1)
+
+
 @bench.command("state")
 @click.option("--users", default=5000, show_default=True)
 @click.option("--updates", default=50_000, show_default=True, help="Window updates per model and mode.")

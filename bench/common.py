@@ -342,11 +342,13 @@ def encode_event(event: dict[str, Any]) -> tuple[bytes, bytes]:
     return str(event["user_id"]).encode(), orjson.dumps(event)
 
 
-def _producer(bootstrap: str, *, latency: bool) -> Any:
+def _producer(bootstrap: str, *, latency: bool, partitioner: str = "murmur2_random") -> Any:
     from confluent_kafka import Producer
 
+    # murmur2 as the Java client: records land on their key's owner partition (librdkafka's
+    # CRC32 default would make the worker re-route most of them, a second trip through Kafka).
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                            "compression.type": "none"}
+                            "compression.type": "none", "partitioner": partitioner}
     if latency:
         conf.update({"linger.ms": 0, "batch.size": 64 * 1024})
     else:
