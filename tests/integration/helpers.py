@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -149,6 +150,30 @@ def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | No
             producer.poll(0)
     assert producer.flush(60) == 0, "not every record was delivered"
     return count
+
+
+def paced_producer(settings: Settings, events: Sequence[dict], per_second: float) -> threading.Thread:
+    """Produce ``events`` in the background at about ``per_second`` (chunks of a tenth of a second); join to wait."""
+    chunk = max(1, int(per_second / 10))
+
+    def run() -> None:
+        started = time.monotonic()
+        for n, start in enumerate(range(0, len(events), chunk)):
+            produce(settings, events_as_records(events[start:start + chunk]))
+            time.sleep(max(0.0, started + (n + 1) * 0.1 - time.monotonic()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {what}")
+        time.sleep(0.5)
 
 
 def events_as_records(events: Sequence[dict]) -> list[tuple[bytes, bytes]]:

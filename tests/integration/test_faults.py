@@ -12,7 +12,6 @@ from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.recommendation import Recommendation
 from tests.integration.helpers import (
-    WINDOW,
     WorkerProcess,
     committed_lag,
     committed_offsets,
@@ -20,19 +19,24 @@ from tests.integration.helpers import (
     expected_windows,
     produce,
     fault_report,
+    paced_producer,
     read_events_at,
     read_topic,
     read_windows,
     synthetic,
     wait_for_windows,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
+WHOLE = 1000
+
 
 @pytest.fixture
 def settings(isolated: Settings, tmp_path: Path) -> Settings:
-    return isolated.with_overrides(window_size=WINDOW, model_dir=tmp_path / "no-models", topic_partitions=4)
+    # Windows that hold every event of every user: each event produced is checked in state.
+    return isolated.with_overrides(window_size=WHOLE, model_dir=tmp_path / "no-models", topic_partitions=4)
 
 
 
@@ -63,13 +67,14 @@ def test_sigkill_of_one_of_two_workers_mid_replay(settings: Settings, tmp_path: 
         first.kill()  # mid-replay
         killed_at = time.monotonic()
         produce(settings, events_as_records(events[4000:]))
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         actual = wait_for_windows(settings, expected, timeout=180)
         fault_report("sigkill-1-of-2", settings, len(events), expected, actual, time.monotonic() - killed_at)
         assert actual == expected, "the surviving worker did not take over every partition"
         assert second.alive()
         recs = assert_every_user_served(settings, events)
         assert {r.worker_id for r in recs} == {"w1", "w2"}
+        wait_until(lambda: committed_lag(settings) == 0, 30, "the survivor commits every partition")
     finally:
         first.kill()
         second.kill()
@@ -88,12 +93,13 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
         local.start(settings, "kafka")
         restarted_at = time.monotonic()
         produce(settings, events_as_records(events[2000:]))
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         actual = wait_for_windows(settings, expected, timeout=180)
         fault_report("broker-restart", settings, len(events), expected, actual, time.monotonic() - restarted_at)
         assert actual == expected
         assert worker.alive(), "the worker must reconnect, not die"
         assert_every_user_served(settings, events)
+        wait_until(lambda: committed_lag(settings) == 0, 30, "offsets committed after the broker came back")
     finally:
         worker.kill()
         if not local.is_healthy(settings, "kafka"):
@@ -103,17 +109,28 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
 def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_path: Path) -> None:
     events = synthetic(3000, 150, seed=41)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    produce(settings, events_as_records(events))
-    time.sleep(2.0)
+    producing = paced_producer(settings, events, per_second=1000)
+    time.sleep(2.0)  # mid-stream
     started = time.monotonic()
     code = worker.terminate(timeout=60)
     took = time.monotonic() - started
     assert code == 0, worker.log_tail()
     assert took < 45, f"shutdown took {took:.0f}s"
-    # Whatever was acknowledged is in state; the rest is consumed by the next worker.
+    # Before any other worker runs: what it committed is stored, and what it stored it committed.
+    committed = committed_offsets(settings)
+    at = read_events_at(settings)
+    stored = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
+    committed_not_stored = [(p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in stored]
+    stored_not_committed = [(p, o) for (p, o), e in at.items() if o >= committed[p] and e["event_id"] in stored]
+    print(f"SIGTERM after {took:.1f}s: committed {sum(committed.values())}, stored {len(stored)}")
+    assert not committed_not_stored, f"{len(committed_not_stored)} events committed but not stored"
+    assert not stored_not_committed, f"{len(stored_not_committed)} stored events left uncommitted by the shutdown"
+    assert sum(committed.values()) > 0
+    producing.join()
+    # The rest is consumed by the next worker.
     restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected) == expected
         deadline = time.monotonic() + 30
         while committed_lag(settings) and time.monotonic() < deadline:
@@ -125,8 +142,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
 
 def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Settings, tmp_path: Path) -> None:
     """A bug raised outside the batch's try once let Faust restart the agent and ack records it never processed."""
-    whole = 1000  # every event of every user stays in its window: each one is checked
-    settings = settings.with_overrides(window_size=whole, batch_max_events=25)
+    settings = settings.with_overrides(batch_max_events=25)
     events = synthetic(3000, 60, seed=51)
     failing = WorkerProcess(settings, tmp_path / "failing.log", worker_id="failing",
                             module="tests.integration.failing_worker", extra_env={"FAIL_AFTER_BATCHES": "60"}).start()
@@ -154,7 +170,7 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
 
     worker = WorkerProcess(settings, tmp_path / "worker.log", worker_id="w2").start()
     try:
-        expected = expected_windows(events, whole)
+        expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected, timeout=120) == expected
         deadline = time.monotonic() + 30
         while committed_lag(settings) and time.monotonic() < deadline:
@@ -192,7 +208,7 @@ def test_undeliverable_outputs_hold_the_batch_and_health_says_so(settings: Setti
         assert worker.alive()
 
         _set_topic_config(settings, settings.recommendations_topic, "max.message.bytes", None)
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected, timeout=120) == expected
         assert_every_user_served(settings, events)
         deadline = time.monotonic() + 30

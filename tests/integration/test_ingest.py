@@ -17,16 +17,24 @@ from tests.integration.helpers import (
     WINDOW,
     WorkerProcess,
     committed_lag,
+    committed_offsets,
     events_as_records,
     expected_windows,
     fault_report,
+    metric_total,
+    paced_producer,
     produce,
+    read_events_at,
+    read_windows,
     read_topic,
     synthetic,
     wait_for_windows,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
+
+WHOLE = 1000  # a window larger than any user's events in these tests: every event is checked
 
 
 @pytest.fixture
@@ -111,21 +119,36 @@ def test_events_keyed_otherwise_are_repartitioned_by_user(settings: Settings, tm
 
 
 def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settings, tmp_path: Path) -> None:
+    settings = settings.with_overrides(window_size=WHOLE)  # every event of every user is checked in state
     events = synthetic(6000, 300, seed=11)
     worker = WorkerProcess(settings, tmp_path / "worker1.log", worker_id="w1").start()
-    produce(settings, events_as_records(events[:3000]))
-    time.sleep(1.5)  # mid-stream: some batches done, some in flight
+    producing = paced_producer(settings, events, per_second=1000)
+    time.sleep(3.0)  # mid-stream: batches done, committed or not, and more arriving
     worker.kill()
-    produce(settings, events_as_records(events[3000:]))
+    # At the kill: what was committed must be stored; what was stored but not committed must be replayed.
+    committed = committed_offsets(settings)
+    at = read_events_at(settings)
+    stored = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
+    committed_not_stored = [(p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in stored]
+    stored_not_committed = [(p, o) for (p, o), e in at.items() if o >= committed[p] and e["event_id"] in stored]
+    assert not committed_not_stored, f"{len(committed_not_stored)} events committed before they were stored"
+    committed_at_kill = sum(committed.values())
+    producing.join()
     restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
         restarted_at = time.monotonic()
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         actual = wait_for_windows(settings, expected)
         fault_report("sigkill-restart", settings, len(events), expected, actual, time.monotonic() - restarted_at)
         assert actual == expected
         for window in actual.values():
             assert len(window) == len(set(window)), "an event entered a window twice"
+        replayed = metric_total([restarted], "streamrec_window_duplicates_total")
+        print(f"at the kill: committed {committed_at_kill} of {len(events)}, stored but not committed"
+              f" {len(stored_not_committed)}; replayed into windows after the restart: {replayed:.0f}")
+        assert 0 < committed_at_kill < len(events), "the kill must hit after commits, with uncommitted work left"
+        assert replayed >= len(stored_not_committed), "work stored but not committed at the kill must be replayed"
+        wait_until(lambda: committed_lag(settings) == 0, 30, "offsets committed after recovery")
     finally:
         restarted.kill()
 
@@ -133,6 +156,7 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
 def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Path) -> None:
     if local.running_pid(settings, "cassandra") is None:
         pytest.fail("this test stops and restarts Cassandra, so it must have been started by `streamrec infra up`")
+    settings = settings.with_overrides(window_size=WHOLE)
     events = synthetic(4000, 200, seed=13)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
@@ -141,16 +165,21 @@ def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Pat
         local.stop(settings, "cassandra")
         stopped_at = time.monotonic()
         produce(settings, events_as_records(events[2000:]))
+        time.sleep(3.0)  # the commit of batches stored before the stop has run
+        committed_early = committed_offsets(settings)
         time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped_at)))
         assert worker.alive(), "the worker must ride out the outage"
-        assert committed_lag(settings) > 0, "offsets must not be committed while Cassandra is down"
+        assert worker.health().get("cassandra") is False, "/health must report the outage"
+        assert committed_offsets(settings) == committed_early, "offsets must not move while Cassandra is down"
+        assert sum(committed_early.values()) < len(events)
         local.start(settings, "cassandra")
         restarted_at = time.monotonic()
-        expected = expected_windows(events, WINDOW)
+        expected = expected_windows(events, WHOLE)
         actual = wait_for_windows(settings, expected, timeout=180)
         fault_report("cassandra-30s-outage", settings, len(events), expected, actual, time.monotonic() - restarted_at)
         assert actual == expected
         assert worker.alive()
+        wait_until(lambda: committed_lag(settings) == 0, 30, "offsets committed after recovery")
     finally:
         worker.kill()
         if not local.is_healthy(settings, "cassandra"):
