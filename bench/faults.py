@@ -279,7 +279,8 @@ def model_fails_to_load(run: Run, result: ScenarioResult, timeout_s: float) -> N
     result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
     health = worker.health()
     refused = health.get("model_refused") or {}
-    result.note = f"refused: {str(refused.get('reason', '?'))[:80]}; serving model_version {health.get('model_version')}"
+    reason = str(refused.get("reason", "none")).rsplit(": ", 1)[-1]  # the reason, without the long path
+    result.note = f"refused ({reason[:60]}); serving model_version {health.get('model_version')}"
     result.detail["health"] = health
     result.workers_alive = worker.alive()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -53,8 +53,21 @@ def test_csv_missing_column(tmp_path):
         load_events(p)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
-def test_parquet_without_pyarrow_is_a_clear_error(tmp_path):
+def test_parquet_with_the_csv_columns_loads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["i1", "i2", "i1"],
+                             "event_type": ["view", "purchase", "view"], "ts": [3, 5, 4]}), path)
+    log = load_events(path)
+    assert sorted(zip(log.user_ids, log.item_ids, log.event_types, log.ts_ms)) == [
+        ("u1", "i1", "view", 3), ("u1", "i2", "purchase", 5), ("u2", "i1", "view", 4)]
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     p = write(tmp_path / "e.parquet", "not really parquet")
     with pytest.raises(DataError, match="pyarrow"):
         load_events(p)

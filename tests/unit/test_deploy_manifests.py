@@ -43,8 +43,6 @@ RETRAINER_METRICS = {
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service", "node"}
-# CLI verbs used by the manifests that another issue delivers.
-PENDING_VERBS = {("retrainer",)}
 
 
 # --------------------------------------------------------------------------- #
@@ -251,8 +249,6 @@ def test_cli_has_the_verbs_the_manifests_run() -> None:
                 break
             group = group.commands[word]
     assert {("worker",), ("topics", "create"), ("cassandra", "migrate")} <= verbs
-    if missing and set(missing) <= PENDING_VERBS:
-        pytest.xfail(f"{missing} land with the retrainer issue")
     assert not missing, f"manifests run CLI verbs that do not exist: {missing}"
 
 
