@@ -23,7 +23,7 @@ command -v java >/dev/null || { echo "Java 17+ is required (apt-get install open
 command -v mvn >/dev/null || { echo "Maven is required (apt-get install maven)" >&2; exit 2; }
 
 # Training and inference on small CPU boxes: stop glibc from returning and
-# re-mapping large tensor buffers every step (see DESIGN.md, machine notes).
+# re-mapping large tensor buffers every step (one RecBole run: 66% -> 0.5% system time).
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
 export MALLOC_TOP_PAD_=${MALLOC_TOP_PAD_:-1073741824}

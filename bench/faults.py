@@ -212,12 +212,16 @@ def mixed_partitioners(run: Run, result: ScenarioResult, timeout_s: float) -> No
     run.worker("w2")
     time.sleep(5.0)
     events = events_for(100, 20, seed=4)
-    threads = [threading.Thread(target=produce, args=(run.settings, events[0::2], "murmur2_random")),
-               threading.Thread(target=produce, args=(run.settings, events[1::2], "consistent_random"))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # In rounds, so that both workers hold each user's window in their caches between rounds.
+    for start in range(0, len(events), 200):
+        round_ = events[start:start + 200]
+        threads = [threading.Thread(target=produce, args=(run.settings, round_[0::2], "murmur2_random")),
+                   threading.Thread(target=produce, args=(run.settings, round_[1::2], "consistent_random"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(0.3)
     result.produced = len(events)
     result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
     result.detail["rerouted"] = sum(

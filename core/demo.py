@@ -198,7 +198,10 @@ def run_demo(
         deadline = time.monotonic() + 120
         while True:
             health = _fetch(f"http://127.0.0.1:{web_port}/health")
-            if health and json.loads(health).get("model"):
+            # Ready means in the group with partitions assigned and the model warm: replaying
+            # before that only builds a backlog that the latency figures would then report.
+            report = json.loads(health) if health else {}
+            if report.get("ready") and report.get("model") and report.get("partitions"):
                 break
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise click.ClickException(f"the worker did not become ready; see {log_path}")

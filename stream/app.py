@@ -224,14 +224,18 @@ def create_app(
             await batches.aclose()
             stream.enable_acks = False
 
+    assignment = {"settled": False}  # the group has given this worker its partitions (none while rebalancing)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        assignment["settled"] = False
         processor.on_rebalance()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         processor.on_rebalance()
         await partitions.refresh()
+        assignment["settled"] = True
 
     @app.timer(interval=METADATA_MAX_AGE_MS / 1000.0)
     async def refresh_partition_count() -> None:
@@ -262,6 +266,9 @@ def create_app(
                 "partitions": assigned_partitions(app, settings.events_topic),
             }
             ok = report["kafka"] and report["cassandra"] and report["delivery"]
+            # Ready: healthy, in the group with its partitions assigned, and the live model
+            # loaded (or refused, with popularity serving): what a replay should wait for.
+            report["ready"] = bool(ok and assignment["settled"] and (models.current is not None or not models.loading))
             return self.json(report, status=200 if ok else 503)
 
     return app, processor

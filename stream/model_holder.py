@@ -87,6 +87,11 @@ class ModelHolder:
         self.last_refusal: Refusal | None = None
 
     @property
+    def loading(self) -> bool:
+        """Whether a version is being loaded in the background."""
+        return self._pending is not None and not self._pending.done()
+
+    @property
     def version(self) -> int:
         return int(getattr(self.current, "version", 0)) if self.current is not None else 0
 

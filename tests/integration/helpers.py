@@ -81,6 +81,16 @@ class WorkerProcess:
         except OSError:
             return {}
 
+    def health_status(self) -> int:
+        """The HTTP status of /health (200 healthy, 503 not); 0 when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
             return resp.read().decode()
@@ -107,12 +117,14 @@ class WorkerProcess:
 
 
 def wait_for_assignment(workers: Sequence["WorkerProcess"], partitions: int, timeout: float = 90.0) -> None:
-    """Until every worker owns some partitions and together they own all of them (the group is stable)."""
+    """Until every worker reports ready and owns partitions, and together they own all of them (a stable group)."""
     deadline = time.monotonic() + timeout
     owned: list[list[int]] = []
     while time.monotonic() < deadline:
-        owned = [w.health().get("partitions") or [] for w in workers]
-        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
+        reports = [w.health() for w in workers]
+        owned = [r.get("partitions") or [] for r in reports]
+        ready = all(r.get("ready") for r in reports)
+        if ready and all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
             return
         time.sleep(0.5)
     raise AssertionError(f"the group never settled: partitions owned per worker {owned}")

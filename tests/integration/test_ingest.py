@@ -170,6 +170,7 @@ def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Pat
         time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped_at)))
         assert worker.alive(), "the worker must ride out the outage"
         assert worker.health().get("cassandra") is False, "/health must report the outage"
+        assert worker.health_status() == 503
         assert committed_offsets(settings) == committed_early, "offsets must not move while Cassandra is down"
         assert sum(committed_early.values()) < len(events)
         local.start(settings, "cassandra")

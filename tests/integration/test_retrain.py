@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -91,13 +94,28 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
         v2_items = {i.item_id for r in recs if r.model_version == 2 for i in r.items}
         assert any(item.startswith("b-") for item in v2_items), "items new since v1 are not recommended by v2"
 
-        # Rollback: the worker returns to version 1.
-        registry = ModelRegistry.at(settings.models_path)
-        assert registry.rollback() == 1
-        asyncio.run(announce(settings, 1, registry.record(1).checksum, "rollback"))
+        # Rollback with the operator's command: the worker returns to version 1 ...
+        env = {**os.environ, **settings.to_env()}
+        done = subprocess.run([sys.executable, "-m", "streamrec", "model", "rollback"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
         deadline = time.monotonic() + 60
         while worker.health().get("model_version") != 1 and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert worker.health()["model_version"] == 1
+
+        # ... and stays there when a stale announcement of version 2 comes along (replayed from
+        # the compacted topic, say): the registry's LIVE pointer decides, not the announcement.
+        registry = ModelRegistry.at(settings.models_path)
+        asyncio.run(announce(settings, 2, registry.record(2).checksum, "published"))
+        time.sleep(6.0)  # past an announcement's delivery and a registry poll (5 s)
+        seen = len(read_topic(settings, settings.recommendations_topic, timeout=30, idle=2.0))
+        produced_at_ms = time.time() * 1000
+        produce(settings, events_as_records(stream(4, 200, "d-")))
+        recs = [r for r in (Recommendation.from_json(v) for _, v in
+                            read_topic(settings, settings.recommendations_topic, min_messages=seen + 10))
+                if r.emitted_at_ms >= produced_at_ms]
+        assert recs and {r.model_version for r in recs} == {1}, "messages after the rollback must carry version 1"
         assert worker.health()["model_version"] == 1
     finally:
         worker.kill()
