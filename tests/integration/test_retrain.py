@@ -141,3 +141,25 @@ def test_a_corrupted_version_is_refused_and_the_worker_keeps_serving(settings: S
         assert "REFUSED model" in worker.log_tail(400)
     finally:
         worker.kill()
+
+
+def test_a_version_published_without_an_announcement_is_picked_up_by_the_registry_poll(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The announcement is only a hint: a worker that missed it still follows the registry's LIVE pointer."""
+    from streamrec.models.retrainer import retrain_round
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        assert worker.health()["model_version"] == 1
+        produce(settings, events_as_records(stream(1, 3000, "a-")[:1500] + stream(2, 3000, "b-")[:1500]))
+        result = retrain_round(settings, epochs=2, announce=False)
+        assert result.outcome == "published", result.reason
+        assert ModelRegistry.at(settings.models_path).live_version() == result.candidate_version
+        deadline = time.monotonic() + 60
+        while worker.health().get("model_version") != result.candidate_version and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert worker.health()["model_version"] == result.candidate_version
+        assert worker.alive()
+    finally:
+        worker.kill()
