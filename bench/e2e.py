@@ -179,8 +179,7 @@ def format_result(result: dict[str, Any]) -> str:
     if wm:
         lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder "
                      f"{wm.get('encoder_ms_per_batch')} ms/batch, load_windows {wm.get('cassandra_load_windows_ms')} ms, "
-                     f"save_windows {wm.get('cassandra_save_windows_ms')} ms, save_user_states "
-                     f"{wm.get('cassandra_save_user_states_ms')} ms, consume→emit {wm.get('consume_to_emit_ms_per_batch')} ms")
+                     f"save {wm.get('cassandra_save_ms')} ms, consume→emit {wm.get('consume_to_emit_ms_per_batch')} ms")
     prof = (result["runs"]["worker"][0].get("profile") if result["runs"]["worker"] else None) or {}
     if prof.get("categories_pct"):
         lines += ["", common.profile_table(prof)]

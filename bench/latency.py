@@ -133,7 +133,6 @@ def format_result(result: dict[str, Any]) -> str:
     wm = result["phases"].get("worker", {}).get("worker_metrics") or {}
     if wm:
         lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder {wm.get('encoder_ms_per_batch')} "
-                     f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save_windows {wm.get('cassandra_save_windows_ms')} "
-                     f"ms, save_user_states {wm.get('cassandra_save_user_states_ms')} ms, consume→emit "
+                     f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save {wm.get('cassandra_save_ms')} ms, consume→emit "
                      f"{wm.get('consume_to_emit_ms_per_batch')} ms")
     return "\n".join(lines)

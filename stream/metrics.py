@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class CassandraOp(StrEnum):
+    """The ``op`` label of ``streamrec_cassandra_seconds``: what the processor times, and what benchmarks read."""
+
+    LOAD_WINDOWS = "load_windows"
+    SAVE = "save"  # a batch's changed windows and user states, one request per user
 
 
 @dataclass

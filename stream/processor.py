@@ -27,7 +27,7 @@ import numpy as np
 from streamrec.config import Settings
 from streamrec.errors import DeliveryError, StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
-from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.metrics import CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.topics import owner_partition
@@ -261,7 +261,7 @@ class BatchProcessor:
             for rec in recommendations:
                 deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
             report.recommendations = recommendations
-            await self._retry("state write", lambda: self._timed("save", self.store.save(changed, states, self._ttl_s)))
+            await self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
             # Only after the write succeeded: a failed batch is retried from the stored state.
             for user_id in by_user:
                 self.cache.put(windows[user_id])
@@ -340,7 +340,7 @@ class BatchProcessor:
             else:
                 windows[user_id] = cached
         if missing:
-            loaded = await self._timed("load_windows", self.store.load_windows(missing))
+            loaded = await self._timed(CassandraOp.LOAD_WINDOWS, self.store.load_windows(missing))
             for user_id in missing:
                 windows[user_id] = loaded.get(user_id) or StoredWindow(user_id)
 
@@ -471,7 +471,7 @@ class BatchProcessor:
         return OnlineEval(k=ONLINE_K, hit=hit, rank=rank, ndcg=ndcg, previous_event_id=previous_event_id)
 
     # ------------------------------------------------------------------ #
-    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+    async def _timed(self, op: CassandraOp, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
             return await call

@@ -134,3 +134,28 @@ def test_isolated_settings_do_not_collide() -> None:
     b = common.isolated_settings(base, "e2e", "2")
     assert a.topic_prefix != b.topic_prefix and a.cassandra_keyspace != b.cassandra_keyspace
     assert a.consumer_group != b.consumer_group and a.events_topic.startswith("bench-e2e-1")
+
+
+def test_the_bench_reads_the_cassandra_labels_the_processor_emits() -> None:
+    """The bench once averaged op labels the processor never emits: its save figure was always null."""
+    import asyncio
+
+    import orjson
+
+    from streamrec.bench.common import summarise_worker_metrics
+    from streamrec.config import Settings
+    from streamrec.stream.metrics import metric_values
+    from streamrec.stream.processor import BatchProcessor, SourceRecord
+    from streamrec.stream.state.memory import InMemoryStore
+
+    class Sink:
+        async def send(self, topic, key, value, partition=None):  # noqa: ANN001, ANN201
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+    processor = BatchProcessor(Settings(), InMemoryStore(), Sink())
+    event = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1_700_000_000_000}
+    asyncio.run(processor.process([SourceRecord("t", 0, 0, b"u1", orjson.dumps(event))]))
+    summary = summarise_worker_metrics([metric_values(processor.metrics.render().decode())])
+    assert summary["cassandra_load_windows_ms"] is not None and summary["cassandra_save_ms"] is not None
