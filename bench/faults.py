@@ -6,8 +6,12 @@ against the windows in Cassandra (the windows are sized to hold every event
 of every user, so nothing is hidden by the cap):
 
 - **lost**: produced (and valid) but not in any window once the workers settle;
-- **duplicated**: window entries beyond one per event id (a replay that merged twice);
-- **recovery s**: from the end of the fault until every event was in state.
+- **duplicated**: window entries beyond one per event id (a sanity check of the
+  merge's de-duplication under replay: it should never fire);
+- **recovery s**: from the moment the last event was produced (after the fault
+  ended) until every event was in state.
+
+A scenario that fails to run is reported as failed, never as clean.
 
 Scenarios that stop a server need the servers started by ``streamrec infra up``
 (the bench stops and restarts exactly those processes); elsewhere they are
@@ -18,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -56,6 +60,7 @@ class ScenarioResult:
     workers_alive: bool = True
     note: str = ""
     skipped: str | None = None
+    failed: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -215,14 +220,11 @@ def mixed_partitioners(run: Run, result: ScenarioResult, timeout_s: float) -> No
     # In rounds, so that both workers hold each user's window in their caches between rounds.
     for start in range(0, len(events), 200):
         round_ = events[start:start + 200]
-        threads = [threading.Thread(target=produce, args=(run.settings, round_[0::2], "murmur2_random")),
-                   threading.Thread(target=produce, args=(run.settings, round_[1::2], "consistent_random"))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(max_workers=2) as pool:  # .result() re-raises a producer's failure
+            sent = [pool.submit(produce, run.settings, round_[0::2], "murmur2_random"),
+                    pool.submit(produce, run.settings, round_[1::2], "consistent_random")]
+            result.produced += sum(future.result() for future in sent)
         time.sleep(0.3)
-    result.produced = len(events)
     result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
     result.detail["rerouted"] = sum(
         metric_values(w.metrics_text()).get("streamrec_events_rerouted_total", 0.0) for w in run.workers
@@ -331,8 +333,8 @@ def run_faults(
         try:
             common.create_topics(settings)
             RUNNERS[name](run, result, timeout_s)
-        except Exception as exc:  # one broken scenario must not hide the others' results
-            result.note = f"scenario failed: {type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others' results
+            result.failed = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("scenario %s failed", name)
         finally:
             run.stop_all()
@@ -349,16 +351,17 @@ def run_faults(
         "machine": common.machine_info(),
         "logs": str(out_logs),
         "scenarios": [asdict(r) for r in rows],
-        "all_clean": all(r.skipped or (r.lost == 0 and r.duplicated == 0 and r.workers_alive and r.produced > 0)
-                         for r in rows),
+        "all_clean": all(r.skipped or (not r.failed and r.lost == 0 and r.duplicated == 0 and r.workers_alive
+                                        and r.produced > 0) for r in rows),
     }
 
 
 def format_result(result: dict[str, Any]) -> str:
     rows = []
     for r in result["scenarios"]:
-        if r["skipped"]:
-            rows.append([r["scenario"], "-", "-", "-", "-", "-", "-", f"skipped: {r['skipped']}"])
+        if r["skipped"] or r["failed"]:
+            why = f"skipped: {r['skipped']}" if r["skipped"] else f"FAILED TO RUN: {r['failed']}"
+            rows.append([r["scenario"], "-", "-", "-", "-", "-", "-", why])
             continue
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         rows.append([r["scenario"], r["produced"], r["in_state"], r["lost"], r["duplicated"], recovery,

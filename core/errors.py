@@ -23,7 +23,3 @@ class ModelError(StreamrecError):
 
 class DataError(StreamrecError):
     """An interaction log cannot be read: unknown format, missing column, malformed row."""
-
-
-class DeliveryError(StreamrecError):
-    """Outputs could not be delivered to Kafka (the batch stays unacknowledged)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import asdict
 import socket
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from streamrec.stream.state.base import WindowStore
 log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 10_000
+REFRESH_TIMEOUT_S = 3.0
 
 
 class WorkerApp(faust.App):
@@ -75,12 +75,14 @@ class EventsPartitions:
         found: int | None = None
         try:
             client = self._app.producer._producer.client  # noqa: SLF001 - faust exposes no metadata call
-            partitions = (await client.fetch_all_metadata()).partitions_for_topic(self._topic)
+            # Bounded: this runs inside the rebalance, which must finish within the session timeout.
+            cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=REFRESH_TIMEOUT_S)
+            partitions = cluster.partitions_for_topic(self._topic)
             found = len(partitions) if partitions else None
-        except Exception as exc:  # keep the last count; the consumer's own view is the fallback
+        except Exception as exc:  # noqa: BLE001 - then the consumer's own view, else the last count
             log.warning("could not read the partition count of %s: %r", self._topic, exc)
         if found is None:
-            found = self._app.consumer.topic_partitions(self._topic)
+            found = self._app.consumer.topic_partitions(self._topic)  # known on the group leader only
         if found and found != self.count:
             log.info("%s has %d partitions (was %s)", self._topic, found, self.count)
             self.count = found
@@ -261,14 +263,14 @@ def create_app(
                 "model_version": models.version,
                 # Degraded but serving (popularity fallback or the previous version): not a 503.
                 "model_error": processor.encoder_error,
-                "model_refused": asdict(models.last_refusal) if models.last_refusal else None,
+                "model_refused": models.refusal_report(),
                 "worker_id": worker_id,
                 "partitions": assigned_partitions(app, settings.events_topic),
             }
             ok = report["kafka"] and report["cassandra"] and report["delivery"]
             # Ready: healthy, in the group with its partitions assigned, and the live model
             # loaded (or refused, with popularity serving): what a replay should wait for.
-            report["ready"] = bool(ok and assignment["settled"] and (models.current is not None or not models.loading))
+            report["ready"] = bool(ok and assignment["settled"] and models.decided)
             return self.json(report, status=200 if ok else 503)
 
     return app, processor

@@ -61,7 +61,7 @@ class Refusal:
     path: str
     reason: str
     attempts: int
-    retry_at: float
+    retry_at: float  # on the holder's clock (monotonic by default), not a time of day
 
 
 class ModelHolder:
@@ -87,9 +87,18 @@ class ModelHolder:
         self.last_refusal: Refusal | None = None
 
     @property
-    def loading(self) -> bool:
-        """Whether a version is being loaded in the background."""
-        return self._pending is not None and not self._pending.done()
+    def decided(self) -> bool:
+        """A model serves, or the popularity fallback does for a known reason (none published, or refused)."""
+        loading = self._pending is not None and not self._pending.done()
+        return self.current is not None or self.last_refusal is not None or not loading
+
+    def refusal_report(self) -> dict[str, object] | None:
+        """The latest refusal for ``/health``: path, reason, attempts and seconds until the next try."""
+        refusal = self.last_refusal
+        if refusal is None:
+            return None
+        return {"path": refusal.path, "reason": refusal.reason, "attempts": refusal.attempts,
+                "retry_in_s": round(max(0.0, refusal.retry_at - self._clock()), 1)}
 
     @property
     def version(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 import numpy as np
 
 from streamrec.config import Settings
-from streamrec.errors import DeliveryError, StateStoreError
+from streamrec.errors import StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
 from streamrec.stream.metrics import CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
@@ -121,6 +121,11 @@ class WindowCache:
         return len(self._windows)
 
 
+def _by_count_then_id(entry: tuple[str, int]) -> tuple[int, str]:
+    # Ties broken by item id: the same top on every worker and after every restart.
+    return entry[1], entry[0]
+
+
 class PopularityModel:
     """Running item counts: the no-model fallback and the online-evaluation baseline.
 
@@ -140,10 +145,10 @@ class PopularityModel:
     def top(self, n: int) -> list[tuple[str, int]]:
         if n > self._depth:
             self._depth = n
-            self._top = self.counts.most_common(n)
+            self._top = heapq.nlargest(n, self.counts.items(), key=_by_count_then_id)
         elif self._touched:
             candidates = {item for item, _ in self._top} | self._touched
-            self._top = heapq.nlargest(self._depth, ((i, self.counts[i]) for i in candidates), key=lambda kv: kv[1])
+            self._top = heapq.nlargest(self._depth, ((i, self.counts[i]) for i in candidates), key=_by_count_then_id)
         self._touched.clear()
         return self._top[:n]
 
@@ -257,7 +262,10 @@ class BatchProcessor:
             # ONNX Runtime releases the GIL: encoding in a thread keeps the event
             # loop (Kafka fetches, Cassandra callbacks of other work) moving.
             loop = asyncio.get_running_loop()
-            recommendations, states = await loop.run_in_executor(self._encode_thread, self._recommend, by_user, windows)
+            changed_users = {w.user_id for w in changed}
+            recommendations, states = await loop.run_in_executor(
+                self._encode_thread, self._recommend, by_user, windows, changed_users
+            )
             for rec in recommendations:
                 deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
             report.recommendations = recommendations
@@ -297,7 +305,8 @@ class BatchProcessor:
         failures = 0
         while pending:
             results = await asyncio.gather(*(delivery for _, delivery in pending), return_exceptions=True)
-            failed = [(out, r) for (out, _), r in zip(pending, results) if isinstance(r, Exception)]
+            # BaseException: a cancelled delivery future is not a delivered one.
+            failed = [(out, r) for (out, _), r in zip(pending, results) if isinstance(r, BaseException)]
             if not failed:
                 self.last_delivery_ok = True
                 if failures:
@@ -307,8 +316,6 @@ class BatchProcessor:
             self.last_delivery_ok = False
             self.metrics.delivery_errors.inc(len(failed))
             first_output, first_error = failed[0]
-            if self.stopping:
-                raise DeliveryError(f"{len(failed)} outputs undelivered at shutdown: {first_error!r}")
             log.warning(
                 "%d of %d outputs not delivered (e.g. to %s: %r); re-sending in %.2fs (batch not acknowledged)",
                 len(failed), len(pending), first_output.topic, first_error, delay,
@@ -364,13 +371,13 @@ class BatchProcessor:
         return windows, changed, duplicates
 
     def _recommend(
-        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]
+        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow], changed: set[str]
     ) -> tuple[list[Recommendation], list[UserState]]:
         with self._recommend_lock:
-            return self._recommend_locked(by_user, windows)
+            return self._recommend_locked(by_user, windows, changed)
 
     def _recommend_locked(
-        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow]
+        self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow], changed: set[str]
     ) -> tuple[list[Recommendation], list[UserState]]:
         users = list(by_user)
         popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
@@ -392,17 +399,18 @@ class BatchProcessor:
             # Labelled with the newest event of the window it was computed from, not the
             # last of this batch: a replay (whatever its batch boundaries) finds these
             # events already in the window and repeats the same (user_id, event_id).
-            entries = windows[user_id].entries
-            last = entries[-1] if entries else WindowEntry(events[-1].event_id, "", "", events[-1].ts_ms)
+            last = windows[user_id].entries[-1]  # never empty: a merge keeps the newest event
             rec = Recommendation.from_ranked(
                 user_id, items, scores, model_version=version, event_id=last.event_id,
                 event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,
             )
             recommendations.append(rec)
-            # The state is written at the window's new timestamp (or just past the
-            # stored one when the window did not change), so it too only moves forward.
-            written_us = next_write_us(windows[user_id].written_us - 1, now_ms * 1000)
-            states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms, written_us))
+            if user_id in changed:
+                # Written with the window, at the window's own (growing) timestamp. A batch that
+                # changed nothing (a replay) leaves the stored state as it was: rewriting it could
+                # not carry a timestamp known to be past the stored state's.
+                written_us = windows[user_id].written_us
+                states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms, written_us))
             self._remember(user_id, items, windows[user_id], popular, last.event_id)
         for events in by_user.values():
             for event in events:

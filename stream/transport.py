@@ -32,11 +32,14 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         """Seek to the committed offsets, and partitions with none (or 0) back to their beginning.
 
         aiokafka seeks only partitions whose committed offset is above 0 and
-        leaves the others where its fetcher already is. After a rebalance,
-        Faust drops the records fetched for a partition while it was paused
-        and relies on this seek to read them again; for a partition nobody
-        has committed yet — one just added to the topic — they were skipped
-        for good (seen: 363 events of two new partitions never processed).
+        leaves the others where its fetcher already is. Faust seeks after every
+        rebalance (and when it pauses the flow), drops the records fetched for
+        a partition while it was paused, and relies on this seek to read them
+        again; for a partition nobody has committed yet — one just added to the
+        topic, or a new group — they were skipped for good (seen: 363 events of
+        two new partitions never processed). Rewinding such a partition re-reads
+        at most what was never committed, which the idempotent window merge
+        absorbs.
         """
         committed = await super().seek_to_committed()
         unread = [tp for tp, offset in committed.items() if not offset]

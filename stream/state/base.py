@@ -9,12 +9,16 @@ Write timestamps
 ----------------
 Cassandra keeps the write timestamp of a cell after it expired (TTL) or was
 deleted, and silently hides any later write that carries a smaller
-``USING TIMESTAMP``. So every write of a user's window or state carries
+``USING TIMESTAMP``. So every write of a user's window carries
 :func:`next_write_us`: the wall clock in microseconds, but never less than
-one past the timestamp of the copy it replaces. Timestamps then only grow
-per user across expiry, an operator's ``DELETE`` (which uses the wall clock)
-and worker restarts, and a worker whose clock lags the previous owner's still
-writes after it.
+one past the ``WRITETIME`` of the copy it replaces; the user's state is
+written with it, at the same timestamp. Timestamps then only grow per user
+across expiry, an operator's ``DELETE`` and worker restarts, and a new owner
+whose clock lags the previous owner's still writes after it. What an expired
+or deleted cell's timestamp was cannot be read back, so there the wall clock
+is what counts: the workers' clocks and the clock that stamped the ``DELETE``
+must agree to well within the time between the delete and the user's return
+(NTP does).
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ class InMemoryStore:
         ts = written_us or self._now_us()
         current = cells.get(user_id)
         if current is not None and ts <= current.written_us:
-            return  # Cassandra: the older (or tied) write is hidden, and says nothing
+            # Cassandra hides an older write and says nothing. (On a tie it keeps the greater
+            # value, and a delete wins; the worker's writes never tie: next_write_us.)
+            return
         expires = self._clock() + ttl_s if ttl_s else None
         cells[user_id] = _Cell(value, ts, expires)
 
