@@ -136,6 +136,15 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
     )
 
 
+def batch_wait_s(settings: Settings) -> float:
+    """How long a micro-batch may wait to fill, for Faust's ``take(within=...)``.
+
+    Faust reads ``within=0`` as "no time limit" (wait for a full batch), the
+    opposite of what ``STREAMREC_BATCH_MAX_WAIT_MS=0`` asks: 0 means 1 ms here.
+    """
+    return max(settings.batch_max_wait_ms, 1) / 1000.0
+
+
 FAIL_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor (Kubernetes, systemd) restarts the worker
 
 
@@ -178,8 +187,7 @@ def create_app(
 
     @app.agent(events_topic, concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        # Faust reads within=0 as "no time limit" (wait for a full batch): 0 means 1 ms here.
-        wait_s = max(settings.batch_max_wait_ms, 1) / 1000.0
+        wait_s = batch_wait_s(settings)
         last_done = time.perf_counter()
         # Held here so that only this function closes it (see the ``finally``).
         batches = stream.noack_take(settings.batch_max_events, within=wait_s)
