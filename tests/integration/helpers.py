@@ -306,6 +306,29 @@ def read_events_at(settings: Settings, timeout: float = 60.0) -> dict[tuple[int,
         consumer.close()
 
 
+@dataclass(frozen=True)
+class CommitAudit:
+    """The group's committed offsets against the windows in Cassandra, event by event."""
+
+    committed: int  # events below the committed offsets
+    stored: int  # events of the topic found in some window
+    committed_not_stored: list[tuple[int, int]]  # (partition, offset): a committed event that was lost
+    stored_not_committed: list[tuple[int, int]]  # stored but uncommitted: consumed again after a restart
+
+
+def audit_commits(settings: Settings, users: Iterable[str]) -> CommitAudit:
+    """Compare every event on the events topic with the committed offsets and the users' windows."""
+    committed = committed_offsets(settings)
+    at = read_events_at(settings)
+    stored = {e.event_id for w in read_windows(settings, users).values() for e in w}
+    return CommitAudit(
+        committed=sum(committed.values()),
+        stored=sum(1 for e in at.values() if e["event_id"] in stored),
+        committed_not_stored=sorted(k for k, e in at.items() if k[1] < committed[k[0]] and e["event_id"] not in stored),
+        stored_not_committed=sorted(k for k, e in at.items() if k[1] >= committed[k[0]] and e["event_id"] in stored),
+    )
+
+
 def committed_lag(settings: Settings) -> int:
     """Events on the events topic not yet committed by the worker group."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group,

@@ -13,6 +13,7 @@ from streamrec.deploy import infra as local
 from streamrec.stream.recommendation import Recommendation
 from tests.integration.helpers import (
     WorkerProcess,
+    audit_commits,
     committed_lag,
     committed_offsets,
     events_as_records,
@@ -20,9 +21,7 @@ from tests.integration.helpers import (
     produce,
     fault_report,
     paced_producer,
-    read_events_at,
     read_topic,
-    read_windows,
     synthetic,
     wait_for_windows,
     wait_until,
@@ -117,15 +116,11 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
     assert code == 0, worker.log_tail()
     assert took < 45, f"shutdown took {took:.0f}s"
     # Before any other worker runs: what it committed is stored, and what it stored it committed.
-    committed = committed_offsets(settings)
-    at = read_events_at(settings)
-    stored = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
-    committed_not_stored = [(p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in stored]
-    stored_not_committed = [(p, o) for (p, o), e in at.items() if o >= committed[p] and e["event_id"] in stored]
-    print(f"SIGTERM after {took:.1f}s: committed {sum(committed.values())}, stored {len(stored)}")
-    assert not committed_not_stored, f"{len(committed_not_stored)} events committed but not stored"
-    assert not stored_not_committed, f"{len(stored_not_committed)} stored events left uncommitted by the shutdown"
-    assert sum(committed.values()) > 0
+    audit = audit_commits(settings, {e["user_id"] for e in events})
+    print(f"SIGTERM after {took:.1f}s: committed {audit.committed}, stored {audit.stored}")
+    assert not audit.committed_not_stored, f"{len(audit.committed_not_stored)} events committed but not stored"
+    assert not audit.stored_not_committed, f"{len(audit.stored_not_committed)} stored events left uncommitted by the shutdown"
+    assert audit.committed > 0
     producing.join()
     # The rest is consumed by the next worker.
     restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
@@ -157,14 +152,11 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
     failing.kill()
     time.sleep(2.0)
 
-    committed = committed_offsets(settings)
-    at = read_events_at(settings)
-    in_state = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
-    committed_not_durable = sorted((p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in in_state)
-    print(f"FAULT agent-failure: committed {sum(committed.values())} of {len(at)}, in state {len(in_state)},"
-          f" committed but not durable {len(committed_not_durable)}")
-    assert not committed_not_durable, f"{len(committed_not_durable)} events committed but never stored"
-    assert 0 < sum(committed.values()) < len(events), "the failure must hit after commits, with uncommitted work left"
+    audit = audit_commits(settings, {e["user_id"] for e in events})
+    print(f"FAULT agent-failure: committed {audit.committed} of {len(events)}, in state {audit.stored},"
+          f" committed but not durable {len(audit.committed_not_stored)}")
+    assert not audit.committed_not_stored, f"{len(audit.committed_not_stored)} events committed but never stored"
+    assert 0 < audit.committed < len(events), "the failure must hit after commits, with uncommitted work left"
     assert not still_running and failing.proc.returncode == 70, "the worker must stop, not carry on acking"
     assert "injected failure" in failing.log_path.read_text()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import orjson
 import pytest
 from confluent_kafka import Producer
 

@@ -16,6 +16,7 @@ from tests.corpus import BAD_RECORDS
 from tests.integration.helpers import (
     WINDOW,
     WorkerProcess,
+    audit_commits,
     committed_lag,
     committed_offsets,
     events_as_records,
@@ -24,8 +25,6 @@ from tests.integration.helpers import (
     metric_total,
     paced_producer,
     produce,
-    read_events_at,
-    read_windows,
     read_topic,
     synthetic,
     wait_for_windows,
@@ -126,13 +125,10 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
     time.sleep(3.0)  # mid-stream: batches done, committed or not, and more arriving
     worker.kill()
     # At the kill: what was committed must be stored; what was stored but not committed must be replayed.
-    committed = committed_offsets(settings)
-    at = read_events_at(settings)
-    stored = {e.event_id for w in read_windows(settings, {e["user_id"] for e in events}).values() for e in w}
-    committed_not_stored = [(p, o) for (p, o), e in at.items() if o < committed[p] and e["event_id"] not in stored]
-    stored_not_committed = [(p, o) for (p, o), e in at.items() if o >= committed[p] and e["event_id"] in stored]
-    assert not committed_not_stored, f"{len(committed_not_stored)} events committed before they were stored"
-    committed_at_kill = sum(committed.values())
+    audit = audit_commits(settings, {e["user_id"] for e in events})
+    assert not audit.committed_not_stored, f"{len(audit.committed_not_stored)} events committed before they were stored"
+    committed_at_kill = audit.committed
+    stored_not_committed = audit.stored_not_committed
     producing.join()
     restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
