@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # How long one produce request may take before it fails and is re-sent
     # (Faust's default is 20 minutes, during which a batch would just hang).
     kafka_delivery_timeout_s: float = Field(30.0, ge=1.0, le=600.0)
+    # How often acknowledged offsets are committed (what a crash replays at most).
+    kafka_commit_interval_s: float = Field(1.0, gt=0.0, le=600.0)
 
     # --- Cassandra ----------------------------------------------------------
     cassandra_hosts: str = "127.0.0.1"

@@ -121,7 +121,7 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_request_timeout=settings.kafka_delivery_timeout_s,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.kafka_commit_interval_s,
         # New partitions of a live topic are assigned once the consumer's metadata
         # sees them; aiokafka's default refresh is every 5 minutes.
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
