@@ -357,9 +357,10 @@ def _producer(bootstrap: str, *, latency: bool, partitioner: str = "murmur2_rand
     return Producer(conf)
 
 
-def preproduce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]]) -> tuple[int, float]:
+def preproduce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]],
+               partitioner: str = "murmur2_random") -> tuple[int, float]:
     """Produce (key, value) records as fast as possible (librdkafka, big batches); returns (count, seconds)."""
-    producer = _producer(bootstrap, latency=False)
+    producer = _producer(bootstrap, latency=False, partitioner=partitioner)
     started = time.perf_counter()
     count = 0
     for key, value in records:

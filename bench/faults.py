@@ -100,20 +100,8 @@ def events_for(users: int, per_user: int, seed: int, start_ms: int | None = None
 
 
 def produce(settings: Settings, events: Iterable[dict[str, Any]], partitioner: str = "murmur2_random") -> int:
-    producer = common._producer(settings.kafka_bootstrap, latency=False, partitioner=partitioner)  # noqa: SLF001
-    count = 0
-    for event in events:
-        key, value = common.encode_event(event)
-        while True:
-            try:
-                producer.produce(settings.events_topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        count += 1
-    remaining = producer.flush(120)
-    if remaining:
-        raise RuntimeError(f"{remaining} events not delivered to Kafka")
+    count, _ = common.preproduce(settings.kafka_bootstrap, settings.events_topic,
+                                 (common.encode_event(e) for e in events), partitioner=partitioner)
     return count
 
 
@@ -137,23 +125,19 @@ def window_ids(settings: Settings, users: Iterable[str]) -> dict[str, list[str]]
         cluster.shutdown()
 
 
-def settle(settings: Settings, events: Sequence[dict[str, Any]], timeout_s: float) -> tuple[int, int, int, float | None]:
-    """Poll state until every event is in (or the timeout): (in state, lost, duplicated, seconds taken)."""
+def settle(settings: Settings, events: Sequence[dict[str, Any]], timeout_s: float, result: ScenarioResult) -> None:
+    """Poll state until every event is in (or the timeout); record in state, lost, duplicated and the time taken."""
     wanted = {e["event_id"] for e in events}
     users = {e["user_id"] for e in events}
     started = time.monotonic()
-    found: set[str] = set()
-    duplicated = 0
     while True:
-        windows = window_ids(settings, users)
-        ids = [i for w in windows.values() for i in w]
+        ids = [i for w in window_ids(settings, users).values() for i in w]
         found = wanted & set(ids)
-        duplicated = len(ids) - len(set(ids))
         if found == wanted or time.monotonic() - started > timeout_s:
             break
         time.sleep(1.0)
-    took = time.monotonic() - started if found == wanted else None
-    return len(found), len(wanted - found), duplicated, took
+    result.in_state, result.lost, result.duplicated = len(found), len(wanted - found), len(ids) - len(set(ids))
+    result.recovery_s = time.monotonic() - started if found == wanted else None
 
 
 def infra_owned(settings: Settings, server: str) -> str | None:
@@ -178,7 +162,7 @@ def kill9_one_of_two(run: Run, result: ScenarioResult, timeout_s: float) -> None
     victim.proc.kill()
     victim.proc.wait(timeout=30)
     result.produced += produce(run.settings, events[1000:])
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     result.workers_alive = run.workers[1].alive()
 
 
@@ -195,7 +179,7 @@ def cassandra_outage(run: Run, result: ScenarioResult, timeout_s: float) -> None
         result.detail["health_during_outage"] = run.workers[0].health()
     finally:
         local.start(run.settings, "cassandra")
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     result.workers_alive = run.workers[0].alive()
 
 
@@ -208,7 +192,7 @@ def broker_restart(run: Run, result: ScenarioResult, timeout_s: float) -> None:
     time.sleep(5.0)
     local.start(run.settings, "kafka")
     result.produced += produce(run.settings, events[1000:])
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     result.workers_alive = run.workers[0].alive()
 
 
@@ -225,7 +209,7 @@ def mixed_partitioners(run: Run, result: ScenarioResult, timeout_s: float) -> No
                     pool.submit(produce, run.settings, round_[1::2], "consistent_random")]
             result.produced += sum(future.result() for future in sent)
         time.sleep(0.3)
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     result.detail["rerouted"] = sum(
         metric_values(w.metrics_text()).get("streamrec_events_rerouted_total", 0.0) for w in run.workers
     )
@@ -240,7 +224,7 @@ def returning_user(run: Run, result: ScenarioResult, timeout_s: float) -> None:
     run.worker("w1", **short)
     before = events_for(50, 10, seed=5)
     produce(run.settings, before)
-    settle(run.settings, before, timeout_s)
+    settle(run.settings, before, timeout_s, ScenarioResult("warm-up"))
     run.stop_all()
     time.sleep(5.0)
     run.worker("w2", **short)
@@ -248,7 +232,7 @@ def returning_user(run: Run, result: ScenarioResult, timeout_s: float) -> None:
     for event in after:
         event["event_id"] = "back-" + event["event_id"]
     result.produced = produce(run.settings, after)
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, after, timeout_s)
+    settle(run.settings, after, timeout_s, result)
     result.note = "after the window expired: every new event must be stored again"
     result.workers_alive = run.workers[-1].alive()
 
@@ -265,7 +249,7 @@ def oversized_record(run: Run, result: ScenarioResult, timeout_s: float) -> None
         raise RuntimeError("could not produce the oversized records")
     events = events_for(100, 20, seed=6)
     result.produced = produce(run.settings, events)
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     result.detail["dead_lettered"] = metric_values(run.workers[0].metrics_text()).get(
         "streamrec_events_rejected_total{reason=payload_too_large}", 0.0)
     result.note = f"{run.settings.topic_partitions} records with a 450 KB key and a 500 KB value, one per partition"
@@ -282,7 +266,7 @@ def model_fails_to_load(run: Run, result: ScenarioResult, timeout_s: float) -> N
     worker = run.worker("w1")
     events = events_for(100, 20, seed=7)
     result.produced = produce(run.settings, events)
-    result.in_state, result.lost, result.duplicated, result.recovery_s = settle(run.settings, events, timeout_s)
+    settle(run.settings, events, timeout_s, result)
     health = worker.health()
     refused = health.get("model_refused") or {}
     reason = str(refused.get("reason", "none")).rsplit(": ", 1)[-1]  # the reason, without the long path

@@ -41,7 +41,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from streamrec.config import Settings
 from streamrec.errors import ConfigError, StateStoreError
-from streamrec.stream.state.base import StoredWindow, UserState, next_write_us
+from streamrec.stream.state.base import StoredWindow, UserState
 from streamrec.stream.window import WindowDecodeError, decode_window, encode_window
 
 log = logging.getLogger(__name__)
@@ -257,12 +257,12 @@ class CassandraStore:
 
     @staticmethod
     def _window_params(w: StoredWindow, now_ms: int, ttl_s: int) -> tuple:
-        written_us = w.written_us or next_write_us(0, now_ms * 1000)
+        written_us = w.written_us or now_ms * 1000  # a window never stored: the clock
         return (w.user_id, encode_window(w.entries), w.seq, now_ms, written_us, ttl_s)
 
     @staticmethod
     def _state_params(s: UserState, now_ms: int) -> tuple:
-        written_us = s.written_us or next_write_us(0, now_ms * 1000)
+        written_us = s.written_us or now_ms * 1000
         return (s.user_id, s.model_version, s.user_vector, s.recommendation, s.last_event_id, s.updated_at_ms, written_us)
 
     async def save_windows(self, windows: Sequence[StoredWindow], ttl_s: int) -> None:

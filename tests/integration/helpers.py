@@ -132,12 +132,9 @@ def wait_for_assignment(workers: Sequence["WorkerProcess"], partitions: int, tim
 
 def metric_total(workers: Sequence["WorkerProcess"], name: str) -> float:
     """Sum of an unlabelled counter over workers (as exposed on /metrics)."""
-    total = 0.0
-    for worker in workers:
-        for line in worker.metrics().splitlines():
-            if line.startswith(name + " "):
-                total += float(line.split()[1])
-    return total
+    from streamrec.stream.metrics import metric_values
+
+    return sum(metric_values(worker.metrics()).get(name, 0.0) for worker in workers)
 
 
 def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None,

@@ -127,9 +127,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
     try:
         expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected) == expected
-        deadline = time.monotonic() + 30
-        while committed_lag(settings) and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_until(lambda: committed_lag(settings) == 0, 30, "every offset committed")
         assert committed_lag(settings) == 0
     finally:
         restarted.kill()
@@ -164,9 +162,7 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
     try:
         expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected, timeout=120) == expected
-        deadline = time.monotonic() + 30
-        while committed_lag(settings) and time.monotonic() < deadline:
-            time.sleep(1.0)
+        wait_until(lambda: committed_lag(settings) == 0, 30, "every offset committed")
         assert committed_lag(settings) == 0
     finally:
         worker.kill()
@@ -203,9 +199,7 @@ def test_undeliverable_outputs_hold_the_batch_and_health_says_so(settings: Setti
         expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected, timeout=120) == expected
         assert_every_user_served(settings, events)
-        deadline = time.monotonic() + 30
-        while committed_lag(settings) and time.monotonic() < deadline:
-            time.sleep(1.0)
+        wait_until(lambda: committed_lag(settings) == 0, 30, "every offset committed")
         assert committed_lag(settings) == 0 and worker.health().get("delivery") is True
     finally:
         worker.kill()

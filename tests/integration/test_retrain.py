@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.integration.helpers import (
     WorkerProcess,
     events_as_records,
     expected_windows,
+    paced_producer,
     produce,
     read_topic,
     wait_for_windows,
@@ -52,17 +52,6 @@ def settings(isolated: Settings, tmp_path: Path) -> Settings:
     )
 
 
-def paced_producer(settings: Settings, events: list[dict], rate: float) -> threading.Thread:
-    def run() -> None:
-        for start in range(0, len(events), 50):
-            produce(settings, events_as_records(events[start:start + 50]))
-            time.sleep(50 / rate)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_returns(settings: Settings, tmp_path: Path) -> None:
     from streamrec.models.retrainer import retrain_round
 
@@ -73,7 +62,7 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
         assert worker.health()["model_version"] == 1
         produce(settings, events_as_records(phase1 + phase2[:1500]))
         # A steady stream while the round trains and publishes.
-        producer = paced_producer(settings, phase2[1500:], rate=150)
+        producer = paced_producer(settings, phase2[1500:], per_second=150)
         result = retrain_round(settings, epochs=3)
         assert result.outcome == "published", result.reason
         assert result.candidate_version == 2 and result.new_items > 0
