@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 
 from streamrec.config import Settings
-from streamrec.stream.metrics import CassandraOp, metric_values
+from streamrec.stream.metrics import BatchStage, CassandraOp, metric_values
 
 log = logging.getLogger(__name__)
 
@@ -978,6 +978,8 @@ def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str
         "recommendations": int(merged.get("streamrec_recommendations_total", 0)),
         "rejected": int(sum(v for k, v in merged.items() if k.startswith("streamrec_events_rejected_total"))),
         "model_version": int(merged.get("streamrec_model_version", 0)),
+        # Mean ms per batch in each stage, in the batch's own order (see stream.metrics.BatchStage).
+        "stage_ms": {stage.value: mean_ms("streamrec_batch_stage_seconds", f"stage={stage}") for stage in BatchStage},
     }
 
 

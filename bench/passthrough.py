@@ -2,7 +2,7 @@
 
 Same app settings as ``streamrec.stream.app.create_app`` (raw serialisers,
 acks=-1, 1 s commit interval, ``stream_wait_empty``), same agent shape
-(``noack_take`` micro-batches of ``batch_max_events`` within
+(``micro_batches`` of at most ``batch_max_events``, lingering
 ``batch_max_wait_ms``, concurrency 1, sends awaited, then a manual ack of each
 event). Each event is forwarded as it is (same key and bytes) to
 ``<prefix>.passthrough``, so a benchmark consumer can read the ``event_id``
@@ -26,6 +26,7 @@ from faust.web import Request, Response, View
 
 from streamrec.config import Settings, load_settings
 from streamrec.stream.app import new_worker_app
+from streamrec.stream.batching import micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
 
     @app.agent(events_topic, concurrency=1)
     async def forward(stream: faust.StreamT) -> None:
-        wait_s = settings.batch_max_wait_ms / 1000.0
-        async for batch in stream.noack_take(settings.batch_max_events, within=wait_s):
+        linger_s = settings.batch_max_wait_ms / 1000.0
+        async for batch in micro_batches(stream, settings.batch_max_events, linger_s=linger_s):
             deliveries = []
             for event in batch:
                 message = event.message

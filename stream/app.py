@@ -1,13 +1,16 @@
 """The Faust app: topics, the ingest agent, rebalance hooks and web endpoints. Wiring only.
 
-The work is in :class:`streamrec.stream.processor.BatchProcessor`. Acks are
-manual (``noack_take``): an event is acknowledged — and so its offset may be
-committed — only after the processor has made the whole batch durable. This
-sidesteps faust-streaming's known traps: an exception in the agent never
-acknowledges anything (the process stops at once, and everything uncommitted
-is consumed again after restart), ``take()``'s ack-on-exit is not used, acks
-stay off when the agent ends, and concurrency is 1 per worker (scale with
-more workers, not more coroutines).
+The work is in :class:`streamrec.stream.processor.BatchProcessor`. Records
+arrive in micro-batches (:func:`streamrec.stream.batching.micro_batches`) and
+acks are manual: an event is acknowledged — and so its offset may be
+committed — only after the processor has made its batch durable, and batches
+are acknowledged in the order they were consumed
+(:class:`streamrec.stream.acks.InOrderAcks`) while up to
+``batches_in_flight`` of them overlap. This sidesteps faust-streaming's known
+traps: an exception in the agent never acknowledges anything (the process
+stops at once, and everything uncommitted is consumed again after restart),
+``take()``'s ack-on-exit is not used, acks stay off when the agent ends, and
+concurrency is 1 per worker (scale with more workers, not more coroutines).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import faust
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings
-from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.acks import InOrderAcks
+from streamrec.stream.batching import micro_batches
+from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
-from streamrec.stream.processor import BatchProcessor, SourceRecord
+from streamrec.stream.processor import BatchInFlight, BatchProcessor, SourceRecord
 from streamrec.stream.state.base import WindowStore
 
 log = logging.getLogger(__name__)
@@ -75,9 +80,12 @@ class EventsPartitions:
         found: int | None = None
         try:
             client = self._app.producer._producer.client  # noqa: SLF001 - faust exposes no metadata call
+            # Only the topics this producer tracks (its outputs and this one): a request for every
+            # topic of the cluster cost 2-3 % of the worker's CPU on a broker with many topics.
+            client.add_topic(self._topic)
             # Bounded: this runs inside the rebalance, which must finish within the session timeout.
-            cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=REFRESH_TIMEOUT_S)
-            partitions = cluster.partitions_for_topic(self._topic)
+            await asyncio.wait_for(client.force_metadata_update(), timeout=REFRESH_TIMEOUT_S)
+            partitions = client.cluster.partitions_for_topic(self._topic)
             found = len(partitions) if partitions else None
         except Exception as exc:  # noqa: BLE001 - then the consumer's own view, else the last count
             log.warning("could not read the partition count of %s: %r", self._topic, exc)
@@ -136,15 +144,6 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
     )
 
 
-def batch_wait_s(settings: Settings) -> float:
-    """How long a micro-batch may wait to fill, for Faust's ``take(within=...)``.
-
-    Faust reads ``within=0`` as "no time limit" (wait for a full batch), the
-    opposite of what ``STREAMREC_BATCH_MAX_WAIT_MS=0`` asks: 0 means 1 ms here.
-    """
-    return max(settings.batch_max_wait_ms, 1) / 1000.0
-
-
 FAIL_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor (Kubernetes, systemd) restarts the worker
 
 
@@ -187,14 +186,26 @@ def create_app(
 
     @app.agent(events_topic, concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
-        wait_s = batch_wait_s(settings)
-        last_done = time.perf_counter()
+
+        async def ack(batch: list[Any]) -> None:
+            for event in batch:
+                await stream.ack(event)
+
+        def failed(exc: BaseException) -> None:
+            on_fatal(exc)
+            asyncio.ensure_future(app.crash(exc))  # only when on_fatal returned (tests)
+
+        acks: InOrderAcks[list[Any]] = InOrderAcks(
+            ack, limit=settings.batches_in_flight, on_error=failed, on_count=metrics.batches_in_flight.set,
+            on_ack_wait=metrics.batch_stage.labels(BatchStage.ACK).observe,
+        )
+        started: asyncio.Future[BatchInFlight] | None = None
+        batch: list[Any] = []
         # Held here so that only this function closes it (see the ``finally``).
-        batches = stream.noack_take(settings.batch_max_events, within=wait_s)
+        batches = micro_batches(stream, settings.batch_max_events, linger_s=settings.batch_max_wait_ms / 1000.0)
         try:
             async for batch in batches:
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("batch of %d records after %.1f ms idle", len(batch), (time.perf_counter() - last_done) * 1000)
+                fetched_ms = int(time.time() * 1000)
                 records = [
                     SourceRecord(
                         e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
@@ -202,35 +213,38 @@ def create_app(
                     )
                     for e in batch
                 ]
-                in_flight = asyncio.ensure_future(processor.process(records))
-                try:
-                    await asyncio.shield(in_flight)
-                except asyncio.CancelledError:
-                    # Shutting down (SIGTERM): let the in-flight batch finish, bounded,
-                    # and acknowledge it so its offsets are committed on the way out.
-                    done, _ = await asyncio.wait({in_flight}, timeout=settings.shutdown_grace_s)
-                    if in_flight in done and in_flight.exception() is None:
-                        for event in batch:
-                            await stream.ack(event)
-                        log.info("finished the in-flight batch of %d events before stopping", len(batch))
-                    else:
-                        in_flight.cancel()  # not acknowledged: consumed again after restart
-                    raise
-                for event in batch:
-                    await stream.ack(event)
+                # Shielded: a SIGTERM lets the batch reach the producer, then it is finished below.
+                started = asyncio.ensure_future(processor.begin(records, fetched_ms=fetched_ms))
+                in_flight = await asyncio.shield(started)
+                started = None
+                acks.add(in_flight.durable, batch)
+                await acks.room()  # back-pressure: at most batches_in_flight unacknowledged
                 await models.maybe_swap()
-                last_done = time.perf_counter()
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM): finish the batches in flight, bounded, and acknowledge
+            # them in order so their offsets are committed on the way out.
+            grace = settings.shutdown_grace_s
+            if started is not None:
+                await asyncio.wait({started}, timeout=grace)
+                if started.done() and not started.cancelled() and started.exception() is None:
+                    acks.add(started.result().durable, batch)
+                else:
+                    started.cancel()  # not acknowledged: consumed again after restart
+            if await acks.finish(grace):
+                log.info("finished the batches in flight before stopping")
+            raise
         except Exception as exc:
             # A bug, not bad input (the processor never raises for input and retries
             # store and delivery failures). Faust would restart the agent and ack
             # whatever it reads next, unprocessed: stop the process instead.
-            on_fatal(exc)
-            await app.crash(exc)  # only when on_fatal returned (tests)
+            await acks.finish(0)
+            if acks.error is None:
+                on_fatal(exc)
+                await app.crash(exc)  # only when on_fatal returned (tests)
         finally:
-            # noack_take's own ``finally`` turns Faust's auto-acks back on, and its
-            # drainer would then ack (and the commit timer commit) every record it
-            # reads, unprocessed. Close the generator and pin acks off in one step,
-            # with no await in between.
+            # Faust's auto-acks must stay off: its drainer would otherwise ack (and the
+            # commit timer commit) every record it reads, unprocessed. Close the
+            # generator and pin acks off in one step, with no await in between.
             await batches.aclose()
             stream.enable_acks = False
 

@@ -17,6 +17,25 @@ class CassandraOp(StrEnum):
     SAVE = "save"  # a batch's changed windows and user states, one request per user
 
 
+class BatchStage(StrEnum):
+    """The ``stage`` label of ``streamrec_batch_stage_seconds``: where a micro-batch spends its time, in order.
+
+    ``queued`` runs from the oldest record's Kafka append time to the batch
+    reaching the processor (broker, fetch, Faust's buffers and the batch
+    wait); the others are the processor's own steps. ``durable`` overlaps the
+    next batches (the worker pipelines), so the stages of one batch add up to
+    its own latency, not to the worker's cost per batch.
+    """
+
+    QUEUED = "queued"  # Kafka append → batch handed to the processor
+    VALIDATE = "validate"  # parse, validate, route (dead letters and re-sent records handed to the producer)
+    LOAD = "load"  # windows of uncached users read from Cassandra, merged
+    ENCODE = "encode"  # model (or popularity) top-K for every user of the batch
+    PRODUCE = "produce"  # recommendations handed to the producer: the user can see them once delivered
+    DURABLE = "durable"  # produced → windows and states stored and every output delivered
+    ACK = "ack"  # durable → offsets acknowledged (waits for earlier batches: acks go in order)
+
+
 @dataclass
 class WorkerMetrics:
     """Everything an operator watches on a worker (`/metrics`)."""
@@ -63,6 +82,13 @@ class WorkerMetrics:
         self.consume_to_emit = Histogram(
             "streamrec_consume_to_recommendation_seconds", "Batch consumed to recommendations emitted",
             buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_stage = Histogram(
+            "streamrec_batch_stage_seconds", "Time a micro-batch spends in each stage (see BatchStage)", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batches_in_flight = Gauge(
+            "streamrec_batches_in_flight", "Batches handed to the processor and not yet acknowledged", registry=r
         )
         self.cassandra_latency = Histogram(
             "streamrec_cassandra_seconds", "Cassandra call latency by operation", ["op"],

@@ -1,12 +1,14 @@
 """One micro-batch, top to bottom: validate → window → encode → recommend → emit.
 
 This is plain logic; the Faust app (``stream/app.py``) only feeds it raw
-records and acknowledges them after :meth:`BatchProcessor.process` returns.
-``process`` returns only once every output of the batch is durable:
-windows and user states written to the store, dead letters, re-keyed events
-and recommendations delivered to Kafka. It never raises for bad input, and
-for store failures it backs off and retries (the batch stays unacknowledged),
-so an event is either fully handled or will be seen again.
+records and acknowledges them once :meth:`BatchProcessor.begin`'s
+``durable`` has completed: windows and user states written to the store, dead
+letters, re-keyed events and recommendations delivered to Kafka. ``begin``
+itself returns as soon as the recommendations are handed to the producer, so
+a user sees them without waiting for the store, and the next batch overlaps
+this one's writes. Nothing raises for bad input, and store and delivery
+failures are retried with backoff (the batch stays unacknowledged), so an
+event is either fully handled or will be seen again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
-from streamrec.stream.metrics import CassandraOp, WorkerMetrics
+from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.topics import owner_partition
@@ -89,6 +91,21 @@ class BatchReport:
     rerouted: int = 0
     duplicates: int = 0
     recommendations: list[Recommendation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchInFlight:
+    """A batch whose recommendations are handed to the producer; ``durable`` completes when it may be acknowledged."""
+
+    report: BatchReport
+    durable: "asyncio.Future[BatchReport]"
+
+
+def _observe(histogram: Any, stage: BatchStage, since: float) -> float:
+    """Record the time since ``since`` (perf_counter) under ``stage``; returns now, the next stage's start."""
+    now = time.perf_counter()
+    histogram.labels(stage).observe(now - since)
+    return now
 
 
 class WindowCache:
@@ -220,9 +237,27 @@ class BatchProcessor:
     # ------------------------------------------------------------------ #
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         """Handle one micro-batch; returns when all its effects are durable."""
+        return await (await self.begin(records)).durable
+
+    async def begin(self, records: Sequence[SourceRecord], *, fetched_ms: int | None = None) -> BatchInFlight:
+        """Handle a micro-batch up to handing its recommendations to the producer; the rest goes on in the background.
+
+        Returns as soon as every output of the batch is handed to the producer,
+        so the next batch can start while this one's windows are written and
+        its outputs delivered. ``BatchInFlight.durable`` completes when all of
+        that is durable; only then may the batch be acknowledged. The next
+        batch already merges on this batch's windows (the cache is updated
+        here, ahead of the store): its writes carry later write timestamps, so
+        whatever order the writes land in, Cassandra keeps the newest window.
+        """
         started = self.clock()
+        t0 = time.perf_counter()
+        stage = self.metrics.batch_stage
         report = BatchReport(records=len(records))
         self.metrics.batch_size.observe(len(records))
+        oldest_ms = min((r.timestamp_ms for r in records if r.timestamp_ms is not None), default=None)
+        if oldest_ms is not None:
+            stage.labels(BatchStage.QUEUED).observe(max(0.0, (fetched_ms or started * 1000) - oldest_ms) / 1000.0)
         deliveries: list[Pending] = []
 
         by_user: dict[str, list[Event]] = {}
@@ -255,27 +290,49 @@ class BatchProcessor:
         self.metrics.repartitioned.inc(report.repartitioned)
         self.metrics.rerouted.inc(report.rerouted)
         self.metrics.events.inc(report.events)
+        t0 = _observe(stage, BatchStage.VALIDATE, t0)
 
+        save: Awaitable[None] | None = None
         if by_user:
             windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
             self.metrics.duplicates.inc(report.duplicates)
+            # Ahead of the store (see the docstring): the next batch must see these events.
+            for user_id in by_user:
+                self.cache.put(windows[user_id])
+            t0 = _observe(stage, BatchStage.LOAD, t0)
             # ONNX Runtime releases the GIL: encoding in a thread keeps the event
-            # loop (Kafka fetches, Cassandra callbacks of other work) moving.
+            # loop (Kafka fetches, Cassandra callbacks of earlier batches) moving.
             loop = asyncio.get_running_loop()
             changed_users = {w.user_id for w in changed}
             recommendations, states = await loop.run_in_executor(
                 self._encode_thread, self._recommend, by_user, windows, changed_users
             )
+            t0 = _observe(stage, BatchStage.ENCODE, t0)
             for rec in recommendations:
                 deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
             report.recommendations = recommendations
-            await self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
-            # Only after the write succeeded: a failed batch is retried from the stored state.
-            for user_id in by_user:
-                self.cache.put(windows[user_id])
+            t0 = _observe(stage, BatchStage.PRODUCE, t0)
+            # Started now, awaited by _finish: the write overlaps the next batch.
+            save = asyncio.ensure_future(
+                self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
+            )
+        durable = asyncio.ensure_future(self._finish(report, save, deliveries, started, t0, appended_ms))
+        return BatchInFlight(report, durable)
 
-        # Kafka deliveries last but before returning: the caller acks after this.
-        await self._deliver(deliveries)
+    async def _finish(
+        self, report: BatchReport, save: Awaitable[None] | None, deliveries: list[Pending], started: float,
+        produced: float, appended_ms: dict[str, int],
+    ) -> BatchReport:
+        """Wait until the batch's state is stored and its outputs delivered; the caller acks after this."""
+        try:
+            if save is not None:
+                await save
+            await self._deliver(deliveries)
+        except BaseException:
+            if isinstance(save, asyncio.Future):
+                save.cancel()
+            raise
+        _observe(self.metrics.batch_stage, BatchStage.DURABLE, produced)
         now = self.clock()
         self.metrics.recommendations.inc(len(report.recommendations))
         self.metrics.consume_to_emit.observe(now - started)

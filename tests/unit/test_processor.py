@@ -310,10 +310,3 @@ def test_a_replay_with_other_batch_boundaries_repeats_the_same_user_and_event_id
         return {(r.user_id, r.event_id) for r in (Recommendation.from_json(v) for _, v in sink.on(SETTINGS.recommendations_topic))}
 
     assert ids(replay_sink) <= ids(first_sink), ids(replay_sink) - ids(first_sink)
-
-
-def test_a_zero_batch_wait_means_as_short_as_possible_not_wait_for_a_full_batch() -> None:
-    from streamrec.stream.app import batch_wait_s
-
-    assert batch_wait_s(Settings(batch_max_wait_ms=0)) == 0.001  # Faust's within=0 would wait for 512 events
-    assert batch_wait_s(Settings(batch_max_wait_ms=20)) == 0.02
