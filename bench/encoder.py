@@ -34,10 +34,11 @@ import torch
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import FeatureBatch, ItemVocab
-from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact, write_artifact
+from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact
 from streamrec.onnx.export import RankingHead
 from streamrec.onnx.registry import resolve_artifact_dir
 from streamrec.onnx.runtime import EncoderSession, graph_feeds, session_options
+from streamrec.onnx.writer import write_artifact
 
 log = logging.getLogger(__name__)
 

@@ -147,7 +147,7 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole demo; returns (and prints) the summary."""
     from streamrec.deploy import infra as local
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events
     from streamrec.stream.generator import SyntheticConfig, generate_events
     from streamrec.stream.producer import read_jsonl
     from streamrec.stream.topics import ensure_topics_sync

@@ -81,7 +81,7 @@ def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | 
     from streamrec.models.data import load_events, resolve_dataset
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves
     from streamrec.models.train import train as run_train
-    from streamrec.onnx.artifact import write_artifact
+    from streamrec.onnx.writer import write_artifact
 
     settings = _settings(ctx)
     path = resolve_dataset(data, settings.state_dir / "data")

@@ -200,7 +200,8 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
     from streamrec.models.evaluate import evaluate_model
     from streamrec.models.splits import temporal_split
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves, train
-    from streamrec.onnx.artifact import load_artifact, write_artifact
+    from streamrec.onnx.artifact import load_artifact
+    from streamrec.onnx.writer import write_artifact
     from streamrec.onnx.registry import ModelRegistry
 
     started = time.monotonic()
