@@ -3,7 +3,7 @@
 #   ./dev.sh demo   — set up, start local Kafka + Cassandra, run `streamrec demo`
 #   ./dev.sh test   — set up, start local Kafka + Cassandra, run the test suite
 # Set-up is idempotent: a virtualenv in .venv, the package installed into it
-# (a regular, non-editable install: see README "Layout"), server jars via Maven.
+# editable (strict mode: see README "Layout"), server jars via Maven.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,7 +32,7 @@ setup() {
   phase "python environment"
   [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check ".[test]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=strict
   phase "kafka + cassandra (maven artifacts, start, health)"
   .venv/bin/streamrec infra up
 }

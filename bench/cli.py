@@ -12,7 +12,11 @@ from typing import Any
 
 import click
 
+from streamrec.bench import common
+from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings, load_settings
+from streamrec.models.config import EncoderConfig
+from streamrec.models.data import resolve_dataset
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def _write(result: dict[str, Any], out: Path | None) -> None:
 def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: int, threads: int, device: str,
             min_seconds: float, fp16: bool, out: Path) -> None:
     """ONNX Runtime vs PyTorch eager, same inputs: median latency, throughput, ratio (target ORT >= 2x)."""
-    from streamrec.bench.encoder import format_table, plot, run_encoder_bench
+    from streamrec.bench.encoder import format_table, plot, run_encoder_bench  # torch
 
     result = run_encoder_bench(model_dir, batches=batches, seq_len=seq_len, k=k, threads=threads,
                                device=device, min_seconds=min_seconds, fp16=fp16)
@@ -78,10 +82,8 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
             recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
             ours_from: Path | None, out: Path) -> None:
     """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec)."""
-    from streamrec.bench.quality import compare, format_table, run_ours, run_recbole
-    from streamrec.models.config import EncoderConfig
-    from streamrec.models.data import resolve_dataset
-    from streamrec.models.train import TrainConfig
+    from streamrec.bench.quality import compare, format_table, run_ours, run_recbole  # torch
+    from streamrec.models.train import TrainConfig  # torch
 
     settings = _settings(ctx)
     path = resolve_dataset(data, settings.state_dir / "data")
@@ -110,10 +112,8 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
 # Streaming benchmarks (e2e, latency, scale, state, all): bench/common.py holds the machinery.
 # --------------------------------------------------------------------------- #
 def _print_and_write(result: dict[str, Any], table: str, out: Path) -> None:
-    from streamrec.bench.common import write_json
-
     click.echo(table)
-    write_json(result, out)
+    common.write_json(result, out)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -143,7 +143,7 @@ def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: i
         no_model: bool, partitions: int, repeats: int, latency_rate: float, latency_seconds: float,
         profile_seconds: float, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
     """Sustained events/s of one worker vs the passthrough worker on one backlog (targets: >= 5,000/s, >= 50%)."""
-    from streamrec.bench.e2e import format_result, run_e2e
+    from streamrec.bench.e2e import format_result, run_e2e  # Faust: 0.55 s
 
     result = run_e2e(_settings(ctx), events=events, users=users, items=items, train_events=train_events, epochs=epochs,
                      model=model_dir, no_model=no_model, partitions=partitions, repeats=repeats,
@@ -172,7 +172,7 @@ def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: 
             model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
             out: Path) -> None:
     """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
-    from streamrec.bench.latency import format_result, run_latency
+    from streamrec.bench.latency import format_result, run_latency  # 1.4 s
 
     result = run_latency(_settings(ctx), rate=rate, seconds=seconds, users=users, items=items,
                          train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
@@ -199,13 +199,11 @@ def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: 
 def scale(ctx: click.Context, workers: str, events: int, users: int, items: int, partitions: int, train_events: int,
           epochs: int, model_dir: Path | None, no_model: bool, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
     """1 worker vs 2 (or more) in one group on the same backlog: throughput ratio (target 2 workers >= 1.7x)."""
-    from streamrec.bench.scale import format_result, run_scale
-
     counts = [int(w) for w in workers.split(",") if w.strip()]
-    result = run_scale(_settings(ctx), workers=counts, events=events, users=users, items=items, partitions=partitions,
+    result = scale_mod.run_scale(_settings(ctx), workers=counts, events=events, users=users, items=items, partitions=partitions,
                        train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model, seed=seed,
                        timeout_s=timeout_s, keep=keep, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
-    _print_and_write(result, format_result(result), out)
+    _print_and_write(result, scale_mod.format_result(result), out)
 
 
 @bench.command("faults")
@@ -216,7 +214,7 @@ def scale(ctx: click.Context, workers: str, events: int, users: int, items: int,
 @click.pass_context
 def faults(ctx: click.Context, scenarios: tuple[str, ...], timeout_s: float, keep: bool, out: Path) -> None:
     """Fault scenarios against the local servers: events produced, in state, lost, duplicated, recovery time."""
-    from streamrec.bench.faults import SCENARIOS, format_result, run_faults
+    from streamrec.bench.faults import SCENARIOS, format_result, run_faults  # Cassandra driver: 0.1 s
 
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -242,7 +240,7 @@ def faults(ctx: click.Context, scenarios: tuple[str, ...], timeout_s: float, kee
 def state(ctx: click.Context, users: int, updates: int, batch: int, window: int | None, single: int,
           ttl_probe_users: int, seed: int, keep: bool, out: Path) -> None:
     """The Cassandra window store alone: chosen blob-per-user model vs rows+LIMIT+TTL (updates/s, latency, tombstones)."""
-    from streamrec.bench.state import format_result, run_state
+    from streamrec.bench.state import format_result, run_state  # Cassandra driver: 0.15-0.25 s
 
     result = run_state(_settings(ctx), users=users, updates=updates, batch=batch, window=window, single=single,
                        ttl_probe_users=ttl_probe_users, seed=seed, keep=keep, progress=lambda m: click.echo(m, err=True))
@@ -266,8 +264,6 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
     """Every benchmark with small defaults, one model shared; one combined report (JSON + per-benchmark files)."""
     import itertools
     import tempfile
-
-    from streamrec.bench import common
 
     settings = _settings(ctx)
     skipped = {s.strip() for s in skip.split(",") if s.strip()}
@@ -300,7 +296,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
             tables.append(f"== {name}\n{fmt(result)}")
 
         def encoder_call() -> dict[str, Any]:
-            from streamrec.bench.encoder import run_encoder_bench
+            from streamrec.bench.encoder import run_encoder_bench  # torch
 
             result = run_encoder_bench(None, batches=(1, 64, 256), seq_len=50, k=10, threads=2, device="cpu",
                                        min_seconds=1.0, fp16=False)
@@ -309,14 +305,13 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
             return result
 
         def encoder_fmt(result: dict[str, Any]) -> str:
-            from streamrec.bench.encoder import format_table as encoder_table
+            from streamrec.bench.encoder import format_table as encoder_table  # torch
 
             return encoder_table(result)
 
-        from streamrec.bench import e2e as e2e_mod
-        from streamrec.bench import latency as latency_mod
-        from streamrec.bench import scale as scale_mod
-        from streamrec.bench import state as state_mod
+        from streamrec.bench import e2e as e2e_mod  # Faust: 0.55 s
+        from streamrec.bench import latency as latency_mod  # 1.4 s
+        from streamrec.bench import state as state_mod  # Cassandra driver: 0.15-0.25 s
 
         step("encoder", encoder_call, encoder_fmt)
         step("e2e", lambda: e2e_mod.run_e2e(settings, events=events, users=users, items=items, model=model_dir,

@@ -35,7 +35,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 
 from streamrec.config import Settings
+from streamrec.onnx.artifact import version_dir_name
+from streamrec.onnx.registry import resolve_artifact_dir
+from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.metrics import BatchStage, CassandraOp, metric_values
+from streamrec.stream.state.cassandra import check_keyspace_name, connect, migrate
+from streamrec.stream.topics import ensure_topics_sync
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +277,6 @@ def create_topics(settings: Settings, extra: Sequence[str] = (), partitions: int
     """The streamrec topics of ``settings`` plus ``extra`` ones (same partition count)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streamrec.stream.topics import ensure_topics_sync
 
     if partitions is not None and partitions != settings.topic_partitions:
         settings = settings.with_overrides(topic_partitions=partitions)
@@ -307,7 +311,6 @@ def all_topics(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
 
 def prepare_schema(settings: Settings) -> None:
     """Create the run's keyspace and tables before any worker starts (no concurrent DDL from workers)."""
-    from streamrec.stream.state.cassandra import connect, migrate
 
     cluster, session = connect(settings)
     try:
@@ -317,7 +320,6 @@ def prepare_schema(settings: Settings) -> None:
 
 
 def drop_keyspace(settings: Settings, keyspace: str | None = None) -> None:
-    from streamrec.stream.state.cassandra import check_keyspace_name, connect
 
     cluster, session = connect(settings, timeout_s=60)
     try:
@@ -332,7 +334,6 @@ def drop_keyspace(settings: Settings, keyspace: str | None = None) -> None:
 # Input: synthetic events, pre-production, paced production
 # ---------------------------------------------------------------------------
 def synthetic_events(events: int, users: int, items: int, seed: int = 0) -> Iterator[dict[str, Any]]:
-    from streamrec.stream.generator import SyntheticConfig, generate_events
 
     return generate_events(SyntheticConfig(num_users=users, num_items=items, num_events=events, seed=seed))
 
@@ -753,8 +754,6 @@ def prepare_model(settings: Settings, model: Path | None, train_events: Sequence
     """
     import shutil
 
-    from streamrec.onnx.artifact import version_dir_name
-    from streamrec.onnx.registry import resolve_artifact_dir
 
     target = settings.models_path
     target.mkdir(parents=True, exist_ok=True)
@@ -766,7 +765,7 @@ def prepare_model(settings: Settings, model: Path | None, train_events: Sequence
         return {"source": str(model), "trained": False}
     if not train_events:
         return {"source": None, "trained": False, "note": "no model: popularity fallback"}
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events  # torch: 3-6.5 s, only when a bench trains
 
     t0 = time.monotonic()
     artifact = train_from_events(train_events, target, epochs=epochs, seed=seed)

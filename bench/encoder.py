@@ -31,13 +31,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from streamrec.bench.common import plot_bars
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import FeatureBatch, ItemVocab
-from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact, write_artifact
+from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact
 from streamrec.onnx.export import RankingHead
 from streamrec.onnx.registry import resolve_artifact_dir
 from streamrec.onnx.runtime import EncoderSession, graph_feeds, session_options
+from streamrec.onnx.writer import write_artifact
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +235,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> Path | None:
     """Sequences per second for every backend at every batch size (horizontal bars)."""
-    from streamrec.bench.common import plot_bars
-
     backends = (("torch", "torch_median_ms"), ("torch newest-position", "torch_newest_median_ms"),
                 ("ORT one call", "ort_one_call_median_ms"), ("ORT served (shards)", "ort_median_ms"))
     values = {f"batch {r['batch']}: {name}": round(r["batch"] / (r[key] / 1000.0), 1)

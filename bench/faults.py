@@ -32,6 +32,8 @@ from streamrec.bench import common
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.metrics import metric_values
+from streamrec.stream.state.cassandra import connect
+from streamrec.stream.window import decode_window
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,6 @@ def produce(settings: Settings, events: Iterable[dict[str, Any]], partitioner: s
 
 def window_ids(settings: Settings, users: Iterable[str]) -> dict[str, list[str]]:
     """Each user's window as event ids, read with a plain driver session."""
-    from streamrec.stream.state.cassandra import connect
-    from streamrec.stream.window import decode_window
-
     cluster, session = connect(settings, timeout_s=30)
     try:
         statement = session.prepare(f"SELECT events FROM {settings.cassandra_keyspace}.windows WHERE user_id = ?")

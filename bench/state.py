@@ -29,7 +29,7 @@ from streamrec.bench import common
 from streamrec.config import Settings
 from streamrec.stream.state.base import StoredWindow
 from streamrec.stream.state.cassandra import CassandraStore, await_response, check_keyspace_name
-from streamrec.stream.window import WindowEntry, merge_window
+from streamrec.stream.window import WindowEntry, encode_window, merge_window
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,6 @@ async def _ttl_probe(store: CassandraStore, rows: RowsModel, ks: str, users: int
     session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.windows_ttl (user_id text PRIMARY KEY, events blob, seq bigint)")
     insert = session.prepare(f"INSERT INTO {ks}.windows_ttl (user_id, events, seq) VALUES (?, ?, ?) USING TTL 2")
     select = session.prepare(f"SELECT events, seq FROM {ks}.windows_ttl WHERE user_id = ?")
-    from streamrec.stream.window import encode_window
-
     now = int(time.time() * 1000)
     for u in range(users):
         entries = [_entry(u, n, now + n, items, rnd) for n in range(window * 2)]

@@ -7,8 +7,15 @@ import sys
 
 import click
 
+from streamrec.bench.cli import bench
+from streamrec.bench.incremental import incremental
 from streamrec.config import load_settings
+from streamrec.demo import demo
+from streamrec.deploy.cli import infra
 from streamrec.errors import StreamrecError
+from streamrec.onnx.cli import eval_, train
+from streamrec.retrain.cli import model, retrain, retrainer
+from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,18 +31,9 @@ def cli(ctx: click.Context, log_level: str) -> None:
 
 
 def _register_commands() -> None:
-    # Each room contributes its own commands; imported lazily inside the
-    # modules so that `streamrec infra status` does not import torch.
-    from streamrec.bench.cli import bench
-    from streamrec.demo import demo
-    from streamrec.deploy.cli import infra
-    from streamrec.models.cli import eval_, train
-    from streamrec.models.service import retrain, retrainer
-    from streamrec.onnx.cli import model
-    from streamrec.stream.cli import cassandra, inspect, produce, tail, topics, worker
-
-    from streamrec.bench.incremental import incremental
-
+    # Each room contributes its own commands. The command modules are light to
+    # import: each imports torch, ONNX Runtime, Faust or the Cassandra driver
+    # inside the command that needs it, so `streamrec infra status` does not.
     bench.add_command(incremental)
     for command in (infra, worker, produce, tail, inspect, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
         cli.add_command(command)

@@ -30,7 +30,10 @@ import click
 import numpy as np
 
 from streamrec.config import Settings
+from streamrec.deploy import infra as local
+from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.metrics import metric_values
+from streamrec.stream.recommendation import Recommendation
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,7 @@ async def _replay_and_watch(
     from aiokafka import AIOKafkaConsumer
     from tqdm import tqdm
 
-    from streamrec.stream.producer import EventProducer, paced
-    from streamrec.stream.recommendation import Recommendation
+    from streamrec.stream.producer import EventProducer, paced  # aiokafka: 0.19 s
 
     sent_at: dict[str, float] = {}
     received_at: dict[str, float] = {}
@@ -146,11 +148,9 @@ def run_demo(
     idle_timeout: float,
 ) -> DemoSummary:
     """Run the whole demo; returns (and prints) the summary."""
-    from streamrec.deploy import infra as local
-    from streamrec.models.train import train_from_events
-    from streamrec.stream.generator import SyntheticConfig, generate_events
-    from streamrec.stream.producer import read_jsonl
-    from streamrec.stream.topics import ensure_topics_sync
+    from streamrec.onnx.writer import train_from_events  # torch: 3-6.5 s
+    from streamrec.stream.producer import read_jsonl  # aiokafka: 0.19 s
+    from streamrec.stream.topics import ensure_topics_sync  # aiokafka: 0.1-0.2 s
 
     run_id = time.strftime("%Y%m%d_%H%M%S")
     settings = settings.with_overrides(

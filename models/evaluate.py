@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from streamrec.models.config import FIRST_REAL_INDEX, OOV_INDEX
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
-from streamrec.models.features import ItemVocab, featurize
+from streamrec.models.features import ItemVocab, UserSequence, featurize
 from streamrec.models.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase
 
-if TYPE_CHECKING:
-    from streamrec.onnx.runtime import EncoderSession
-
 log = logging.getLogger(__name__)
+
+
+class RankedItems(Protocol):
+    item_ids: list[str]
+
+
+class ServedRanker(Protocol):
+    """What :func:`evaluate_session` needs from a served model (:class:`streamrec.onnx.runtime.EncoderSession`)."""
+
+    @property
+    def n_recommendable(self) -> int: ...
+
+    def recommend(
+        self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True
+    ) -> Sequence[RankedItems]: ...
 
 
 def _target_indices(cases: Sequence[EvalCase], vocab: ItemVocab) -> np.ndarray:
@@ -72,7 +84,7 @@ def evaluate_model(
 
 
 def evaluate_session(
-    session: "EncoderSession",
+    session: ServedRanker,
     cases: Sequence[EvalCase],
     *,
     ks: Iterable[int] = DEFAULT_KS,

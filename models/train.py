@@ -21,11 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.models.config import EncoderConfig
-from streamrec.models.data import events_from_dicts
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
 from streamrec.models.features import ItemVocab, UserSequence, featurize
-from streamrec.models.splits import Split, leave_one_out, slice_sequence
+from streamrec.models.splits import Split, slice_sequence
 
 log = logging.getLogger(__name__)
 
@@ -246,34 +245,6 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def train_from_events(
-    events: Iterable[Mapping[str, Any]],
-    out_dir: Path,
-    *,
-    epochs: int = 5,
-    seed: int = 0,
-    model_config: EncoderConfig | None = None,
-    event_types: Sequence[str] | None = None,
-    progress: bool = False,
-) -> Path:
-    """Train a model from event dicts and write a verified artifact under ``out_dir``; return its path.
-
-    Small and quick on purpose (the demo and tests call it): leave-one-out
-    split when users have at least 3 events, the next artifact version in
-    ``out_dir``.
-    """
-    from streamrec.onnx.artifact import write_artifact
-
-    log_ = events_from_dicts(events)
-    split = leave_one_out(log_)
-    base = model_config or EncoderConfig(n_items=0)
-    types = event_types_for(split.train.values(), event_types if event_types is not None else base.event_types)
-    config = base.__class__(**{**asdict(base), "event_types": types})
-    result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress))
-    real = [c.history for c in split.test] or list(split.train.values())
-    return write_artifact(result.model, result.vocab, out_dir, metrics=result.metrics(), real_sequences=real)
 
 
 def default_threads() -> int:

@@ -12,8 +12,9 @@ Layout of ``<root>/v000007/``::
     manifest.json   version, created time, sha256 + size of every file above
 
 A version directory appears atomically (written under a temporary name, then
-renamed), and :func:`load_artifact` refuses anything whose files are missing,
-resized or changed.
+renamed, by :func:`streamrec.onnx.writer.write_artifact`), and
+:func:`load_artifact` refuses anything whose files are missing, resized or
+changed. This module only reads: a worker imports it without torch.
 """
 
 from __future__ import annotations
@@ -21,18 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from streamrec.errors import ModelError
 from streamrec.models.config import ONNX_CONFIG, EncoderConfig
-from streamrec.models.features import ItemVocab, UserSequence
+from streamrec.models.features import ItemVocab
 
 log = logging.getLogger(__name__)
 
@@ -87,94 +84,7 @@ def next_version(root: Path) -> int:
     return (versions[-1] + 1) if versions else 1
 
 
-def write_artifact(
-    model: Any,
-    vocab: ItemVocab,
-    root: Path,
-    *,
-    metrics: dict[str, Any] | None = None,
-    real_sequences: Sequence[UserSequence] = (),
-    version: int | None = None,
-    extra_files: Mapping[str, Path] | None = None,
-    include_fp16: bool = True,
-) -> Path:
-    """Export, parity-check and write ``model`` as the next version under ``root``; return its directory.
-
-    ``include_fp16`` adds ``model_fp16.onnx`` for GPU serving when it passes its
-    own (looser) parity check; it is left out with a warning otherwise.
-    ``extra_files`` (e.g. the training-curve PNG) are copied in and checksummed too.
-    Raises :class:`ModelError` (and writes nothing) when the ONNX graph does
-    not match PyTorch within tolerance.
-    """
-    import torch
-
-    from streamrec.onnx.export import export_onnx
-    from streamrec.onnx.parity import FP16_TOLERANCE, check_parity
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    config: EncoderConfig = model.config
-    if len(vocab) != config.n_items:
-        raise ModelError(f"vocabulary has {len(vocab)} entries but the model has {config.n_items} item rows")
-    tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; workers under another user must read it
-    try:
-        export_onnx(model, tmp / MODEL_FILE)
-        parity = check_parity(model, vocab, tmp / MODEL_FILE, real_sequences=real_sequences)
-        if not parity.passed:
-            raise ModelError(
-                f"ONNX export failed the parity check (max abs diff {parity.max_abs_diff:.3g} > {parity.tolerance:g})"
-            )
-        parity_doc = parity.to_dict()
-        optional = list(OPTIONAL_FILES)
-        if include_fp16:
-            export_onnx(model, tmp / FP16_MODEL_FILE, fp16=True)
-            half = check_parity(model, vocab, tmp / FP16_MODEL_FILE, real_sequences=real_sequences,
-                                tolerance=FP16_TOLERANCE, precision="fp16")
-            parity_doc["fp16"] = half.to_dict()
-            if half.passed:
-                optional.append(FP16_MODEL_FILE)
-            else:
-                log.warning("fp16 export failed its parity check (max abs diff %.3g); artifact ships fp32 only", half.max_abs_diff)
-                (tmp / FP16_MODEL_FILE).unlink()
-        vocab.save(tmp / "vocab.json")
-        config_doc = {**config.to_dict(), "onnx": {"opset": ONNX_CONFIG.opset, "inputs": list(ONNX_CONFIG.inputs), "outputs": list(ONNX_CONFIG.outputs)}}
-        _write_json(tmp / "config.json", config_doc)
-        _write_json(tmp / "metrics.json", metrics or {})
-        _write_json(tmp / "parity.json", parity_doc)
-        torch.save(model.state_dict(), tmp / "weights.pt")
-        extra = dict(extra_files or {})
-        for name, source in extra.items():
-            if name in (*REQUIRED_FILES, *optional, FP16_MODEL_FILE, MANIFEST) or "/" in name:
-                raise ModelError(f"extra artifact file name {name!r} is reserved or not a plain name")
-            shutil.copyfile(source, tmp / name)
-        files = {
-            name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in (*REQUIRED_FILES, *optional, *extra)
-        }
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        version = version or next_version(root)
-        while True:
-            manifest = {"format": FORMAT_VERSION, "version": version, "created_at": created, "files": files}
-            _write_json(tmp / MANIFEST, manifest)
-            final = root / version_dir_name(version)
-            try:
-                # rename() onto an existing non-empty directory fails: two
-                # writers racing for the same number cannot overwrite each other.
-                os.rename(tmp, final)
-                break
-            except OSError:
-                if not final.exists():
-                    raise
-                version += 1
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote model artifact version %d at %s", version, final)
-    return final
-
-
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 

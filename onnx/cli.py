@@ -1,77 +1,159 @@
-"""`streamrec model list | publish | rollback` — the model registry."""
+"""``streamrec train`` and ``streamrec eval``: a model artifact written, and scored as it serves.
+
+Registered by the root CLI (core/cli.py); each works standalone too, reading
+:class:`streamrec.config.Settings` itself when no parent context provides it.
+The root CLI imports this module at every start, so what needs torch (3-6.5 s
+on the 2-core box, see LAYERING_NOTES.md) or ONNX Runtime is imported inside
+the command that runs it.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import click
 
-from streamrec.config import Settings
+from streamrec.config import Settings, load_settings
+from streamrec.models.config import EncoderConfig
+from streamrec.models.data import EventLog, load_events, resolve_dataset
+from streamrec.models.splits import Split, leave_one_out, temporal_split
+from streamrec.onnx.artifact import latest_artifact, load_artifact
+from streamrec.onnx.registry import resolve_artifact_dir
+
+log = logging.getLogger(__name__)
+
+DATA_HELP = "Interaction log path, or 'ml-100k' for MovieLens-100k (fetched into the cache once)."
+FORMATS = ["auto", "jsonl", "csv", "parquet", "movielens", "inter"]
 
 
-def _registry(settings: Settings):  # noqa: ANN202 - keeps the import lazy
-    from streamrec.onnx.registry import ModelRegistry
-
-    return ModelRegistry.at(settings.models_path)
-
-
-def _announce(settings: Settings, version: int, reason: str) -> None:
-    from streamrec.stream.model_updates import announce
-
-    record = _registry(settings).record(version)
-    try:
-        asyncio.run(announce(settings, version, record.checksum, reason))
-    except Exception as exc:  # the registry already changed; workers also poll it
-        click.secho(f"warning: could not announce on {settings.model_updates_topic}: {exc}; "
-                    "workers will pick the change up from the registry within seconds", fg="yellow", err=True)
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_object(Settings)
+    return obj if obj is not None else load_settings()
 
 
-@click.group()
-def model() -> None:
-    """The model registry: versions, status, live pointer."""
+def _split(events: EventLog, kind: str) -> Split:
+    return leave_one_out(events) if kind == "loo" else temporal_split(events)
 
 
-@model.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def list_(settings: Settings, as_json: bool) -> None:
-    """Every version with its status, metrics, parity result and checksum."""
-    import json
-    from dataclasses import asdict
-
-    records = _registry(settings).list()
-    if as_json:
-        click.echo(json.dumps([asdict(r) for r in records], indent=2))
-        return
-    if not records:
-        click.echo(f"no model versions under {settings.models_path}")
-        return
-    click.echo(f"{'version':>7}  {'status':<9} {'created':<25} {'ndcg@10':>8} {'parity':<6} {'sha256':<12} reason")
-    for r in records:
-        ndcg = (r.metrics.get("test") or {}).get("ndcg@10") or (r.metrics.get("holdout") or {}).get("ndcg@10")
-        ndcg_text = f"{ndcg:.4f}" if isinstance(ndcg, (int, float)) else "-"
-        click.echo(f"{r.version:>7}  {r.status:<9} {r.created_at:<25} {ndcg_text:>8} "
-                   f"{'ok' if r.parity_passed else 'FAIL':<6} {r.checksum[:12]:<12} {r.reason}")
+def _emit(result: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        log.info("wrote %s", out)
+    click.echo(text)
 
 
-@model.command()
-@click.argument("version")
-@click.pass_obj
-def publish(settings: Settings, version: str) -> None:
-    """Verify VERSION and make it live; workers switch to it without stopping."""
-    from streamrec.onnx.registry import parse_version
+@click.command("train")
+@click.option("--data", default="ml-100k", show_default=True, help=DATA_HELP)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", "split_kind", type=click.Choice(["loo", "temporal"]), default="loo", show_default=True,
+              help="leave-one-out per user, or a global temporal cut (80/10/10 by time).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact root; the model is written as the next version inside it. [default: settings models path]")
+@click.option("--epochs", default=200, show_default=True, help="Maximum epochs (early stopping usually ends sooner).")
+@click.option("--patience", default=20, show_default=True, help="Epochs without a better validation NDCG@10 before stopping.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="torch CPU threads.")
+@click.option("--backbone", default="gpt2", show_default=True, help="transformers model type (gpt2, llama, ...).")
+@click.option("--hidden", default=64, show_default=True)
+@click.option("--layers", default=2, show_default=True)
+@click.option("--heads", default=2, show_default=True)
+@click.option("--max-len", default=50, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--emb-dropout", default=0.2, show_default=True)
+@click.option("--loss", type=click.Choice(["full", "sampled"]), default="full", show_default=True)
+@click.option("--num-negatives", default=256, show_default=True, help="Negatives per batch for --loss sampled.")
+@click.option("--event-types/--no-event-types", default=True, show_default=True)
+@click.option("--time-gaps/--no-time-gaps", default=True, show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also save the training-curve PNG here.")
+@click.option("--metrics-out", type=click.Path(path_type=Path), default=None, help="Write the summary JSON here too.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
+          batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
+          layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: str, num_negatives: int,
+          event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool) -> None:
+    """Train the encoder offline and write a verified ONNX model artifact (next version)."""
+    from streamrec.models.train import TrainConfig, event_types_for, plot_curves  # torch
+    from streamrec.models.train import train as run_train
+    from streamrec.onnx.writer import write_artifact  # torch
 
-    number = parse_version(version)
-    previous = _registry(settings).publish(number, reason="published by hand")
-    _announce(settings, number, "published")
-    click.echo(f"version {number} is live (was {previous})")
+    settings = _settings(ctx)
+    path = resolve_dataset(data, settings.state_dir / "data")
+    split = _split(load_events(path, fmt), split_kind)
+    config = EncoderConfig(
+        n_items=0, event_types=tuple(settings.event_type_weights), max_len=max_len, hidden=hidden, layers=layers,
+        heads=heads, dropout=dropout, emb_dropout=emb_dropout, backbone=backbone, loss=loss,  # type: ignore[arg-type]
+        num_negatives=num_negatives, use_event_types=event_types, use_time_gaps=time_gaps,
+    )
+    config = replace(config, event_types=event_types_for(split.train.values(), config.event_types))
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                       seed=seed, threads=threads, progress=progress)
+    result = run_train(split, config, tcfg)
+    root = out or settings.models_path
+    with tempfile.TemporaryDirectory(prefix="streamrec-train-") as tmp:
+        curve = plot_curves(result.history, Path(tmp) / "training_curves.png")
+        real = [c.history for c in split.valid[:256]]
+        artifact = write_artifact(result.model, result.vocab, root, metrics={**result.metrics(), "data": str(path),
+                                  "split": split.summary()}, real_sequences=real,
+                                  extra_files={"training_curves.png": curve})
+        if plot is not None:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            plot.write_bytes(curve.read_bytes())
+    summary = {"artifact": str(artifact), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "train_seconds": round(result.train_seconds, 1), "valid": result.best_valid, "test": result.test}
+    _emit(summary, metrics_out)
 
 
-@model.command()
-@click.argument("version", required=False)
-@click.pass_obj
-def rollback(settings: Settings, version: str | None) -> None:
-    """Make VERSION (default: the previous live version) live again."""
-    target = _registry(settings).rollback(version)
-    _announce(settings, target, "rollback")
-    click.echo(f"rolled back: version {target} is live")
+@click.command("eval")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Artifact directory. [default: newest valid version under the settings models path]")
+@click.option("--data", default="ml-100k", show_default=True, help=DATA_HELP)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", "split_kind", type=click.Choice(["loo", "temporal"]), default="loo", show_default=True)
+@click.option("--on", "subset", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--backend", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+              help="onnx scores with the exported graph exactly as it serves; torch uses weights.pt.")
+@click.option("--threads", default=2, show_default=True)
+@click.option("--include-seen", is_flag=True, help="Do not exclude items already in the user's history.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
+@click.pass_context
+def eval_(ctx: click.Context, model_dir: Path | None, data: str, fmt: str, split_kind: str, subset: str,
+          backend: str, threads: int, include_seen: bool, out: Path | None) -> None:
+    """Full-ranking evaluation (Recall@10/20, NDCG@10/20, MRR) of a model artifact, as JSON."""
+    from streamrec.models.evaluate import evaluate_model, evaluate_session  # torch
+
+    settings = _settings(ctx)
+    artifact = load_artifact(resolve_artifact_dir(model_dir)) if model_dir else latest_artifact(settings.models_path)
+    path = resolve_dataset(data, settings.state_dir / "data")
+    split = _split(load_events(path, fmt), split_kind)
+    cases = split.test if subset == "test" else split.valid
+    if backend == "onnx":
+        from streamrec.onnx.runtime import EncoderSession  # ONNX Runtime
+
+        session = EncoderSession.load(artifact.path, device="cpu", threads=threads)
+        metrics = evaluate_session(session, cases, exclude_history=not include_seen)
+    else:
+        import torch
+
+        from streamrec.models.encoder import SequenceEncoder  # torch, transformers
+
+        torch.set_num_threads(threads)
+        model = SequenceEncoder(artifact.config)
+        model.load_state_dict(torch.load(artifact.path / "weights.pt", weights_only=True))
+        metrics = evaluate_model(model.eval(), artifact.vocab, cases, exclude_history=not include_seen)
+    _emit({"artifact": str(artifact.path), "version": artifact.version, "data": str(path), "split": split_kind,
+           "subset": subset, "backend": backend, "exclude_history": not include_seen, "metrics": metrics}, out)
+
+
+# The verb is `eval`; the module-level alias lets the root CLI import it by that name.
+eval = eval_  # noqa: A001

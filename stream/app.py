@@ -33,6 +33,7 @@ from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.processor import BatchInFlight, BatchProcessor, SourceRecord
 from streamrec.stream.state.base import WindowStore
+from streamrec.stream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ class WorkerApp(faust.App):
     """A Faust app whose consumer uses :class:`streamrec.stream.transport.Transport` (short fetch wait)."""
 
     def _new_transport(self) -> Any:
-        from streamrec.stream.transport import Transport
-
         return Transport(self.conf.broker_consumer, self)
 
 

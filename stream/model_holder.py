@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streamrec.errors import ModelError
+from streamrec.models.features import UserSequence
+from streamrec.onnx.runtime import EncoderSession
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,6 @@ RETRY_MAX_S = 600.0
 
 def load_encoder(path: Path, threads: int = 0, top_k: int = 1) -> Any:
     """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason."""
-    from streamrec.models.features import UserSequence
-    from streamrec.onnx.runtime import EncoderSession
-
     try:
         encoder = EncoderSession.load(path, threads=threads)
     except ModelError:

@@ -28,6 +28,7 @@ import numpy as np
 
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
+from streamrec.models.features import UserSequence
 from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
@@ -478,8 +479,6 @@ class BatchProcessor:
         self, encoder: Encoder, users: list[str], windows: dict[str, StoredWindow]
     ) -> list[tuple[list[str], list[float], bytes]] | None:
         """Top-K per user from the model, or None when the model fails (the batch gets the popularity fallback)."""
-        from streamrec.models.features import UserSequence
-
         sequences = [
             UserSequence(
                 item_ids=[e.item_id for e in windows[u].entries],

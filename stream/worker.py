@@ -10,8 +10,10 @@ from pathlib import Path
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
 from streamrec.stream.app import create_app, default_worker_id
+from streamrec.onnx.registry import ModelRegistry
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
+from streamrec.stream.model_updates import watch_announcements
 from streamrec.stream.state.cassandra import CassandraStore
 from streamrec.stream.topics import ensure_topics_sync
 
@@ -33,8 +35,6 @@ def open_store_with_retry(settings: Settings, wait_s: float = 120.0) -> Cassandr
 
 def live_model_path(settings: Settings) -> Path | None:
     """The registry's live version, if any."""
-    from streamrec.onnx.registry import ModelRegistry
-
     try:
         return ModelRegistry.at(settings.models_path).live_path()
     except (ModelError, OSError) as exc:
@@ -76,8 +76,6 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
 
     @app.task
     async def follow_announcements() -> None:
-        from streamrec.stream.model_updates import watch_announcements
-
         async def on_announcement(message: "object") -> None:
             # An announcement only says "look again": the registry's LIVE pointer
             # decides (a replayed announcement may name a rejected or rolled-back version).

@@ -42,7 +42,7 @@ def stream(seed: int, n: int, item_prefix: str) -> list[dict]:
 
 @pytest.fixture
 def settings(isolated: Settings, tmp_path: Path) -> Settings:
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events
 
     models = tmp_path / "models"
     train_from_events(stream(1, 3000, "a-"), models, epochs=3, seed=0)
@@ -53,7 +53,7 @@ def settings(isolated: Settings, tmp_path: Path) -> Settings:
 
 
 def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_returns(settings: Settings, tmp_path: Path) -> None:
-    from streamrec.models.retrainer import retrain_round
+    from streamrec.retrain.round import retrain_round
 
     phase1 = stream(1, 3000, "a-")[:1500]
     phase2 = stream(2, 3000, "b-")  # new items, first seen after v1
@@ -136,7 +136,7 @@ def test_a_version_published_without_an_announcement_is_picked_up_by_the_registr
     settings: Settings, tmp_path: Path
 ) -> None:
     """The announcement is only a hint: a worker that missed it still follows the registry's LIVE pointer."""
-    from streamrec.models.retrainer import retrain_round
+    from streamrec.retrain.round import retrain_round
 
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:

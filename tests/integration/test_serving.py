@@ -33,7 +33,7 @@ def planted_stream() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained_model_dir(planted_stream: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events
 
     models = tmp_path_factory.mktemp("models")
     train_from_events(planted_stream[:6000], models, epochs=25, seed=0)

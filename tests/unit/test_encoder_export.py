@@ -15,7 +15,8 @@ from streamrec.errors import ModelError
 from streamrec.models.config import OOV_INDEX, EncoderConfig
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence, featurize
-from streamrec.onnx.artifact import list_versions, load_artifact, write_artifact
+from streamrec.onnx.artifact import list_versions, load_artifact
+from streamrec.onnx.writer import write_artifact
 from streamrec.onnx.runtime import EncoderSession, TopK
 
 TINY = EncoderConfig(n_items=0, event_types=("view", "click"), max_len=8, hidden=16, layers=1, heads=2)
@@ -195,7 +196,7 @@ def test_fp16_without_gpu_falls_back_to_fp32(artifact, caplog):
 
 
 def test_train_from_events_writes_a_loadable_artifact(tmp_path):
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events
 
     path = train_from_events(synthetic_events(), tmp_path, epochs=2, seed=0, model_config=TINY)
     art = load_artifact(path)
@@ -220,7 +221,7 @@ def test_training_is_deterministic_by_seed(tmp_path):
 
 
 def test_backbone_is_configurable(tmp_path):
-    from streamrec.models.train import train_from_events
+    from streamrec.onnx.writer import train_from_events
 
     config = EncoderConfig(**{**TINY.to_dict(), "backbone": "llama"})
     art = load_artifact(train_from_events(synthetic_events(), tmp_path, epochs=1, model_config=config))

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from streamrec.models.features import ItemVocab
-from streamrec.models.retrainer import grow_vocab, judge, warm_state
+from streamrec.models.warm_start import grow_vocab, warm_state
+from streamrec.retrain.recent import newest_share
+from streamrec.retrain.round import judge
 
 
 @pytest.mark.parametrize(
@@ -37,8 +39,6 @@ def test_warm_state_copies_live_rows_and_keeps_fresh_rows_for_new_items() -> Non
 
 
 def test_a_capped_round_reads_the_newest_events_of_each_partition() -> None:
-    from streamrec.models.retrainer import newest_share
-
     first = {"p0": 0, "p1": 100, "p2": 50}
     ends = {"p0": 600, "p1": 400, "p2": 50}  # 600 + 300 + 0 = 900 events within the horizon
     starts = newest_share(first, ends, max_events=300)

@@ -12,7 +12,7 @@ from streamrec.models.config import EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence
 from streamrec.models.serving import FullSequenceUserVector, NewestPositionUserVector, user_vector_encoder
-from streamrec.onnx.artifact import write_artifact
+from streamrec.onnx.writer import write_artifact
 from streamrec.onnx.runtime import EncoderSession
 
 N_ITEMS = 40

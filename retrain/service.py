@@ -1,18 +1,18 @@
-"""`streamrec retrain` (one round) and `streamrec retrainer` (the periodic service, with /metrics)."""
+"""The retraining service: a round every interval and/or every M new events, with /metrics."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import asdict
 
 import click
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from streamrec.config import Settings
+from streamrec.retrain.recent import RetrainError, end_offsets_total
+from streamrec.retrain.round import RoundResult, retrain_round
 
 log = logging.getLogger(__name__)
 
@@ -28,44 +28,19 @@ class RetrainerMetrics:
         self.events = Gauge("streamrec_retrain_events", "Events read by the last round", registry=r)
         self.holdout = Gauge("streamrec_retrain_holdout_ndcg10", "Holdout NDCG@10 of the last round", ["model"], registry=r)
 
-    def record(self, result: object) -> None:
-        self.rounds.labels(result.outcome).inc()  # type: ignore[attr-defined]
-        self.duration.set(result.duration_s)  # type: ignore[attr-defined]
-        self.events.set(result.events)  # type: ignore[attr-defined]
-        if result.candidate_holdout:  # type: ignore[attr-defined]
-            self.holdout.labels("candidate").set(result.candidate_holdout.get("ndcg@10", 0.0))  # type: ignore[attr-defined]
-        if result.live_holdout:  # type: ignore[attr-defined]
-            self.holdout.labels("live").set(result.live_holdout.get("ndcg@10", 0.0))  # type: ignore[attr-defined]
+    def record(self, result: RoundResult) -> None:
+        self.rounds.labels(result.outcome).inc()
+        self.duration.set(result.duration_s)
+        self.events.set(result.events)
+        if result.candidate_holdout:
+            self.holdout.labels("candidate").set(result.candidate_holdout.get("ndcg@10", 0.0))
+        if result.live_holdout:
+            self.holdout.labels("live").set(result.live_holdout.get("ndcg@10", 0.0))
 
 
-@click.command()
-@click.option("--epochs", type=int, default=None, help="Override STREAMREC_RETRAIN_EPOCHS.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def retrain(settings: Settings, epochs: int | None, as_json: bool) -> None:
-    """One retraining round: recent events → candidate → holdout duel → publish or reject."""
-    from streamrec.models.retrainer import retrain_round
 
-    result = retrain_round(settings, epochs=epochs)
-    if as_json:
-        click.echo(json.dumps(asdict(result), indent=2))
-    else:
-        click.echo(f"{result.outcome}: {result.reason}")
-        click.echo(f"  events read {result.events}, users {result.users}, new items {result.new_items}, "
-                   f"{result.duration_s:.0f}s; candidate v{result.candidate_version}, live v{result.live_version}")
-        if result.plot:
-            click.echo(f"  plot: {result.plot}")
-    if result.outcome == "skipped":
-        raise SystemExit(3)
-
-
-@click.command()
-@click.option("--once", is_flag=True, help="Run one round and exit (like `retrain`, with metrics).")
-@click.pass_obj
-def retrainer(settings: Settings, once: bool) -> None:
-    """The retraining service: a round every interval and/or every M new events; metrics on the web port."""
-    from streamrec.models.retrainer import RetrainError, end_offsets_total, retrain_round
-
+def serve(settings: Settings, *, once: bool = False) -> None:
+    """A round every interval and/or every M new events, until SIGTERM; metrics on the web port."""
     metrics = RetrainerMetrics()
     start_http_server(settings.web_port, registry=metrics.registry)
     stop = threading.Event()
