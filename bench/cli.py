@@ -163,7 +163,7 @@ def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: i
 @_model_option
 @click.option("--no-model", is_flag=True, help="Serve the popularity fallback (no encoder).")
 @click.option("--partitions", default=4, show_default=True)
-@click.option("--with-passthrough", is_flag=True, help="Measure the passthrough worker the same way first.")
+@click.option("--with-passthrough", is_flag=True, help="Measure a bare aiokafka loop and the Faust passthrough worker the same way first.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)

@@ -672,6 +672,10 @@ class BenchProcess:
     def passthrough(cls, settings: Settings, log_path: Path, worker_id: str = "bench-pass") -> "BenchProcess":
         return cls("passthrough", [sys.executable, "-m", "streamrec.bench.passthrough"], settings, log_path, worker_id)
 
+    @classmethod
+    def bare_loop(cls, settings: Settings, log_path: Path, worker_id: str = "bench-bare") -> "BenchProcess":
+        return cls("bare", [sys.executable, "-m", "streamrec.bench.bare_loop"], settings, log_path, worker_id)
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

@@ -7,8 +7,12 @@ answers its triggering ``event_id`` and the same user's earlier events of the
 micro-batch (one message per user per batch, by contract), so each event's
 latency is send → arrival of the first recommendation that covers it. Before
 the clock starts, a warm-up burst makes sure the group is assigned and the
-model is warm. ``--with-passthrough`` measures the passthrough worker the
-same way, as the floor of what the Faust/Kafka path costs on this box.
+model is warm. ``--with-passthrough`` first measures, the same way, a bare
+aiokafka consume → produce loop (the floor for Python on this box) and the
+Faust passthrough worker (the floor for a Faust app), so the worker's
+latency splits into Kafka + Python, Faust, and streamrec. The worker's own
+per-stage histograms (``streamrec_batch_stage_seconds``) say where its share
+goes: a breakdown table and a stacked plot.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from streamrec.bench import common
 from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
+from streamrec.stream.metrics import BatchStage
 from streamrec.stream.metrics import metric_values
 
 log = logging.getLogger(__name__)
@@ -60,11 +65,13 @@ def run_latency(
         model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
         progress(f"model: {model_info}")
         common.prepare_schema(settings)
-        kinds = (["passthrough"] if with_passthrough else []) + ["worker"]
+        kinds = (["bare", "passthrough"] if with_passthrough else []) + ["worker"]
         for kind in kinds:
             s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}", web_port=common.free_port())
             if kind == "worker":
                 proc, topic = common.BenchProcess.worker(s, logs / "worker.log"), s.recommendations_topic
+            elif kind == "bare":
+                proc, topic = common.BenchProcess.bare_loop(s, logs / "bare.log"), pass_topic
             else:
                 proc, topic = common.BenchProcess.passthrough(s, logs / "passthrough.log"), pass_topic
             # Start from the end: nothing sent before this phase is this phase's work.
@@ -89,6 +96,7 @@ def run_latency(
             common.drop_keyspace(settings)
 
     worker = phases.get("worker", {}).get("latency", {})
+    p99 = {kind: phase.get("latency", {}).get("p99_ms") for kind, phase in phases.items()}
     result: dict[str, Any] = {
         "benchmark": "latency",
         "headline": {
@@ -97,7 +105,11 @@ def run_latency(
             "p95_ms": worker.get("p95_ms"),
             "p99_ms": worker.get("p99_ms"),
             "answered_fraction": phases.get("worker", {}).get("matched_fraction"),
-            "passthrough_p99_ms": phases.get("passthrough", {}).get("latency", {}).get("p99_ms"),
+            "passthrough_p99_ms": p99.get("passthrough"),
+            "bare_loop_p99_ms": p99.get("bare"),
+            # Targets: worker <= 1.5x the passthrough, passthrough <= 2x the bare loop (same run).
+            "worker_over_passthrough_p99": common.ratio(p99.get("worker"), p99.get("passthrough")),
+            "passthrough_over_bare_p99": common.ratio(p99.get("passthrough"), p99.get("bare")),
             "target_p99_ms": f"{TARGET_P99_MS:g}: {common.target_check(worker.get('p99_ms'), TARGET_P99_MS, higher_is_better=False)}",
         },
         "machine": machine,
@@ -111,9 +123,14 @@ def run_latency(
     points = phases.get("worker", {}).get("_points", [])
     png = common.plot_latency(points, out_dir / "latency.png", f"latency at {rate:g} events/s offered (one worker)",
                               target_ms=TARGET_P99_MS,
-                              series={"passthrough": phases.get("passthrough", {}).get("_points", [])})
+                              series={kind: phases.get(kind, {}).get("_points", []) for kind in ("bare", "passthrough")})
     if png:
         result["plot"] = str(png)
+    stages = phases.get("worker", {}).get("worker_metrics", {}).get("stage_ms") or {}
+    stages_png = plot_stages(stages, out_dir / "latency-stages.png",
+                             f"one micro-batch, mean ms per stage at {rate:g} events/s offered")
+    if stages_png:
+        result["stages_plot"] = str(stages_png)
     for phase in phases.values():
         phase.pop("_points", None)
     return result
@@ -130,9 +147,59 @@ def format_result(result: dict[str, Any]) -> str:
                                        "p99.9 ms", "max ms", "cpu%", "box cpu%"))
     h = result["headline"]
     lines = [table, "", f"target p99 <= {h['target_p99_ms']}"]
+    if h.get("passthrough_over_bare_p99") is not None:
+        lines.append(f"p99 ratios (same run): worker / passthrough {h['worker_over_passthrough_p99']} (target <= 1.5), "
+                     f"passthrough / bare loop {h['passthrough_over_bare_p99']} (target <= 2)")
     wm = result["phases"].get("worker", {}).get("worker_metrics") or {}
     if wm:
         lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder {wm.get('encoder_ms_per_batch')} "
                      f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save {wm.get('cassandra_save_ms')} ms, consume→emit "
                      f"{wm.get('consume_to_emit_ms_per_batch')} ms")
+    stages = wm.get("stage_ms") or {}
+    if stages:
+        lines.append("")
+        lines.append(stage_table(stages))
     return "\n".join(lines)
+
+
+# Until the user can see the recommendation; the rest overlaps the next batches.
+CRITICAL_STAGES = (BatchStage.QUEUED, BatchStage.VALIDATE, BatchStage.LOAD, BatchStage.ENCODE, BatchStage.PRODUCE)
+
+
+def stage_table(stages: dict[str, float | None]) -> str:
+    """The worker's mean ms per batch in each stage, and which of them a user waits for."""
+    rows = [(stage, stages.get(stage), "yes" if stage in CRITICAL_STAGES else "no (overlaps the next batches)")
+            for stage in BatchStage]
+    return common.format_table(rows, ("stage", "mean ms per batch", "before the user sees it"))
+
+
+def plot_stages(stages: dict[str, float | None], path: Path, title: str) -> Path | None:
+    """One stacked bar of the stages a user waits for, one of those that overlap the next batches."""
+    if not any(stages.values()):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    bars = {"until the user sees it": CRITICAL_STAGES,
+            "after (overlapped)": tuple(s for s in BatchStage if s not in CRITICAL_STAGES)}
+    for row, (label, group) in enumerate(bars.items()):
+        left = 0.0
+        for stage in group:
+            width = stages.get(stage) or 0.0
+            ax.barh(row, width, left=left, label=stage)
+            if width:
+                ax.text(left + width / 2, row, f"{stage}\n{width:.0f}", ha="center", va="center", fontsize=7)
+            left += width
+    ax.set_yticks(range(len(bars)), list(bars))
+    ax.set_xlabel("ms (mean per micro-batch)")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

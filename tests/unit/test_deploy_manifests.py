@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -290,7 +291,8 @@ def test_dockerignore_keeps_what_pip_install_needs() -> None:
     for must in (".venv", ".git", "out"):
         assert must in ignored
     # pyproject's package-dir and readme must reach the build context.
-    for needed in ("pyproject.toml", "README.md", "core", "stream", "models", "onnx", "deploy", "bench", "*", "."):
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for needed in ("pyproject.toml", "README.md", *folders, "*", "."):
         assert needed not in ignored, f".dockerignore drops {needed}, which `pip install .` needs"
 
 
