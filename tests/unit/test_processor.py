@@ -310,3 +310,20 @@ def test_a_replay_with_other_batch_boundaries_repeats_the_same_user_and_event_id
         return {(r.user_id, r.event_id) for r in (Recommendation.from_json(v) for _, v in sink.on(SETTINGS.recommendations_topic))}
 
     assert ids(replay_sink) <= ids(first_sink), ids(replay_sink) - ids(first_sink)
+
+
+def test_pipelined_batches_of_one_user_merge_on_each_other_and_leave_in_event_order() -> None:
+    # The agent starts the next batch before the previous one is durable (or even encoded).
+    processor, store, sink = make()
+
+    async def main() -> list:
+        first = await processor.begin([record(event(1), 0)])
+        second = await processor.begin([record(event(2), 1)])
+        third = await processor.begin([record(event(3), 2)])
+        return [await batch.durable for batch in (first, second, third)]
+
+    asyncio.run(main())
+    recs = [Recommendation.from_json(v) for _, v in sink.on(SETTINGS.recommendations_topic)]
+    assert [r.event_id for r in recs] == ["e1", "e2", "e3"]  # in event order, one per batch
+    stored = asyncio.run(store.load_windows(["u1"]))["u1"]
+    assert [e.event_id for e in stored.entries] == ["e1", "e2", "e3"]  # each batch merged on the previous one
