@@ -22,16 +22,15 @@ class BatchStage(StrEnum):
 
     ``queued`` runs from the oldest record's Kafka append time to the batch
     reaching the processor (broker, fetch, Faust's buffers and the batch
-    wait); the others are the processor's own steps. The worker pipelines:
-    a batch's ``load`` overlaps the previous batch's ``encode``, and
-    ``durable`` overlaps the next batches, so the stages of one batch add up
-    to its own latency, not to the worker's cost per batch.
+    wait); the others are the processor's own steps. ``durable`` overlaps the
+    next batches (the worker pipelines), so the stages of one batch add up to
+    its own latency, not to the worker's cost per batch.
     """
 
     QUEUED = "queued"  # Kafka append → batch handed to the processor
     VALIDATE = "validate"  # parse, validate, route (dead letters and re-sent records handed to the producer)
     LOAD = "load"  # windows of uncached users read from Cassandra, merged
-    ENCODE = "encode"  # model (or popularity) top-K for every user; includes waiting for the previous batch's encoding
+    ENCODE = "encode"  # model (or popularity) top-K for every user of the batch
     PRODUCE = "produce"  # recommendations handed to the producer: the user can see them once delivered
     DURABLE = "durable"  # produced → windows and states stored and every output delivered
     ACK = "ack"  # durable → offsets acknowledged (waits for earlier batches: acks go in order)

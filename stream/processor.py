@@ -228,7 +228,6 @@ class BatchProcessor:
         self.encoder_error: str | None = None  # the model's last failure, until it serves a batch again
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._recommend_lock = threading.Lock()
-        self._last_produced: asyncio.Future[Any] | None = None  # the previous batch's hand-over to the producer
 
     def on_rebalance(self) -> None:
         """Forget worker-local state about users: their partitions may have moved."""
@@ -242,12 +241,11 @@ class BatchProcessor:
         return await (await self.begin(records)).durable
 
     async def begin(self, records: Sequence[SourceRecord], *, fetched_ms: int | None = None) -> BatchInFlight:
-        """Validate and merge a micro-batch; its encoding, producing and writes go on in the background.
+        """Handle a micro-batch up to handing its recommendations to the producer; the rest goes on in the background.
 
-        Returns once the batch's windows are merged (read from Cassandra for
-        users not in the cache), so the next batch's reads overlap this one's
-        encoding, and its writes and deliveries overlap both. Batches are
-        encoded and their recommendations handed to the producer in order. ``BatchInFlight.durable`` completes when all of
+        Returns as soon as every output of the batch is handed to the producer,
+        so the next batch can start while this one's windows are written and
+        its outputs delivered. ``BatchInFlight.durable`` completes when all of
         that is durable; only then may the batch be acknowledged. The next
         batch already merges on this batch's windows (the cache is updated
         here, ahead of the store): its writes carry later write timestamps, so
@@ -295,50 +293,32 @@ class BatchProcessor:
         self.metrics.events.inc(report.events)
         t0 = _observe(stage, BatchStage.VALIDATE, t0)
 
-        if not by_user:
-            durable = asyncio.ensure_future(self._finish(report, None, deliveries, started, t0, appended_ms))
-            return BatchInFlight(report, durable)
-        windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
-        self.metrics.duplicates.inc(report.duplicates)
-        # Ahead of the store (see the docstring): the next batch must see these events.
-        for user_id in by_user:
-            self.cache.put(windows[user_id])
-        t0 = _observe(stage, BatchStage.LOAD, t0)
-        # Queued, not awaited: the next batch's window reads overlap this batch's encoding.
-        # One encoder thread runs the batches in order; ONNX Runtime releases the GIL, so
-        # the event loop (Kafka, Cassandra callbacks) keeps moving meanwhile.
-        encoded = asyncio.get_running_loop().run_in_executor(
-            self._encode_thread, self._recommend, by_user, windows, {w.user_id for w in changed}
-        )
-        produced = asyncio.ensure_future(self._produce(encoded, self._last_produced, report, deliveries, t0))
-        self._last_produced = produced
-        durable = asyncio.ensure_future(self._store_and_finish(produced, changed, report, deliveries, started, appended_ms))
+        save: Awaitable[None] | None = None
+        if by_user:
+            windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
+            self.metrics.duplicates.inc(report.duplicates)
+            # Ahead of the store (see the docstring): the next batch must see these events.
+            for user_id in by_user:
+                self.cache.put(windows[user_id])
+            t0 = _observe(stage, BatchStage.LOAD, t0)
+            # ONNX Runtime releases the GIL: encoding in a thread keeps the event
+            # loop (Kafka fetches, Cassandra callbacks of earlier batches) moving.
+            loop = asyncio.get_running_loop()
+            changed_users = {w.user_id for w in changed}
+            recommendations, states = await loop.run_in_executor(
+                self._encode_thread, self._recommend, by_user, windows, changed_users
+            )
+            t0 = _observe(stage, BatchStage.ENCODE, t0)
+            for rec in recommendations:
+                deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
+            report.recommendations = recommendations
+            t0 = _observe(stage, BatchStage.PRODUCE, t0)
+            # Started now, awaited by _finish: the write overlaps the next batch.
+            save = asyncio.ensure_future(
+                self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
+            )
+        durable = asyncio.ensure_future(self._finish(report, save, deliveries, started, t0, appended_ms))
         return BatchInFlight(report, durable)
-
-    async def _produce(
-        self, encoded: Awaitable[tuple[list[Recommendation], list[UserState]]], previous: asyncio.Future[Any] | None,
-        report: BatchReport, deliveries: list[Pending], loaded: float,
-    ) -> tuple[list[UserState], float]:
-        """Hand the batch's recommendations to the producer once encoded, after the previous batch's."""
-        recommendations, states = await encoded
-        t0 = _observe(self.metrics.batch_stage, BatchStage.ENCODE, loaded)
-        if previous is not None and not previous.done():
-            # A user's recommendations leave in the order of their events.
-            await asyncio.wait({previous})
-        for rec in recommendations:
-            deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
-        report.recommendations = recommendations
-        return states, _observe(self.metrics.batch_stage, BatchStage.PRODUCE, t0)
-
-    async def _store_and_finish(
-        self, produced: Awaitable[tuple[list[UserState], float]], changed: list[StoredWindow], report: BatchReport,
-        deliveries: list[Pending], started: float, appended_ms: dict[str, int],
-    ) -> BatchReport:
-        states, produced_at = await produced
-        save = asyncio.ensure_future(
-            self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
-        )
-        return await self._finish(report, save, deliveries, started, produced_at, appended_ms)
 
     async def _finish(
         self, report: BatchReport, save: Awaitable[None] | None, deliveries: list[Pending], started: float,
