@@ -13,10 +13,11 @@ batches of 5 records that could not keep up).
 to the caller; at most ``max_events`` per batch) with two changes: the buffer
 is swapped, not blocked, when a batch is handed over, so records keep
 arriving in the next buffer while the agent works; and a batch is handed over
-at once when records are already buffered. Only when the buffer is empty does
-it wait — for the first record, then up to ``linger_s`` for more. Batches are
-therefore small at light load and grow with the load (the records that came
-in during the previous batch), which is what keeps latency flat.
+at once when records are already buffered — topped up to ``max_events`` from
+records still waiting in the stream's channel, if any. Only when the buffer is
+empty does it wait — for the first record, then up to ``linger_s`` for more.
+Batches are therefore small at light load and grow with the load, up to full
+batches under a backlog, which is what keeps latency flat.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ import asyncio
 from typing import Any, AsyncIterator
 
 import faust
+
+
+BACKLOG_POLL_S = 0.001
+
+
+def _backlog(stream: faust.StreamT) -> int:
+    """Records consumed from Kafka that wait in the stream's channel, not yet in a batch."""
+    try:
+        return stream.channel.queue.qsize()  # type: ignore[attr-defined]
+    except AttributeError:
+        return 0
 
 
 async def micro_batches(stream: faust.StreamT, max_events: int, linger_s: float) -> AsyncIterator[list[Any]]:
@@ -66,6 +78,10 @@ async def micro_batches(stream: faust.StreamT, max_events: int, linger_s: float)
                 if linger_s > 0:
                     # Light load: give the batch a moment to gather the records right behind the first.
                     await stream.wait_for_stopped(full, timeout=linger_s)  # type: ignore[arg-type]
+            # Behind (records still wait in the stream's channel): let them into this batch, up
+            # to the maximum, so a backlog is worked off in large batches, not in many small ones.
+            while len(buffered[0]) < max_events and _backlog(stream) and not stream.should_stop:
+                await stream.wait_for_stopped(full, timeout=BACKLOG_POLL_S)  # type: ignore[arg-type]
             batch, buffered[0] = buffered[0], []
             has_events.clear()
             full.clear()

@@ -46,6 +46,9 @@ from streamrec.stream.window import WindowDecodeError, decode_window, encode_win
 
 log = logging.getLogger(__name__)
 
+# Users per window read request (Cassandra reads the partitions of an IN one after another on
+# each replica, so the groups stay small enough to spread over the request concurrency).
+READ_GROUP = 32
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 # Failures that mean "Cassandra is (temporarily) not there": the caller backs off and retries.
 _TRANSIENT = (NoHostAvailable, OperationTimedOut, RequestExecutionException, DriverException, ConnectionError)
@@ -191,8 +194,12 @@ class CassandraStore:
             statement.consistency_level = level
             return statement
 
-        self._select_window = prepare(
-            f"SELECT events, seq, WRITETIME(events) AS written_us FROM {ks}.windows WHERE user_id = ?", self._read_cl
+        self._keyspace = ks
+        # Several users per request: one round trip and one driver request instead of one per
+        # user (the driver's per-request Python cost dominated window reads of uncached users).
+        self._select_windows = prepare(
+            f"SELECT user_id, events, seq, WRITETIME(events) AS written_us FROM {ks}.windows WHERE user_id IN ?",
+            self._read_cl,
         )
         self._insert_window = prepare(
             f"INSERT INTO {ks}.windows (user_id, events, seq, updated_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL ?",
@@ -241,19 +248,32 @@ class CassandraStore:
         return results
 
     async def load_windows(self, user_ids: Sequence[str]) -> dict[str, StoredWindow]:
-        rows = await self._execute_all([(self._select_window, (u,)) for u in user_ids])
+        requests = [(self._select_windows, (group,)) for group in self._read_groups(user_ids)]
         windows: dict[str, StoredWindow] = {}
-        for user_id, result in zip(user_ids, rows):
-            if result:
-                row = result[0]
+        for result in await self._execute_all(requests):
+            for row in result or ():
                 try:
                     entries = tuple(decode_window(row.events))
                 except WindowDecodeError as exc:
                     # Written by a newer (or older) worker in a format this one cannot read,
                     # e.g. mid-rollout: retried like an outage, never merged over or crashed on.
-                    raise StateStoreError(f"window of user {user_id!r} cannot be read by this worker: {exc}") from exc
-                windows[user_id] = StoredWindow(user_id, entries, row.seq or 0, row.written_us or 0)
+                    raise StateStoreError(f"window of user {row.user_id!r} cannot be read by this worker: {exc}") from exc
+                windows[row.user_id] = StoredWindow(row.user_id, entries, row.seq or 0, row.written_us or 0)
         return windows
+
+    def _read_groups(self, user_ids: Sequence[str]) -> list[list[str]]:
+        """Users grouped by the replica that owns them, at most READ_GROUP per group.
+
+        An ``IN`` over partitions on several nodes makes its coordinator fetch
+        from the others; grouping by owner keeps each request on a node that
+        holds every partition it asks for (on one node: one group).
+        """
+        groups: dict[object, list[str]] = {}
+        metadata = self._cluster.metadata
+        for user_id in dict.fromkeys(user_ids):
+            replicas = metadata.get_replicas(self._keyspace, user_id.encode())
+            groups.setdefault(replicas[0].host_id if replicas else None, []).append(user_id)
+        return [users[i : i + READ_GROUP] for users in groups.values() for i in range(0, len(users), READ_GROUP)]
 
     @staticmethod
     def _window_params(w: StoredWindow, now_ms: int, ttl_s: int) -> tuple:
