@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from streamrec.errors import ModelError
 from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG
-from streamrec.models.features import FeatureBatch, UserSequence, exclusion_indices, featurize
+from streamrec.models.features import FeatureBatch, UserSequence, exclusion_from_features, exclusion_indices, featurize
 from streamrec.onnx.artifact import FP16_MODEL_FILE, Artifact, load_artifact
 
 log = logging.getLogger(__name__)
@@ -303,18 +303,20 @@ class EncoderSession:
         if not 1 <= k <= self.n_recommendable:
             raise ValueError(f"k must be within 1..{self.n_recommendable} (the catalogue size), got {k}")
         features = featurize(sequences, self.vocab, self.config)
-        if exclude_seen:
+        if exclude_seen and max(len(s) for s in sequences) <= features.item_idx.shape[1]:
+            exclude = exclusion_from_features(features.item_idx, self.vocab)  # nothing cut: same items, no lookup
+        elif exclude_seen:
             exclude = exclusion_indices(sequences, self.vocab)
         else:
             exclude = np.zeros((len(sequences), 1), dtype=np.int64)
         uv, idx, scores = self.run(features, exclude, k)
-        ids = self.vocab.ids
+        item_id = self.vocab.item_id  # not ``vocab.ids``: that copies the whole catalogue
         out: list[TopK] = []
         for row in range(len(sequences)):
             keep = np.isfinite(scores[row])  # -inf = excluded/reserved: never recommended
             out.append(
                 TopK(
-                    item_ids=[ids[i] for i in idx[row][keep].tolist()],
+                    item_ids=[item_id(i) for i in idx[row][keep].tolist()],
                     scores=scores[row][keep].astype(np.float32).tolist(),
                     user_vector=np.asarray(uv[row], dtype=np.float32),
                 )

@@ -10,6 +10,7 @@ from streamrec.models.features import (
     FIRST_EVENT_BUCKET,
     ItemVocab,
     UserSequence,
+    exclusion_from_features,
     exclusion_indices,
     featurize,
     time_gap_buckets,
@@ -88,6 +89,20 @@ def test_exclusion_indices_are_known_unique_items_padded_with_zero():
     assert ex.shape == (2, 3)
     assert ex[0].tolist() == [2, 0, 0]
     assert sorted(ex[1].tolist()) == [2, 3, 4]
+
+
+def test_exclusion_indices_match_a_per_user_unique_on_random_batches():
+    rng = np.random.default_rng(0)
+    vocab = ItemVocab([f"i{n}" for n in range(50)])
+    for _ in range(20):
+        batch = [seq([f"i{n}" for n in rng.integers(0, 60, size=rng.integers(1, 30))]) for _ in range(rng.integers(1, 12))]
+        ex = exclusion_indices(batch, vocab)
+        long_enough = EncoderConfig(n_items=50, event_types=("view", "click"), max_len=30, n_time_buckets=10)
+        assert (exclusion_from_features(featurize(batch, vocab, long_enough).item_idx, vocab) == ex).all()
+        for row, s in enumerate(batch):
+            expected = [i for i in np.unique(vocab.lookup(s.item_ids)).tolist() if i >= 2]  # 0 pad, 1 OOV
+            assert ex[row][: len(expected)].tolist() == expected
+            assert not ex[row][len(expected):].any()
 
 
 def test_user_sequence_rejects_ragged_fields():
