@@ -132,13 +132,16 @@ def time_gap_buckets(timestamps_ms: Sequence[int] | np.ndarray, n_buckets: int) 
     as gap 0; very long gaps share the last bucket.
     """
     ts = np.asarray(timestamps_ms, dtype=np.int64)
-    buckets = np.empty(ts.shape[0], dtype=np.int64)
-    if ts.shape[0] == 0:
-        return buckets
-    gaps_s = np.maximum(np.diff(ts), 0).astype(np.float64) / 1000.0
-    log_bucket = np.floor(np.log2(1.0 + gaps_s)).astype(np.int64)
-    buckets[0] = FIRST_EVENT_BUCKET
-    buckets[1:] = FIRST_REAL_INDEX + np.minimum(log_bucket, n_buckets - 1 - FIRST_REAL_INDEX)
+    first = np.zeros(ts.shape[0], dtype=bool)
+    first[:1] = True
+    return _gap_buckets(ts, first, n_buckets)
+
+
+def _gap_buckets(ts: np.ndarray, first: np.ndarray, n_buckets: int) -> np.ndarray:
+    """:func:`time_gap_buckets` over several sequences laid end to end; ``first`` marks where each starts."""
+    gaps_s = np.maximum(np.diff(ts, prepend=ts[:1]), 0).astype(np.float64) / 1000.0
+    buckets = FIRST_REAL_INDEX + np.minimum(np.floor(np.log2(1.0 + gaps_s)).astype(np.int64), n_buckets - 1 - FIRST_REAL_INDEX)
+    buckets[first] = FIRST_EVENT_BUCKET
     return buckets
 
 
@@ -157,24 +160,33 @@ def featurize(
     """
     kept = [min(len(s), config.max_len) for s in sequences]
     width = max([1, *kept]) if pad_to is None else max(pad_to, 1)
+    kept = [min(n, width) for n in kept]
     shape = (len(sequences), width)
     item_idx = np.zeros(shape, dtype=np.int64)
     etype = np.zeros(shape, dtype=np.int64)
     tbucket = np.zeros(shape, dtype=np.int64)
     mask = np.zeros(shape, dtype=np.int64)
-    for row, (seq, n) in enumerate(zip(sequences, kept)):
-        n = min(n, width)
-        if n == 0:
-            item_idx[row, -1] = OOV_INDEX
-            etype[row, -1] = OOV_INDEX
-            tbucket[row, -1] = FIRST_EVENT_BUCKET
-            mask[row, -1] = 1
-            continue
-        start = len(seq) - n
-        item_idx[row, -n:] = vocab.lookup(seq.item_ids[start:])
-        etype[row, -n:] = event_type_ids(seq.event_types[start:], config.event_types)
-        tbucket[row, -n:] = time_gap_buckets(seq.timestamps_ms[start:], config.n_time_buckets)
-        mask[row, -n:] = 1
+    # The whole batch in flat arrays (one lookup per field, not one per user: per-user
+    # calls were the largest Python cost of a worker's batch), then scattered into place.
+    counts = np.asarray(kept, dtype=np.int64)
+    total = int(counts.sum())
+    rows = np.repeat(np.arange(len(sequences), dtype=np.int64), counts)
+    position = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = width - counts[rows] + position
+    newest = [(s, len(s) - n) for s, n in zip(sequences, kept) if n]
+    item_idx[rows, cols] = vocab.lookup([i for s, start in newest for i in s.item_ids[start:]])
+    types = {name: FIRST_REAL_INDEX + i for i, name in enumerate(config.event_types)}
+    etype[rows, cols] = np.fromiter(
+        (types.get(t, OOV_INDEX) for s, start in newest for t in s.event_types[start:]), dtype=np.int64, count=total
+    )
+    ts = np.fromiter((t for s, start in newest for t in s.timestamps_ms[start:]), dtype=np.int64, count=total)
+    tbucket[rows, cols] = _gap_buckets(ts, position == 0, config.n_time_buckets)
+    mask[rows, cols] = 1
+    empty = counts == 0  # a single OOV event, so the encoder always has a position to read
+    item_idx[empty, -1] = OOV_INDEX
+    etype[empty, -1] = OOV_INDEX
+    tbucket[empty, -1] = FIRST_EVENT_BUCKET
+    mask[empty, -1] = 1
     return FeatureBatch(item_idx=item_idx, event_type=etype, time_bucket=tbucket, attention_mask=mask)
 
 

@@ -178,6 +178,32 @@ class PopularityModel:
             self._depth = 0  # recompute in full next time
 
 
+@dataclass
+class OnlineScores:
+    """A batch's online-evaluation sums, published to the metrics once per batch (not six calls per user)."""
+
+    evaluated: int = 0
+    hits: int = 0
+    ndcg: float = 0.0
+    baseline_hits: int = 0
+    baseline_ndcg: float = 0.0
+
+    def add(self, hit: bool, ndcg: float, baseline_hit: bool, baseline_ndcg: float) -> None:
+        self.evaluated += 1
+        self.hits += int(hit)
+        self.ndcg += ndcg
+        self.baseline_hits += int(baseline_hit)
+        self.baseline_ndcg += baseline_ndcg
+
+    def publish(self, metrics: WorkerMetrics) -> None:
+        if not self.evaluated:
+            return
+        for model, hits, ndcg in (("encoder", self.hits, self.ndcg), ("popularity", self.baseline_hits, self.baseline_ndcg)):
+            metrics.online_evaluated.labels(model).inc(self.evaluated)
+            metrics.online_hits.labels(model).inc(hits)
+            metrics.online_ndcg.labels(model).inc(ndcg)
+
+
 def score_previous(previous: Sequence[str], next_item: str, k: int = ONLINE_K) -> tuple[bool, int | None, float]:
     """Hit, 1-based rank and NDCG@k of ``next_item`` in a previous top-k list."""
     try:
@@ -305,12 +331,13 @@ class BatchProcessor:
             # loop (Kafka fetches, Cassandra callbacks of earlier batches) moving.
             loop = asyncio.get_running_loop()
             changed_users = {w.user_id for w in changed}
-            recommendations, states = await loop.run_in_executor(
+            recommendations, payloads, states = await loop.run_in_executor(
                 self._encode_thread, self._recommend, by_user, windows, changed_users
             )
             t0 = _observe(stage, BatchStage.ENCODE, t0)
-            for rec in recommendations:
-                deliveries.append(await self._send(Output(self.settings.recommendations_topic, rec.user_id.encode(), rec.to_json())))
+            topic = self.settings.recommendations_topic
+            for rec, payload in zip(recommendations, payloads):
+                deliveries.append(await self._send(Output(topic, rec.user_id.encode(), payload)))
             report.recommendations = recommendations
             t0 = _observe(stage, BatchStage.PRODUCE, t0)
             # Started now, awaited by _finish: the write overlaps the next batch.
@@ -430,13 +457,14 @@ class BatchProcessor:
 
     def _recommend(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow], changed: set[str]
-    ) -> tuple[list[Recommendation], list[UserState]]:
+    ) -> tuple[list[Recommendation], list[bytes], list[UserState]]:
+        """Each user's recommendation, its wire form (encoded once, for Kafka and the stored state) and new state."""
         with self._recommend_lock:
             return self._recommend_locked(by_user, windows, changed)
 
     def _recommend_locked(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow], changed: set[str]
-    ) -> tuple[list[Recommendation], list[UserState]]:
+    ) -> tuple[list[Recommendation], list[bytes], list[UserState]]:
         users = list(by_user)
         popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
         encoder = self.current_encoder()
@@ -450,10 +478,12 @@ class BatchProcessor:
 
         now_ms = int(self.clock() * 1000)
         recommendations: list[Recommendation] = []
+        payloads: list[bytes] = []
         states: list[UserState] = []
+        scores_sum = OnlineScores()
         for user_id, (items, scores, vector) in zip(users, ranked):
             events = by_user[user_id]
-            online = self._online_eval(user_id, events, windows[user_id], popular)
+            online = self._online_eval(user_id, events, windows[user_id], popular, scores_sum)
             # Labelled with the newest event of the window it was computed from, not the
             # last of this batch: a replay (whatever its batch boundaries) finds these
             # events already in the window and repeats the same (user_id, event_id).
@@ -462,18 +492,21 @@ class BatchProcessor:
                 user_id, items, scores, model_version=version, event_id=last.event_id,
                 event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,
             )
+            payload = rec.to_json()
             recommendations.append(rec)
+            payloads.append(payload)
             if user_id in changed:
                 # Written with the window, at the window's own (growing) timestamp. A batch that
                 # changed nothing (a replay) leaves the stored state as it was: rewriting it could
                 # not carry a timestamp known to be past the stored state's.
                 written_us = windows[user_id].written_us
-                states.append(UserState(user_id, version, vector, rec.to_json(), last.event_id, now_ms, written_us))
+                states.append(UserState(user_id, version, vector, payload, last.event_id, now_ms, written_us))
             self._remember(user_id, items, windows[user_id], popular, last.event_id)
+        scores_sum.publish(self.metrics)
         for events in by_user.values():
             for event in events:
                 self.popularity.observe(event.item_id)
-        return recommendations, states
+        return recommendations, payloads, states
 
     def _encode(
         self, encoder: Encoder, users: list[str], windows: dict[str, StoredWindow]
@@ -515,7 +548,8 @@ class BatchProcessor:
             self.previous.popitem(last=False)
 
     def _online_eval(
-        self, user_id: str, events: list[Event], window: StoredWindow, popular: list[tuple[str, int]]
+        self, user_id: str, events: list[Event], window: StoredWindow, popular: list[tuple[str, int]],
+        scores: OnlineScores,
     ) -> OnlineEval | None:
         """Score the user's previous recommendation (and the popularity baseline) against the next event."""
         previous = self.previous.get(user_id)
@@ -525,13 +559,7 @@ class BatchProcessor:
         next_item = events[0].item_id
         hit, rank, ndcg = score_previous(items, next_item)
         base_hit, _, base_ndcg = score_previous(baseline, next_item)
-        m = self.metrics
-        m.online_evaluated.labels("encoder").inc()
-        m.online_hits.labels("encoder").inc(int(hit))
-        m.online_ndcg.labels("encoder").inc(ndcg)
-        m.online_evaluated.labels("popularity").inc()
-        m.online_hits.labels("popularity").inc(int(base_hit))
-        m.online_ndcg.labels("popularity").inc(base_ndcg)
+        scores.add(hit, ndcg, base_hit, base_ndcg)
         return OnlineEval(k=ONLINE_K, hit=hit, rank=rank, ndcg=ndcg, previous_event_id=previous_event_id)
 
     # ------------------------------------------------------------------ #

@@ -10,6 +10,7 @@ from streamrec.models.features import (
     FIRST_EVENT_BUCKET,
     ItemVocab,
     UserSequence,
+    event_type_ids,
     exclusion_from_features,
     exclusion_indices,
     featurize,
@@ -121,3 +122,43 @@ def test_same_function_for_training_examples_and_serving():
     assert np.array_equal(f.item_idx.numpy(), served.item_idx)
     assert np.array_equal(f.time_bucket.numpy(), served.time_bucket)
     assert f.targets.tolist() == [[0, 0, 3, 4]]
+
+
+def _featurize_one_user_at_a_time(sequences, vocab, config, pad_to=None):
+    """The per-user reference featurize is measured against (the implementation before it was batched)."""
+    kept = [min(len(s), config.max_len) for s in sequences]
+    width = max([1, *kept]) if pad_to is None else max(pad_to, 1)
+    out = {name: np.zeros((len(sequences), width), dtype=np.int64) for name in ("item", "type", "time", "mask")}
+    for row, (s, n) in enumerate(zip(sequences, kept)):
+        n = min(n, width)
+        if n == 0:
+            out["item"][row, -1], out["type"][row, -1], out["time"][row, -1], out["mask"][row, -1] = 1, 1, 1, 1
+            continue
+        start = len(s) - n
+        out["item"][row, -n:] = vocab.lookup(s.item_ids[start:])
+        out["type"][row, -n:] = event_type_ids(s.event_types[start:], config.event_types)
+        out["time"][row, -n:] = time_gap_buckets(s.timestamps_ms[start:], config.n_time_buckets)
+        out["mask"][row, -n:] = 1
+    return out
+
+
+def test_batched_featurize_equals_the_per_user_reference_on_random_batches():
+    rng = np.random.default_rng(1)
+    vocab = ItemVocab([f"i{n}" for n in range(40)])
+    config = EncoderConfig(n_items=40, event_types=("view", "click"), max_len=8, n_time_buckets=10)
+    for trial in range(40):
+        batch = []
+        for _ in range(rng.integers(1, 10)):
+            n = int(rng.integers(0, 14))  # empty, short, and longer than max_len
+            batch.append(UserSequence(
+                item_ids=[f"i{k}" for k in rng.integers(0, 50, size=n)],  # some unknown
+                event_types=[str(t) for t in rng.choice(["view", "click", "share"], size=n)],  # one unknown type
+                timestamps_ms=[int(t) for t in rng.integers(0, 10**8, size=n)],  # out of order too
+            ))
+        pad_to = None if trial % 2 else int(rng.integers(1, 12))
+        got = featurize(batch, vocab, config, pad_to=pad_to)
+        want = _featurize_one_user_at_a_time(batch, vocab, config, pad_to=pad_to)
+        assert (got.item_idx == want["item"]).all()
+        assert (got.event_type == want["type"]).all()
+        assert (got.time_bucket == want["time"]).all()
+        assert (got.attention_mask == want["mask"]).all()
