@@ -261,18 +261,6 @@ def isolated_settings(base: Settings, bench: str, run_id: str, **overrides: Any)
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process see ``settings``."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"STREAMREC_{name.upper()}"] = str(value)
-    return env
-
-
 def create_topics(settings: Settings, extra: Sequence[str] = (), partitions: int | None = None) -> dict[str, int]:
     """The streamrec topics of ``settings`` plus ``extra`` ones (same partition count)."""
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -682,7 +670,7 @@ class BenchProcess:
         return self.proc.pid
 
     def start(self, *, need_model: bool = False, wait_s: float = 180.0) -> "BenchProcess":
-        env = {**os.environ, **settings_env(self.settings), "STREAMREC_WORKER_ID": self.worker_id, **self.extra_env}
+        env = {**os.environ, **self.settings.to_env(), "STREAMREC_WORKER_ID": self.worker_id, **self.extra_env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as handle:
             self.proc = subprocess.Popen(self.argv, env=env, stdout=handle, stderr=subprocess.STDOUT)

@@ -37,11 +37,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process see ``settings``."""
-    return settings.to_env()
-
-
 @dataclass
 class WorkerProcess:
     """A real `streamrec worker` process."""
@@ -56,7 +51,7 @@ class WorkerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self, wait_healthy: float = 90.0) -> "WorkerProcess":
-        env = {**os.environ, **settings_env(self.settings), "STREAMREC_WORKER_ID": self.worker_id,
+        env = {**os.environ, **self.settings.to_env(), "STREAMREC_WORKER_ID": self.worker_id,
                "STREAMREC_WEB_PORT": str(self.web_port), **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
