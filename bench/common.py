@@ -772,6 +772,17 @@ def prepare_model(settings: Settings, model: Path | None, train_events: Sequence
 # ---------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_latency(points: Sequence[tuple[float, float]], path: Path, title: str, target_ms: float | None = None,
                  series: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path | None:
     """Latency-over-time scatter with per-second p50/p99 lines; ``series`` adds more runs (e.g. passthrough)."""
@@ -800,11 +811,7 @@ def plot_latency(points: Sequence[tuple[float, float]], path: Path, title: str, 
     ax.set_ylabel("event produced → recommendation consumed (ms)")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_progress(runs: dict[str, Sequence[tuple[float, float]]], path: Path, title: str) -> Path | None:
@@ -825,11 +832,7 @@ def plot_progress(runs: dict[str, Sequence[tuple[float, float]]], path: Path, ti
     ax.set_ylabel("events committed")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_bars(values: dict[str, float], path: Path, title: str, xlabel: str) -> Path | None:
@@ -845,11 +848,7 @@ def plot_bars(values: dict[str, float], path: Path, title: str, xlabel: str) -> 
     ax.barh(names, [values[n] for n in names])
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

@@ -198,8 +198,4 @@ def plot_stages(stages: dict[str, float | None], path: Path, title: str) -> Path
     ax.set_yticks(range(len(bars)), list(bars))
     ax.set_xlabel("ms (mean per micro-batch)")
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)

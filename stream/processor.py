@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
+from prometheus_client import Histogram
 
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
@@ -102,7 +103,7 @@ class BatchInFlight:
     durable: "asyncio.Future[BatchReport]"
 
 
-def _observe(histogram: Any, stage: BatchStage, since: float) -> float:
+def _observe(histogram: Histogram, stage: BatchStage, since: float) -> float:
     """Record the time since ``since`` (perf_counter) under ``stage``; returns now, the next stage's start."""
     now = time.perf_counter()
     histogram.labels(stage).observe(now - since)
@@ -501,7 +502,9 @@ class BatchProcessor:
                 # not carry a timestamp known to be past the stored state's.
                 written_us = windows[user_id].written_us
                 states.append(UserState(user_id, version, vector, payload, last.event_id, now_ms, written_us))
-            self._remember(user_id, items, windows[user_id], popular, last.event_id)
+            # The popularity baseline scored against the user's next event; in the fallback it is `items`.
+            baseline = items if version == 0 else self._popular_for(windows[user_id], popular)[0]
+            self._remember(user_id, items, baseline, last.event_id)
         scores_sum.publish(self.metrics)
         for events in by_user.values():
             for event in events:
@@ -538,10 +541,7 @@ class BatchProcessor:
         picked = [(item, float(count)) for item, count in popular if item not in seen][: self.settings.top_k]
         return [i for i, _ in picked], [s for _, s in picked], b""
 
-    def _remember(
-        self, user_id: str, items: list[str], window: StoredWindow, popular: list[tuple[str, int]], event_id: str
-    ) -> None:
-        baseline = self._popular_for(window, popular)[0]
+    def _remember(self, user_id: str, items: list[str], baseline: list[str], event_id: str) -> None:
         self.previous[user_id] = (items, baseline, event_id)
         self.previous.move_to_end(user_id)
         while len(self.previous) > self._previous_capacity:
