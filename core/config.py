@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     onnx_threads: int = 0  # CPU cores one batch encode may use, as concurrent shards (0 = physical cores)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    # Events of a forgotten user that arrive after the request: tracked anew from an empty
+    # window (start_fresh), or dead-lettered with reason forgotten_user (refuse).
+    forget_policy: Literal["start_fresh", "refuse"] = "start_fresh"
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
@@ -150,6 +153,16 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return self.topic("events.dlq")
+
+    @property
+    def forget_topic(self) -> str:
+        """Requests to forget a user (keyed by user id; as many partitions as the events topic)."""
+        return self.topic("forget")
+
+    @property
+    def forget_audit_topic(self) -> str:
+        """One audit record per completed forget request."""
+        return self.topic("forget.audit")
 
     @property
     def model_updates_topic(self) -> str:

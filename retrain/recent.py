@@ -8,11 +8,17 @@ heavy users' last N events); Kafka retention must cover the horizon. Events
 are streamed, validated with the worker's own rules, and kept per user in a
 bounded deque, so memory is bounded by users × ``retrain_user_cap`` whatever
 the number of events.
+
+Users who asked to be forgotten are left out: their events stamped at or
+before the request (under ``STREAMREC_FORGET_POLICY=refuse``, all of them),
+although the topic still holds them. The suppression list is read from
+Cassandra every round; a round that cannot read it does not train.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import TypeVar
@@ -21,9 +27,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from streamrec.config import Settings
-from streamrec.errors import StreamrecError
+from streamrec.errors import StateStoreError, StreamrecError
 from streamrec.models.data import EventLog
 from streamrec.stream.events import Event, ValidationRules, parse_event
+from streamrec.stream.forgotten import ForgottenUsers
+from streamrec.stream.state.cassandra import CassandraStore
+
+log = logging.getLogger(__name__)
 
 
 class RetrainError(StreamrecError):
@@ -116,15 +126,39 @@ def end_offsets_total(settings: Settings) -> int:
         raise RetrainError(f"cannot read {settings.events_topic}: {exc}") from exc
 
 
+def forgotten_users(settings: Settings) -> ForgottenUsers:
+    """The suppression list as stored; raises RetrainError when Cassandra cannot be read."""
+    async def load() -> ForgottenUsers:
+        store = CassandraStore.open(settings)
+        try:
+            return ForgottenUsers(await store.load_forgotten())
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(load())
+    except StateStoreError as exc:
+        raise RetrainError(f"cannot read the forgotten users, so cannot keep them out of training: {exc}") from exc
+
+
 def recent_event_log(settings: Settings) -> tuple[EventLog, int]:
-    """The recent events as an EventLog (deduplicated by event_id per user) and the number read."""
+    """The recent events as an EventLog (deduplicated by event_id per user, forgotten users left out) and the number read."""
+    forgotten = forgotten_users(settings)
+    refuse = settings.forget_policy == "refuse"
     since = int(time.time() * 1000 - settings.retrain_horizon_hours * 3_600_000)
     per_user, read = asyncio.run(_read_recent(settings, since, settings.retrain_user_cap, settings.retrain_max_events))
     log_ = EventLog()
+    left_out = 0
     for user, rows in per_user.items():
         seen: set[str] = set()
+        mark = forgotten.get(user)
         for ts, event_id, item, event_type in sorted(rows):
+            if mark is not None and (refuse or ts <= mark.forgotten_at_ms):
+                left_out += 1
+                continue
             if event_id not in seen:
                 seen.add(event_id)
                 log_.append(user, item, event_type, ts)
+    if left_out:
+        log.info("left out %d events of forgotten users", left_out)
     return log_, read

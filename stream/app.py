@@ -29,6 +29,7 @@ from faust.web import Request, Response, View
 from streamrec.config import Settings
 from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
+from streamrec.stream.forget import Forgetter
 from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.processor import BatchInFlight, BatchProcessor, SourceRecord
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 METADATA_MAX_AGE_MS = 10_000
 REFRESH_TIMEOUT_S = 3.0
+FORGET_BATCH = 64
+FORGOTTEN_RELOAD_S = 60.0
 
 
 class WorkerApp(faust.App):
@@ -54,12 +57,12 @@ class FaustSink:
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]:
         return await self._app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
 
 
-class EventsPartitions:
-    """The events topic's partition count, as this worker last read it from the cluster (None until known).
+class PartitionCount:
+    """A topic's partition count, as this worker last read it from the cluster (None until known).
 
     The processor compares each record's partition with its key's owner
     partition under this count. It is refreshed on every assignment (before
@@ -177,11 +180,14 @@ def create_app(
     app = new_worker_app(settings, settings.state_dir / "worker" / worker_id, web_host="0.0.0.0")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     sink = FaustSink(app)
-    partitions = EventsPartitions(app, settings.events_topic)
+    partitions = PartitionCount(app, settings.events_topic)
     processor = BatchProcessor(
         settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id,
         cache_capacity=settings.window_cache_users, partition_count=partitions,
     )
+    forget_topic = app.topic(settings.forget_topic, key_type=bytes, value_type=bytes)
+    forget_partitions = PartitionCount(app, settings.forget_topic)
+    forgetter = Forgetter(settings, processor, partition_count=forget_partitions, worker_id=worker_id)
 
     @app.agent(events_topic, concurrency=1)
     async def ingest(stream: faust.StreamT) -> None:
@@ -205,13 +211,7 @@ def create_app(
         try:
             async for batch in batches:
                 fetched_ms = int(time.time() * 1000)
-                records = [
-                    SourceRecord(
-                        e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value,
-                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                    )
-                    for e in batch
-                ]
+                records = [source_record(e) for e in batch]
                 # Shielded: a SIGTERM lets the batch reach the producer, then it is finished below.
                 started = asyncio.ensure_future(processor.begin(records, fetched_ms=fetched_ms))
                 in_flight = await asyncio.shield(started)
@@ -247,6 +247,34 @@ def create_app(
             await batches.aclose()
             stream.enable_acks = False
 
+    @app.agent(forget_topic, concurrency=1)
+    async def forget(stream: faust.StreamT) -> None:
+        # One request at a time, each acknowledged only once carried out (see stream/forget.py).
+        requests = micro_batches(stream, FORGET_BATCH, linger_s=0.0)
+        try:
+            async for batch in requests:
+                for event in batch:
+                    await forgetter.handle(source_record(event))
+                    await stream.ack(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not input: stop as the ingest agent does, with nothing more acked
+            on_fatal(exc)
+            await app.crash(exc)
+        finally:
+            await requests.aclose()
+            stream.enable_acks = False
+
+    async def reload_forgotten() -> None:
+        # The suppression list as stored: a user this worker now owns may have been forgotten by
+        # its previous owner, and that user's past events can still be replayed here.
+        try:
+            marks = await asyncio.wait_for(store.load_forgotten(), timeout=REFRESH_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - kept as it was; the timer tries again
+            log.warning("could not read the forgotten users: %r", exc)
+            return
+        processor.forgotten.replace_all(marks)
+
     assignment = {"settled": False}  # the group has given this worker its partitions (none while rebalancing)
 
     @app.on_partitions_revoked.connect
@@ -258,11 +286,18 @@ def create_app(
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         processor.on_rebalance()
         await partitions.refresh()
+        await forget_partitions.refresh()
+        await reload_forgotten()
         assignment["settled"] = True
 
     @app.timer(interval=METADATA_MAX_AGE_MS / 1000.0)
     async def refresh_partition_count() -> None:
         await partitions.refresh()
+        await forget_partitions.refresh()
+
+    @app.timer(interval=FORGOTTEN_RELOAD_S)
+    async def refresh_forgotten() -> None:
+        await reload_forgotten()
 
     @app.timer(interval=5.0)
     async def report_lag() -> None:
@@ -295,6 +330,15 @@ def create_app(
             return self.json(report, status=200 if ok else 503)
 
     return app, processor
+
+
+def source_record(event: Any) -> SourceRecord:
+    """The processor's view of a consumed Faust event."""
+    message = event.message
+    return SourceRecord(
+        message.topic, message.partition, message.offset, message.key, message.value,
+        int(message.timestamp * 1000) if message.timestamp else None,
+    )
 
 
 def kafka_connected(app: faust.App) -> bool:

@@ -1,4 +1,4 @@
-"""Stream commands: `worker`, `produce`, `tail`, `inspect`, `topics`, `cassandra`."""
+"""Stream commands: `worker`, `produce`, `tail`, `inspect`, `forget`, `topics`, `cassandra`."""
 
 from __future__ import annotations
 
@@ -191,6 +191,58 @@ def inspect_user(settings: Settings, user_id: str, as_json: bool) -> None:
         click.echo(f"latest recommendation (model v{rec['model_version']}, after {rec['event_id']}): {items}")
     else:
         click.echo("no recommendation yet")
+
+
+# --------------------------------------------------------------------------- #
+# forget
+# --------------------------------------------------------------------------- #
+@click.group()
+def forget() -> None:
+    """Forget a user on request (their data removed, their past kept out of training)."""
+
+
+@forget.command("user")
+@click.argument("user_id")
+@click.option("--by", "requested_by", default=None, help="Who asks, for the audit record (default user@host).")
+@click.option("--reason", default="", help="Free text kept in the request (not in the audit record).")
+@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for a worker to confirm (0: send and return).")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON.")
+@click.pass_obj
+def forget_user(settings: Settings, user_id: str, requested_by: str | None, reason: str, wait_s: float,
+                as_json: bool) -> None:
+    """Ask the workers to forget USER_ID and wait for the audit record that says it was done.
+
+    The worker that owns the user deletes their window, serving state and
+    latest recommendation from Cassandra, produces a tombstone for them to
+    the recommendations topic, and records the user (as a hash) so that
+    their past events stay out of serving and of every retraining round.
+    """
+    # aiokafka, the processor (numpy, prometheus): 0.3-0.5 s
+    from streamrec.stream.forget import default_requester, request_forget
+    from streamrec.stream.topics import ensure_topics_sync
+
+    counts = ensure_topics_sync(settings)
+    request, audit = asyncio.run(request_forget(
+        settings, user_id, requested_by=requested_by or default_requester(), reason=reason, wait_s=wait_s,
+        partitions=counts.get(settings.forget_topic),
+    ))
+    if audit is None:
+        message = (f"request {request.request_id} for user {user_id} is on {settings.forget_topic}; no worker confirmed"
+                   f" it within {wait_s:g} s. It is carried out when a worker runs: look for its audit record on"
+                   f" {settings.forget_audit_topic}.")
+        if wait_s > 0:
+            raise click.ClickException(message)
+        click.echo(message)
+        return
+    if as_json:
+        click.echo(audit.to_json().decode())
+        return
+    click.echo(f"forgot user {user_id} (request {audit.request_id}, by {audit.requested_by}, worker {audit.worker_id})")
+    click.echo(f"  removed: window of {audit.removed.window_events} events, serving state and latest recommendation:"
+               f" {'yes' if audit.removed.user_state else 'none stored'}")
+    click.echo(f"  tombstone produced to {settings.recommendations_topic}; events stamped up to"
+               f" {audit.forgotten_at_ms} left out of serving and retraining; later events: {audit.policy}")
 
 
 # --------------------------------------------------------------------------- #

@@ -89,6 +89,8 @@ class Reason(StrEnum):
     TIMESTAMP_NEGATIVE = "timestamp_negative"
     TIMESTAMP_NOT_FINITE = "timestamp_not_finite"
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+    FORGOTTEN_USER = "forgotten_user"  # the user asked to be forgotten and STREAMREC_FORGET_POLICY=refuse
+    INVALID_FORGET_REQUEST = "invalid_forget_request"  # a record on the forget topic that is not a request
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,13 @@ class WorkerMetrics:
             registry=r,
         )
         self.duplicates = Counter("streamrec_window_duplicates", "Events already in the window (replays)", registry=r)
+        self.forgotten_events = Counter(
+            "streamrec_forgotten_events", "Events of forgotten users: dropped (their past) or refused (dead-lettered)",
+            ["action"], registry=r,
+        )
+        self.forget_requests = Counter(
+            "streamrec_forget_requests", "Forget requests handled, by outcome", ["outcome"], registry=r
+        )
         self.recommendations = Counter("streamrec_recommendations", "Recommendation messages emitted", registry=r)
         self.batch_size = Histogram(
             "streamrec_batch_size", "Records per micro-batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096),

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
@@ -30,10 +30,11 @@ from prometheus_client import Histogram
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
 from streamrec.models.features import UserSequence
-from streamrec.stream.events import DeadLetter, Event, Rejection, ValidationRules, parse_event
+from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, ValidationRules, parse_event
+from streamrec.stream.forgotten import ForgottenUsers
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
-from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
+from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.topics import owner_partition
 from streamrec.stream.window import WindowEntry, merge_window
 
@@ -61,7 +62,7 @@ class Output:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     partition: int | None = None
 
 
@@ -71,7 +72,7 @@ Pending = tuple[Output, "Awaitable[Any]"]
 class Sink(Protocol):
     """Where the processor's Kafka output goes; ``send`` returns an awaitable delivery."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]: ...
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]: ...
 
 
 class Encoder(Protocol):
@@ -92,6 +93,7 @@ class BatchReport:
     repartitioned: int = 0
     rerouted: int = 0
     duplicates: int = 0
+    forgotten: int = 0  # events of forgotten users: dropped (their past) or dead-lettered (refuse policy)
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
@@ -243,6 +245,7 @@ class BatchProcessor:
         self.rules = rules or ValidationRules.from_settings(settings)
         self.cache = WindowCache(cache_capacity)
         self.popularity = PopularityModel()
+        self.forgotten = ForgottenUsers()
         # The last recommendation per user, to score it against the user's next event.
         self.previous: OrderedDict[str, tuple[list[str], list[str], str]] = OrderedDict()
         self._previous_capacity = cache_capacity
@@ -255,6 +258,9 @@ class BatchProcessor:
         self.encoder_error: str | None = None  # the model's last failure, until it serves a batch again
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._recommend_lock = threading.Lock()
+        # Held from a batch's first record to its recommendations reaching the producer; a forget
+        # request takes it, so a batch sees a forget entirely or not at all.
+        self._batch_lock = asyncio.Lock()
 
     def on_rebalance(self) -> None:
         """Forget worker-local state about users: their partitions may have moved."""
@@ -263,6 +269,43 @@ class BatchProcessor:
             self.previous.clear()
 
     # ------------------------------------------------------------------ #
+    @property
+    def between_batches(self) -> asyncio.Lock:
+        """Held while a batch goes from its first record to its recommendations reaching the producer."""
+        return self._batch_lock
+
+    def forget_now(self, user_id: str, mark: ForgetMark) -> ForgetMark:
+        """Stop serving ``user_id`` from anything known so far; returns the mark with its delete timestamp.
+
+        Call it holding :attr:`between_batches`. From here on the user's
+        events stamped at or before ``mark.forgotten_at_ms`` are dropped, and
+        later ones start from an empty window written after the delete (whose
+        timestamp is past every write this worker made for the user: the
+        cache is ahead of the store).
+        """
+        cached = self.cache.get(user_id)
+        deleted_us = next_write_us(cached.written_us if cached else 0, int(self.clock() * 1_000_000))
+        mark = replace(mark, deleted_us=max(mark.deleted_us, deleted_us))
+        self.forgotten.add(mark)
+        self.cache.put(StoredWindow(user_id, written_us=mark.deleted_us))
+        with self._recommend_lock:
+            self.previous.pop(user_id, None)
+        return mark
+
+    def forgotten_at(self, user_id: str, mark: ForgetMark) -> None:
+        """The store deleted at ``mark.deleted_us``: the user's next window must be written after that."""
+        self.forgotten.add(mark)
+        cached = self.cache.get(user_id)
+        if cached is not None and cached.written_us < mark.deleted_us:
+            # Only when the stored rows carried a later timestamp than this worker's clock (another
+            # owner's clock ahead); events merged meanwhile come back with the user's next write.
+            self.cache.put(replace(cached, written_us=mark.deleted_us))
+
+    def _empty_window(self, user_id: str) -> StoredWindow:
+        """A user with no stored window; a forgotten one's first window must be written after the delete."""
+        mark = self.forgotten.get(user_id) if self.forgotten else None
+        return StoredWindow(user_id, written_us=mark.deleted_us if mark else 0)
+
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         """Handle one micro-batch; returns when all its effects are durable."""
         return await (await self.begin(records)).durable
@@ -278,6 +321,10 @@ class BatchProcessor:
         here, ahead of the store): its writes carry later write timestamps, so
         whatever order the writes land in, Cassandra keeps the newest window.
         """
+        async with self._batch_lock:
+            return await self._begin(records, fetched_ms)
+
+    async def _begin(self, records: Sequence[SourceRecord], fetched_ms: int | None) -> BatchInFlight:
         started = self.clock()
         t0 = time.perf_counter()
         stage = self.metrics.batch_stage
@@ -294,7 +341,7 @@ class BatchProcessor:
         for record in records:
             parsed = parse_event(record.value, rules=self.rules)
             if isinstance(parsed, Rejection):
-                deliveries.append(await self._dead_letter(record, parsed))
+                deliveries.append(await self.dead_letter(record, parsed))
                 report.rejected += 1
                 continue
             user_key = parsed.user_id.encode()
@@ -302,14 +349,26 @@ class BatchProcessor:
             if record.key != user_key:
                 # Another key would put the user's events on several partitions
                 # (and workers): re-key by user and let the owner handle it.
-                deliveries.append(await self._send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
+                deliveries.append(await self.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.repartitioned += 1
             elif owner is not None and record.partition != owner:
                 # The right key on the wrong partition (a CRC32 producer, or partitions
                 # added since it was produced): merging it here would give the user two
                 # owners racing on one window. Move it to the owner's partition.
-                deliveries.append(await self._send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
+                deliveries.append(await self.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.rerouted += 1
+            elif self.forgotten and (mark := self.forgotten.get(parsed.user_id)) is not None and (
+                parsed.ts_ms <= mark.forgotten_at_ms or self.settings.forget_policy == "refuse"
+            ):
+                report.forgotten += 1
+                if parsed.ts_ms <= mark.forgotten_at_ms:
+                    # The forgotten past (a replay, or a record that was still on its way): dropped on
+                    # purpose; dead-lettering it would keep a copy of what the user asked to remove.
+                    self.metrics.forgotten_events.labels("dropped").inc()
+                else:
+                    self.metrics.forgotten_events.labels("refused").inc()
+                    rejection = Rejection(Reason.FORGOTTEN_USER, "the user asked to be forgotten; STREAMREC_FORGET_POLICY=refuse")
+                    deliveries.append(await self.dead_letter(record, rejection))
             else:
                 by_user.setdefault(parsed.user_id, []).append(parsed)
                 if record.timestamp_ms is not None:
@@ -322,7 +381,7 @@ class BatchProcessor:
 
         save: Awaitable[None] | None = None
         if by_user:
-            windows, changed, report.duplicates = await self._retry("window read", lambda: self._merge_windows(by_user))
+            windows, changed, report.duplicates = await self.retry("window read", lambda: self._merge_windows(by_user))
             self.metrics.duplicates.inc(report.duplicates)
             # Ahead of the store (see the docstring): the next batch must see these events.
             for user_id in by_user:
@@ -338,12 +397,12 @@ class BatchProcessor:
             t0 = _observe(stage, BatchStage.ENCODE, t0)
             topic = self.settings.recommendations_topic
             for rec, payload in zip(recommendations, payloads):
-                deliveries.append(await self._send(Output(topic, rec.user_id.encode(), payload)))
+                deliveries.append(await self.send(Output(topic, rec.user_id.encode(), payload)))
             report.recommendations = recommendations
             t0 = _observe(stage, BatchStage.PRODUCE, t0)
             # Started now, awaited by _finish: the write overlaps the next batch.
             save = asyncio.ensure_future(
-                self._retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
+                self.retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
             )
         durable = asyncio.ensure_future(self._finish(report, save, deliveries, started, t0, appended_ms))
         return BatchInFlight(report, durable)
@@ -356,7 +415,7 @@ class BatchProcessor:
         try:
             if save is not None:
                 await save
-            await self._deliver(deliveries)
+            await self.deliver(deliveries)
         except BaseException:
             if isinstance(save, asyncio.Future):
                 save.cancel()
@@ -372,7 +431,7 @@ class BatchProcessor:
         return report
 
     # ------------------------------------------------------------------ #
-    async def _send(self, output: Output) -> Pending:
+    async def send(self, output: Output) -> Pending:
         """Hand ``output`` to the producer; a refusal at send time becomes a failed delivery (retried)."""
         try:
             return output, await self.sink.send(output.topic, output.key, output.value, output.partition)
@@ -381,7 +440,7 @@ class BatchProcessor:
             failed.set_exception(exc)
             return output, failed
 
-    async def _deliver(self, pending: list[Pending]) -> None:
+    async def deliver(self, pending: list[Pending]) -> None:
         """Wait until every output is delivered, re-sending failed ones with backoff (the batch stays unacked).
 
         Output is at-least-once, so a re-send is safe. While deliveries fail,
@@ -408,9 +467,10 @@ class BatchProcessor:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_delay_s)
-            pending = [await self._send(out) for out, _ in failed]
+            pending = [await self.send(out) for out, _ in failed]
 
-    async def _dead_letter(self, record: SourceRecord, rejection: Rejection) -> Pending:
+    async def dead_letter(self, record: SourceRecord, rejection: Rejection) -> Pending:
+        """Hand the dead letter of ``record`` to the producer (delivered with the batch's other outputs)."""
         self.metrics.rejected.labels(str(rejection.reason)).inc()
         letter = DeadLetter.from_rejection(
             rejection, record.value, key=record.key, topic=record.topic, partition=record.partition,
@@ -418,7 +478,7 @@ class BatchProcessor:
             rejected_at_ms=int(self.clock() * 1000),
         )
         log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
-        return await self._send(Output(self.settings.dlq_topic, letter.kafka_key(), letter.to_json()))
+        return await self.send(Output(self.settings.dlq_topic, letter.kafka_key(), letter.to_json()))
 
     async def _merge_windows(
         self, by_user: dict[str, list[Event]]
@@ -435,7 +495,7 @@ class BatchProcessor:
         if missing:
             loaded = await self._timed(CassandraOp.LOAD_WINDOWS, self.store.load_windows(missing))
             for user_id in missing:
-                windows[user_id] = loaded.get(user_id) or StoredWindow(user_id)
+                windows[user_id] = loaded.get(user_id) or self._empty_window(user_id)
 
         duplicates = 0
         changed: list[StoredWindow] = []
@@ -570,7 +630,7 @@ class BatchProcessor:
         finally:
             self.metrics.cassandra_latency.labels(op).observe(time.perf_counter() - started)
 
-    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt`` until it succeeds, backing off on store failures (never drops the batch)."""
         delay = 0.05
         failures = 0

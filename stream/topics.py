@@ -44,7 +44,18 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(durable)),
         NewTopic(settings.dlq_topic, p, r, topic_configs={"retention.ms": str(30 * 86_400_000), **durable}),
         NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact", **durable}),
+        # Kept forever: the record that each request was carried out holds a hash, not the id.
+        NewTopic(settings.forget_audit_topic, 1, r, topic_configs={"retention.ms": "-1", **durable}),
     ]
+
+
+def forget_topic_spec(settings: Settings, events_partitions: int) -> NewTopic:
+    """The forget-request topic: the events topic's partition count, so that partition i of both goes to the
+    same worker (Faust assigns topics of equal partition counts together), and a week's retention (requests
+    carry the user id)."""
+    durable = {"min.insync.replicas": "2"} if settings.topic_replication >= 3 else {}
+    return NewTopic(settings.forget_topic, events_partitions, settings.topic_replication,
+                    topic_configs={"retention.ms": str(7 * 86_400_000), **durable})
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
@@ -63,13 +74,14 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 log.info("created topic %s (%d partitions)", spec.name, spec.num_partitions)
             except TopicAlreadyExistsError:
                 pass  # another worker created it first
-        counts: dict[str, int] = {}
-        for _ in range(20):  # freshly created topics take a moment to show their partitions
-            described = await admin.describe_topics([s.name for s in topic_specs(settings)])
-            counts = {d["topic"]: len(d["partitions"]) for d in described}
-            if all(counts.values()):
-                break
-            await asyncio.sleep(0.25)
+        counts = await _partition_counts(admin, [s.name for s in topic_specs(settings)])
+        events_partitions = counts.get(settings.events_topic) or settings.topic_partitions
+        if settings.forget_topic not in existing:
+            try:
+                await admin.create_topics([forget_topic_spec(settings, events_partitions)])
+            except TopicAlreadyExistsError:
+                pass
+        counts.update(await _partition_counts(admin, [settings.forget_topic]))
     finally:
         await admin.close()
     if counts.get(settings.events_topic, 0) < settings.topic_partitions:
@@ -77,6 +89,24 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             "%s has %s partitions, fewer than the configured %d: at most that many workers get work",
             settings.events_topic, counts.get(settings.events_topic), settings.topic_partitions,
         )
+    if counts.get(settings.forget_topic) != counts.get(settings.events_topic):
+        log.warning(
+            "%s has %s partitions but %s has %s: forget requests may reach a worker that does not own the user"
+            " (give both topics the same partition count)",
+            settings.forget_topic, counts.get(settings.forget_topic), settings.events_topic,
+            counts.get(settings.events_topic),
+        )
+    return counts
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _ in range(20):  # freshly created topics take a moment to show their partitions
+        described = await admin.describe_topics(topics)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.values()):
+            break
+        await asyncio.sleep(0.25)
     return counts
 
 

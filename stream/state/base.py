@@ -58,6 +58,30 @@ class UserState:
     written_us: int = 0  # write timestamp (epoch µs); 0 = let the store use its clock
 
 
+@dataclass(frozen=True, slots=True)
+class ForgetMark:
+    """One entry of the suppression list kept for a forgotten user.
+
+    It holds no id, only a one-way hash of it (:func:`streamrec.stream.forgotten.user_hash`):
+    enough for the workers and the retrainer to recognise the user's past
+    events, which the events topic still holds, and keep them out.
+    """
+
+    user_hash: str
+    forgotten_at_ms: int  # events stamped at or before this are the forgotten past
+    deleted_us: int  # write timestamp of the delete; the user's next window is written after it
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What :meth:`WindowStore.forget_user` removed, and the write timestamp it deleted at."""
+
+    window_events: int
+    had_state: bool
+    deleted_us: int
+
+
 def next_write_us(previous_us: int, now_us: int) -> int:
     """The write timestamp for a user's next write: the clock, but always after ``previous_us``."""
     return max(now_us, previous_us + 1)
@@ -83,6 +107,23 @@ class WindowStore(Protocol):
         ...
 
     async def load_user_state(self, user_id: str) -> UserState | None:
+        ...
+
+    async def forget_user(self, user_id: str, mark: ForgetMark) -> ForgetResult:
+        """Delete the user's window and state (with it the latest recommendation), then record ``mark``.
+
+        The delete carries a write timestamp past ``mark.deleted_us`` and past
+        the stored rows' own, so no earlier write can land after it; the
+        returned ``deleted_us`` is that timestamp. Idempotent.
+        """
+        ...
+
+    async def forget_mark(self, user_hash: str) -> ForgetMark | None:
+        """The stored mark of one user, if they were forgotten (its request was then carried out)."""
+        ...
+
+    async def load_forgotten(self) -> list[ForgetMark]:
+        """Every forgotten user's mark (the suppression list)."""
         ...
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ import re
 import ssl
 import threading
 import time
+from datetime import timezone
 from typing import Any, Callable, Sequence
 
 from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, RequestExecutionException
@@ -41,7 +42,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from streamrec.config import Settings
 from streamrec.errors import ConfigError, StateStoreError
-from streamrec.stream.state.base import StoredWindow, UserState
+from streamrec.stream.state.base import ForgetMark, ForgetResult, StoredWindow, UserState
 from streamrec.stream.window import WindowDecodeError, decode_window, encode_window
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,14 @@ def migrate(session: Session, settings: Settings) -> None:
               updated_at timestamp
            ) WITH comment = 'latest user vector and recommendation per user'"""
     )
+    session.execute(
+        f"""CREATE TABLE IF NOT EXISTS {ks}.forgotten_users (
+              user_hash text PRIMARY KEY,
+              forgotten_at timestamp,
+              deleted_us bigint,
+              request_id text
+           ) WITH comment = 'suppression list: sha256 of each forgotten user id, never the id itself'"""
+    )
 
 
 class _ChunkWaiter:
@@ -178,6 +187,11 @@ async def await_response(response_future: Any) -> Any:
     return waiter.results[0]
 
 
+def _mark(row: Any) -> ForgetMark:
+    forgotten_at = int(row.forgotten_at.replace(tzinfo=timezone.utc).timestamp() * 1000) if row.forgotten_at else 0
+    return ForgetMark(row.user_hash, forgotten_at, row.deleted_us or 0, row.request_id or "")
+
+
 class CassandraStore:
     """:class:`~streamrec.stream.state.base.WindowStore` on Cassandra, async with bounded concurrency."""
 
@@ -213,6 +227,23 @@ class CassandraStore:
         self._select_state = prepare(
             f"SELECT model_version, user_vector, recommendation, last_event_id, updated_at FROM {ks}.user_state WHERE user_id = ?",
             self._read_cl,
+        )
+
+        self._select_state_written = prepare(
+            f"SELECT WRITETIME(recommendation) AS written_us FROM {ks}.user_state WHERE user_id = ?", self._read_cl
+        )
+        self._insert_mark = prepare(
+            f"INSERT INTO {ks}.forgotten_users (user_hash, forgotten_at, deleted_us, request_id) VALUES (?, ?, ?, ?)",
+            self._write_cl,
+        )
+        self._delete_window = prepare(f"DELETE FROM {ks}.windows USING TIMESTAMP ? WHERE user_id = ?", self._write_cl)
+        self._delete_state = prepare(f"DELETE FROM {ks}.user_state USING TIMESTAMP ? WHERE user_id = ?", self._write_cl)
+        self._select_mark = prepare(
+            f"SELECT user_hash, forgotten_at, deleted_us, request_id FROM {ks}.forgotten_users WHERE user_hash = ?",
+            self._read_cl,
+        )
+        self._select_marks = prepare(
+            f"SELECT user_hash, forgotten_at, deleted_us, request_id FROM {ks}.forgotten_users", self._read_cl
         )
 
     @classmethod
@@ -317,6 +348,36 @@ class CassandraStore:
         row = result[0]
         updated = int(row.updated_at.timestamp() * 1000) if row.updated_at else 0
         return UserState(user_id, row.model_version, row.user_vector, row.recommendation, row.last_event_id, updated)
+
+    async def forget_user(self, user_id: str, mark: ForgetMark) -> ForgetResult:
+        windows, (state_rows,) = await self.load_windows([user_id]), await self._execute_all(
+            [(self._select_state_written, (user_id,))]
+        )
+        window = windows.get(user_id)
+        state_written = state_rows[0].written_us if state_rows else None
+        deleted_us = mark.deleted_us
+        if window is not None:
+            deleted_us = max(deleted_us, window.written_us + 1)
+        if state_written is not None:
+            deleted_us = max(deleted_us, state_written + 1)
+        await self._execute_all([(self._delete_window, (deleted_us, user_id)), (self._delete_state, (deleted_us, user_id))])
+        # The mark last: a stored mark says its request was carried out (a replayed request checks it).
+        await self._execute_all([(self._insert_mark, (mark.user_hash, mark.forgotten_at_ms, deleted_us, mark.request_id))])
+        return ForgetResult(len(window.entries) if window else 0, state_written is not None, deleted_us)
+
+    async def forget_mark(self, user_hash: str) -> ForgetMark | None:
+        (rows,) = await self._execute_all([(self._select_mark, (user_hash,))])
+        return _mark(rows[0]) if rows else None
+
+    async def load_forgotten(self) -> list[ForgetMark]:
+        def read_all() -> list[Any]:
+            return list(self._session.execute(self._select_marks))  # iterating pages through the whole table
+
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(None, read_all)
+        except _TRANSIENT as exc:
+            raise StateStoreError(f"cannot read the forgotten users: {type(exc).__name__}: {exc}") from exc
+        return [_mark(r) for r in rows]
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)

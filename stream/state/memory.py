@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Generic, Sequence, TypeVar
 
 from streamrec.errors import StateStoreError
-from streamrec.stream.state.base import StoredWindow, UserState
+from streamrec.stream.state.base import ForgetMark, ForgetResult, StoredWindow, UserState
 
 V = TypeVar("V")
 
@@ -41,6 +41,7 @@ class InMemoryStore:
         self._clock = clock
         self._windows: dict[str, _Cell[StoredWindow]] = {}
         self._states: dict[str, _Cell[UserState]] = {}
+        self._forgotten: dict[str, ForgetMark] = {}
         self.fail_next = 0
         self.calls = 0
 
@@ -120,6 +121,30 @@ class InMemoryStore:
         self._maybe_fail()
         cell = self._states.get(user_id)
         return cell.live(self._clock()) if cell else None
+
+    async def forget_user(self, user_id: str, mark: ForgetMark) -> ForgetResult:
+        self._maybe_fail()
+        now = self._clock()
+        # As in Cassandra, only a live row's write timestamp can be read back.
+        window_cell, state_cell = self._windows.get(user_id), self._states.get(user_id)
+        window = window_cell.live(now) if window_cell else None
+        state = state_cell.live(now) if state_cell else None
+        deleted_us = mark.deleted_us
+        if window is not None and window_cell is not None:
+            deleted_us = max(deleted_us, window_cell.written_us + 1)
+        if state is not None and state_cell is not None:
+            deleted_us = max(deleted_us, state_cell.written_us + 1)
+        self._forgotten[mark.user_hash] = replace(mark, deleted_us=deleted_us)
+        self.delete_user(user_id, deleted_us)
+        return ForgetResult(len(window.entries) if window else 0, state is not None, deleted_us)
+
+    async def forget_mark(self, user_hash: str) -> ForgetMark | None:
+        self._maybe_fail()
+        return self._forgotten.get(user_hash)
+
+    async def load_forgotten(self) -> list[ForgetMark]:
+        self._maybe_fail()
+        return list(self._forgotten.values())
 
     async def close(self) -> None:
         return None
