@@ -1,4 +1,4 @@
-"""The Faust app: topics, the ingest agent, rebalance hooks and web endpoints. Wiring only.
+"""The Faust app: topics, the ingest and forget agents, rebalance hooks and web endpoints. Wiring only.
 
 The work is in :class:`streamrec.stream.processor.BatchProcessor`. Records
 arrive in micro-batches (:func:`streamrec.stream.batching.micro_batches`) and

@@ -154,10 +154,11 @@ def test_refuse_policy_dead_letters_the_users_new_events(settings: Settings, tmp
 def test_a_request_from_any_client_reaches_the_users_owner_and_bad_requests_are_dead_lettered(
     settings: Settings, tmp_path: Path,
 ) -> None:
-    """An application produces requests with librdkafka's default partitioner (CRC32), some malformed."""
-    worker = WorkerProcess(settings, tmp_path / "w.log").start()
+    """Two workers; an application produces requests with librdkafka's default partitioner (CRC32), some malformed."""
+    workers = [WorkerProcess(settings, tmp_path / f"w{n}.log", worker_id=f"w{n}").start() for n in (1, 2)]
     try:
-        wait_for_assignment([worker], PARTITIONS)
+        wait_for_assignment(workers, PARTITIONS)
+        owner_of = {p: w.worker_id for w in workers for p in w.health()["partitions"]}
         users = [f"app-user-{n}" for n in range(6)]
         past = int(time.time() * 1000) - 60_000
         produce(settings, events_as_records([e for u in users for e in user_events(u, 0, 2, past)]))
@@ -168,11 +169,17 @@ def test_a_request_from_any_client_reaches_the_users_owner_and_bad_requests_are_
         requests = [(u.encode(), orjson.dumps({"user_id": u, "requested_by": "app"})) for u in users]
         bad = [(b"x", b"not json"), (b"y", orjson.dumps({"user_id": ""})), (None, None)]
         produce(settings, requests + bad, topic=settings.forget_topic, partitioner="consistent_random")
-        audits = read_topic(settings, settings.forget_audit_topic, min_messages=len(users), timeout=90)
+        audits = [orjson.loads(v) for _, v in read_topic(settings, settings.forget_audit_topic, min_messages=len(users),
+                                                         timeout=90)]
         assert len(audits) == len(users)
         assert all(w == [] for w in read_windows(settings, users).values())
+        # Each request was carried out by the worker that owns the user's events (and cached window).
+        by_hash = {hashlib.sha256(u.encode()).hexdigest(): u for u in users}
+        assert {by_hash[a["user_hash"]]: a["worker_id"] for a in audits} == {
+            u: owner_of[owner_partition(u.encode(), PARTITIONS)] for u in users}
         letters = [orjson.loads(v) for _, v in read_topic(settings, settings.dlq_topic, min_messages=3)]
         assert [letter["reason"] for letter in letters] == ["invalid_forget_request"] * 3
-        assert worker.alive()
+        assert all(w.alive() for w in workers)
     finally:
-        worker.terminate()
+        for w in workers:
+            w.terminate()
