@@ -654,7 +654,7 @@ class BenchProcess:
 
     @classmethod
     def worker(cls, settings: Settings, log_path: Path, worker_id: str = "bench-w1") -> "BenchProcess":
-        return cls("worker", [sys.executable, "-m", "streamrec", "worker", "--loglevel", "warning"], settings, log_path, worker_id)
+        return cls("worker", [sys.executable, "-m", "streamrec", "--log-level", "warning", "worker"], settings, log_path, worker_id)
 
     @classmethod
     def passthrough(cls, settings: Settings, log_path: Path, worker_id: str = "bench-pass") -> "BenchProcess":

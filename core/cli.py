@@ -19,15 +19,17 @@ from streamrec.stream.cli import cassandra, forget, inspect, produce, tail, topi
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, envvar="STREAMREC_LOG_LEVEL")
+@click.option("--log-level", default=None, help="Overrides STREAMREC_LOG_LEVEL (default INFO).")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str) -> None:
+def cli(ctx: click.Context, log_level: str | None) -> None:
     """streamrec — streaming sequential recommender (Kafka → Cassandra → ONNX → Kafka)."""
+    # Settings are read here, once; every command takes them from the context.
+    settings = load_settings(log_level=log_level)
     # The CLI (not library code) configures logging: our own loggers at the
     # chosen level, third-party clients (aiokafka, the Cassandra driver) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("streamrec").setLevel(log_level.upper())
-    ctx.obj = load_settings()
+    logging.getLogger("streamrec").setLevel(settings.log_level)
+    ctx.obj = settings
 
 
 def _register_commands() -> None:

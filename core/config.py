@@ -6,6 +6,7 @@ environment. CLI flags override fields through :meth:`Settings.with_overrides`.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,10 @@ class Settings(BaseSettings):
     """Frozen runtime configuration; env var = ``STREAMREC_`` + field name upper-cased."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", frozen=True, extra="ignore")
+
+    # --- Logging -----------------------------------------------------------
+    # streamrec's own loggers (and a worker's Faust logs); Kafka and Cassandra clients log warnings only.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # --- Kafka -------------------------------------------------------------
     kafka_bootstrap: str = "localhost:9092"
@@ -115,6 +120,14 @@ class Settings(BaseSettings):
     retrain_epochs: int = Field(10, ge=1)
     retrain_tolerance: float = Field(0.005, ge=0)  # publish unless holdout NDCG@10 is worse than live by more
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return "WARNING" if value == "WARN" else value
+        return value
+
     @field_validator("event_types")
     @classmethod
     def _check_event_types(cls, value: str) -> str:
@@ -187,7 +200,11 @@ class Settings(BaseSettings):
         return env
 
     def kafka_client_kwargs(self) -> dict[str, object]:
-        """Security keyword arguments for aiokafka clients (producer helper, tail, tests)."""
+        """Security keyword arguments for aiokafka clients: the one translation of the Kafka security settings.
+
+        The worker's Faust app reads its credentials from these too
+        (:func:`streamrec.stream.app.broker_credentials`).
+        """
         kwargs: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_security_protocol.startswith("SASL"):
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
@@ -196,9 +213,8 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         if self.kafka_security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(
+            # What aiokafka's create_ssl_context does: verify the broker against the CA bundle.
+            kwargs["ssl_context"] = ssl.create_default_context(
                 cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
             )
         return kwargs

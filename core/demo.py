@@ -192,7 +192,7 @@ def run_demo(
     log_path = out_dir / "worker.log"
     env = {**os.environ, **settings.to_env()}
     with open(log_path, "ab") as worker_log:
-        worker = subprocess.Popen([sys.executable, "-m", "streamrec", "worker", "--loglevel", "warn"],
+        worker = subprocess.Popen([sys.executable, "-m", "streamrec", "--log-level", "info", "worker"],
                                   env=env, stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn
@@ -98,18 +99,17 @@ class PartitionCount:
             self.count = found
 
 
-def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for the configured Kafka security protocol (None = plaintext)."""
-    protocol = settings.kafka_security_protocol
-    ssl_context = None
-    if protocol.endswith("SSL"):
-        ssl_context = faust.SSLCredentials(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None).context
-    if protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """Faust's form of :meth:`Settings.kafka_client_kwargs` (None = plaintext): one translation for both clients."""
+    kwargs = settings.kafka_client_kwargs()
+    ssl_context = kwargs.get("ssl_context")
+    if not isinstance(ssl_context, ssl.SSLContext):
+        ssl_context = None
+    if "sasl_mechanism" in kwargs:
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username or "",
-            password=password,
-            mechanism=settings.kafka_sasl_mechanism,
+            username=str(kwargs.get("sasl_plain_username") or ""),
+            password=str(kwargs.get("sasl_plain_password") or ""),
+            mechanism=str(kwargs["sasl_mechanism"]),
             ssl_context=ssl_context,
         )
     if ssl_context is not None:

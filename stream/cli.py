@@ -25,14 +25,13 @@ log = logging.getLogger(__name__)
 @click.option("--worker-id", default=None, help="Id in recommendation messages (default host-pid).")
 @click.option("--web-port", type=int, default=None, help="Port of /metrics and /health (default 6066).")
 @click.option("--partitions", type=int, default=None, help="Partitions for topics created at start-up.")
-@click.option("--loglevel", default="info", show_default=True)
 @click.pass_obj
-def worker(settings: Settings, worker_id: str | None, web_port: int | None, partitions: int | None, loglevel: str) -> None:
+def worker(settings: Settings, worker_id: str | None, web_port: int | None, partitions: int | None) -> None:
     """Run a stream worker: consume events, update windows, emit recommendations."""
     from streamrec.stream.worker import run_worker  # Faust, ONNX Runtime, Cassandra driver: 0.5-0.7 s
 
     settings = settings.with_overrides(worker_id=worker_id, web_port=web_port, topic_partitions=partitions)
-    run_worker(settings, loglevel=loglevel)
+    run_worker(settings)
 
 
 # --------------------------------------------------------------------------- #

@@ -42,7 +42,7 @@ def live_model_path(settings: Settings) -> Path | None:
         return None
 
 
-def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
+def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     if settings.event_loop == "uvloop":
         import mode.loop
@@ -94,6 +94,6 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
         await models.maybe_swap()
 
     try:
-        faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+        faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
     finally:
         models.close()

@@ -34,5 +34,5 @@ ModelHolder.maybe_swap = _failing_maybe_swap  # type: ignore[method-assign]
 if __name__ == "__main__":
     from streamrec.cli import main
 
-    sys.argv = ["streamrec", "worker", "--loglevel", "info"]
+    sys.argv = ["streamrec", "--log-level", "info", "worker"]
     main()

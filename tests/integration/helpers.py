@@ -55,7 +55,7 @@ class WorkerProcess:
                "STREAMREC_WEB_PORT": str(self.web_port), **self.extra_env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "worker", "--loglevel", os.environ.get("TEST_WORKER_LOGLEVEL", "info")],
+            [sys.executable, "-m", self.module, "--log-level", os.environ.get("TEST_WORKER_LOGLEVEL", "info"), "worker"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + wait_healthy
