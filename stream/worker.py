@@ -68,7 +68,10 @@ def run_worker(settings: Settings) -> None:
             models.load_now(path)
         except ModelError:
             log.error("serving the popularity fallback until the live model can be loaded")
-    app, _processor = create_app(settings, store, models, worker_id=worker_id, metrics=metrics)
+    app, processor = create_app(settings, store, models, worker_id=worker_id, metrics=metrics)
+    # Before the first record: a restarted worker must not take a forgotten user's replayed past
+    # for new events (the list is reloaded on every assignment, but a reload there is bounded).
+    processor.forgotten.replace_all(asyncio.run(store.load_forgotten()))
 
     def consider(path: Path | None) -> None:
         if path is not None and models.wants(path):
