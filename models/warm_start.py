@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import torch
 
 from streamrec.models.features import ItemVocab
 
 
 def grow_vocab(live_vocab: ItemVocab, items: list[str]) -> tuple[ItemVocab, int]:
     """The live vocabulary plus items first seen since (appended, so live indices keep their rows)."""
-    known = set(live_vocab.ids[2:]) if hasattr(live_vocab, "ids") else set()
+    known = set(live_vocab.ids[2:])
     new = [i for i in dict.fromkeys(items) if i not in known]
     return ItemVocab(list(live_vocab.ids[2:]) + new), len(new)
 
 
-def warm_state(live_state: dict[str, Any], fresh_state: dict[str, Any]) -> dict[str, Any]:
+def warm_state(live_state: dict[str, torch.Tensor], fresh_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The live weights, with embedding tables grown to the new sizes (new rows keep fresh init)."""
     state = dict(fresh_state)
     for name, tensor in live_state.items():

@@ -35,6 +35,7 @@ from streamrec.stream.forgotten import ForgottenUsers
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
+from streamrec.stream.state.cache import WindowCache
 from streamrec.stream.topics import owner_partition
 from streamrec.stream.window import WindowEntry, merge_window
 
@@ -110,36 +111,6 @@ def _observe(histogram: Histogram, stage: BatchStage, since: float) -> float:
     now = time.perf_counter()
     histogram.labels(stage).observe(now - since)
     return now
-
-
-class WindowCache:
-    """Worker-local LRU of windows of users this worker owns.
-
-    Valid only while the worker owns the users' partitions: the app clears it
-    on every rebalance, so a window changed by another worker is re-read.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._windows: OrderedDict[str, StoredWindow] = OrderedDict()
-
-    def get(self, user_id: str) -> StoredWindow | None:
-        window = self._windows.get(user_id)
-        if window is not None:
-            self._windows.move_to_end(user_id)
-        return window
-
-    def put(self, window: StoredWindow) -> None:
-        self._windows[window.user_id] = window
-        self._windows.move_to_end(window.user_id)
-        while len(self._windows) > self._capacity:
-            self._windows.popitem(last=False)
-
-    def clear(self) -> None:
-        self._windows.clear()
-
-    def __len__(self) -> int:
-        return len(self._windows)
 
 
 def _by_count_then_id(entry: tuple[str, int]) -> tuple[int, str]:
@@ -301,10 +272,21 @@ class BatchProcessor:
             # owner's clock ahead); events merged meanwhile come back with the user's next write.
             self.cache.put(replace(cached, written_us=mark.deleted_us))
 
-    def _empty_window(self, user_id: str) -> StoredWindow:
-        """A user with no stored window; a forgotten one's first window must be written after the delete."""
+    def _as_loaded(self, user_id: str, stored: StoredWindow | None) -> StoredWindow:
+        """The window to merge on for a user not in the cache: the stored one, less a forgotten past.
+
+        A forgotten user's window may be read before its delete has landed
+        (or after the emptied one fell out of a small cache): its entries from
+        before the request are dropped, and the next write goes after the delete.
+        """
         mark = self.forgotten.get(user_id) if self.forgotten else None
-        return StoredWindow(user_id, written_us=mark.deleted_us if mark else 0)
+        if mark is None:
+            return stored or StoredWindow(user_id)
+        if stored is None:
+            return StoredWindow(user_id, written_us=mark.deleted_us)
+        kept = tuple(e for e in stored.entries if e.ts_ms > mark.forgotten_at_ms)
+        seq = stored.seq if len(kept) == len(stored.entries) else len(kept)
+        return StoredWindow(user_id, kept, seq, max(stored.written_us, mark.deleted_us))
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         """Handle one micro-batch; returns when all its effects are durable."""
@@ -495,7 +477,7 @@ class BatchProcessor:
         if missing:
             loaded = await self._timed(CassandraOp.LOAD_WINDOWS, self.store.load_windows(missing))
             for user_id in missing:
-                windows[user_id] = loaded.get(user_id) or self._empty_window(user_id)
+                windows[user_id] = self._as_loaded(user_id, loaded.get(user_id))
 
         duplicates = 0
         changed: list[StoredWindow] = []

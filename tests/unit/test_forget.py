@@ -14,7 +14,8 @@ from streamrec.config import Settings
 from streamrec.stream.events import Reason, Rejection, load_schema
 from streamrec.stream.forget import ForgetAudit, Forgetter, ForgetRequest, parse_forget_request
 from streamrec.stream.processor import BatchProcessor, SourceRecord
-from streamrec.stream.state.base import StoredWindow, UserState
+from streamrec.stream.forgotten import user_hash
+from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState
 from streamrec.stream.state.memory import InMemoryStore
 from tests.unit.test_processor import RecordingSink, event, record
 
@@ -80,6 +81,21 @@ def test_the_forgotten_past_is_dropped_and_later_events_start_a_window_written_a
     store, processor = asyncio.run(scenario())
     assert [e.event_id for e in store.windows["u1"].entries] == ["e11"]
     assert store.windows["u1"].seq == 1
+
+
+def test_without_a_cache_a_window_read_before_the_delete_lands_loses_its_forgotten_past() -> None:
+    async def scenario() -> InMemoryStore:
+        store = InMemoryStore(clock=lambda: NOW_MS / 1000)
+        processor = BatchProcessor(SETTINGS, store, RecordingSink(), cache_capacity=0, clock=lambda: NOW_MS / 1000)
+        await processor.process([record(event(n), offset=n) for n in range(3)])
+        # Marked, but the store's delete has not happened yet (it follows the tombstone's delivery).
+        async with processor.between_batches:
+            processor.forget_now("u1", ForgetMark(user_hash("u1"), NOW_MS, 0, "r1"))
+        await processor.process([record(event(9, ts=NOW_MS + 1), offset=9)])
+        return store
+
+    store = asyncio.run(scenario())
+    assert [e.event_id for e in store.windows["u1"].entries] == ["e9"]
 
 
 def test_a_restarted_worker_drops_the_forgotten_past_from_a_replay() -> None:
