@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamrec.config import Settings
 from streamrec.stream.window import WindowEntry, decode_window
@@ -201,7 +201,9 @@ def read_topic(settings: Settings, topic: str, *, min_messages: int = 0, timeout
                     break
                 continue
             if msg.error():
-                continue
+                if msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue  # not created yet: the producer or the worker is about to
+                raise AssertionError(f"consumer error reading {topic}: {msg.error()}")
             got.append((msg.key(), msg.value()))
             last = time.monotonic()
     finally:

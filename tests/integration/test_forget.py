@@ -17,7 +17,7 @@ import pytest
 from streamrec.config import Settings
 from streamrec.stream.topics import owner_partition
 from tests.integration.helpers import (
-    WINDOW, WorkerProcess, events_as_records, produce, read_topic, read_windows, synthetic, wait_for_assignment,
+    WINDOW, WorkerProcess, committed_lag, events_as_records, produce, read_topic, read_windows, synthetic, wait_for_assignment,
     wait_until,
 )
 
@@ -110,7 +110,7 @@ def test_forget_removes_the_user_everywhere_and_a_returning_user_starts_fresh(se
         produce(settings, events_as_records(user_events(USER, 102, 1, now + 5)))
         wait_until(lambda: window_ids(settings, USER) == [f"{USER}-e100", f"{USER}-e101", f"{USER}-e102"], 60,
                    "a fresh window of the returning user's new events")
-        time.sleep(2.0)
+        wait_until(lambda: committed_lag(settings) == 0, 60, "every event handled and committed")
         assert window_ids(settings, USER) == [f"{USER}-e100", f"{USER}-e101", f"{USER}-e102"]
     finally:
         worker.terminate()
@@ -126,7 +126,7 @@ def test_forget_removes_the_user_everywhere_and_a_returning_user_starts_fresh(se
                    "the replayed request's audit record")
         repeated = [orjson.loads(v) for _, v in read_topic(settings, settings.forget_audit_topic)][-1]
         assert repeated["repeated"] and repeated["request_id"] == audit["request_id"]
-        time.sleep(3.0)
+        wait_until(lambda: committed_lag(replay) == 0, 90, "the replay handled and committed")
         assert window_ids(settings, USER) == [f"{USER}-e100", f"{USER}-e101", f"{USER}-e102"]
         assert "streamrec_forgotten_events_total{action=\"dropped\"}" in second.metrics()
     finally:
