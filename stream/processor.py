@@ -98,6 +98,14 @@ class BatchReport:
     recommendations: list[Recommendation] = field(default_factory=list)
 
 
+@dataclass
+class Accepted:
+    """A batch's valid events that this worker owns, by user, with each user's latest Kafka append time."""
+
+    by_user: dict[str, list[Event]] = field(default_factory=dict)
+    appended_ms: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class BatchInFlight:
     """A batch whose recommendations are handed to the producer; ``durable`` completes when it may be acknowledged."""
@@ -307,18 +315,46 @@ class BatchProcessor:
             return await self._begin(records, fetched_ms)
 
     async def _begin(self, records: Sequence[SourceRecord], fetched_ms: int | None) -> BatchInFlight:
+        """The README's steps, one call each; step 6 (ack) is the app's, once ``durable`` completes."""
         started = self.clock()
-        t0 = time.perf_counter()
-        stage = self.metrics.batch_stage
         report = BatchReport(records=len(records))
+        self._observe_arrival(records, fetched_ms or int(started * 1000))
+        deliveries: list[Pending] = []
+        t0 = time.perf_counter()
+        accepted = await self._accept(records, report, deliveries)  # 1. validate, 2. route
+        t0 = _observe(self.metrics.batch_stage, BatchStage.VALIDATE, t0)
+        save: Awaitable[None] | None = None
+        if accepted.by_user:
+            windows, changed = await self._merge(accepted.by_user, report)  # 3. window merge
+            t0 = _observe(self.metrics.batch_stage, BatchStage.LOAD, t0)
+            # 4. encode and rank; ONNX Runtime releases the GIL: encoding in a thread keeps the
+            # event loop (Kafka fetches, Cassandra callbacks of earlier batches) moving.
+            recommendations, payloads, states = await asyncio.get_running_loop().run_in_executor(
+                self._encode_thread, self._recommend, accepted.by_user, windows, {w.user_id for w in changed}
+            )
+            t0 = _observe(self.metrics.batch_stage, BatchStage.ENCODE, t0)
+            deliveries += await self._emit(recommendations, payloads)  # 5. emit...
+            report.recommendations = recommendations
+            t0 = _observe(self.metrics.batch_stage, BatchStage.PRODUCE, t0)
+            save = self._start_save(changed, states)  # ...and store, overlapping the next batch
+        durable = asyncio.ensure_future(self._finish(report, save, deliveries, started, t0, accepted.appended_ms))
+        return BatchInFlight(report, durable)
+
+    def _observe_arrival(self, records: Sequence[SourceRecord], fetched_ms: int) -> None:
+        """Batch size, and how long the oldest record waited between its Kafka append and this batch."""
         self.metrics.batch_size.observe(len(records))
         oldest_ms = min((r.timestamp_ms for r in records if r.timestamp_ms is not None), default=None)
         if oldest_ms is not None:
-            stage.labels(BatchStage.QUEUED).observe(max(0.0, (fetched_ms or started * 1000) - oldest_ms) / 1000.0)
-        deliveries: list[Pending] = []
+            self.metrics.batch_stage.labels(BatchStage.QUEUED).observe(max(0.0, fetched_ms - oldest_ms) / 1000.0)
 
-        by_user: dict[str, list[Event]] = {}
-        appended_ms: dict[str, int] = {}  # Kafka timestamp of each user's triggering record
+    async def _accept(self, records: Sequence[SourceRecord], report: BatchReport, deliveries: list[Pending]) -> Accepted:
+        """Steps 1–2: the valid events this worker owns, by user; everything else handed to the producer.
+
+        Invalid records are dead-lettered, records on the wrong key or
+        partition re-sent to their owner, and forgotten users' events dropped
+        or refused.
+        """
+        accepted = Accepted()
         partitions = self.partition_count()
         for record in records:
             parsed = parse_event(record.value, rules=self.rules)
@@ -352,42 +388,34 @@ class BatchProcessor:
                     rejection = Rejection(Reason.FORGOTTEN_USER, "the user asked to be forgotten; STREAMREC_FORGET_POLICY=refuse")
                     deliveries.append(await self.dead_letter(record, rejection))
             else:
-                by_user.setdefault(parsed.user_id, []).append(parsed)
+                accepted.by_user.setdefault(parsed.user_id, []).append(parsed)
                 if record.timestamp_ms is not None:
-                    appended_ms[parsed.user_id] = record.timestamp_ms
+                    accepted.appended_ms[parsed.user_id] = record.timestamp_ms
                 report.events += 1
         self.metrics.repartitioned.inc(report.repartitioned)
         self.metrics.rerouted.inc(report.rerouted)
         self.metrics.events.inc(report.events)
-        t0 = _observe(stage, BatchStage.VALIDATE, t0)
+        return accepted
 
-        save: Awaitable[None] | None = None
-        if by_user:
-            windows, changed, report.duplicates = await self.retry("window read", lambda: self._merge_windows(by_user))
-            self.metrics.duplicates.inc(report.duplicates)
-            # Ahead of the store (see the docstring): the next batch must see these events.
-            for user_id in by_user:
-                self.cache.put(windows[user_id])
-            t0 = _observe(stage, BatchStage.LOAD, t0)
-            # ONNX Runtime releases the GIL: encoding in a thread keeps the event
-            # loop (Kafka fetches, Cassandra callbacks of earlier batches) moving.
-            loop = asyncio.get_running_loop()
-            changed_users = {w.user_id for w in changed}
-            recommendations, payloads, states = await loop.run_in_executor(
-                self._encode_thread, self._recommend, by_user, windows, changed_users
-            )
-            t0 = _observe(stage, BatchStage.ENCODE, t0)
-            topic = self.settings.recommendations_topic
-            for rec, payload in zip(recommendations, payloads):
-                deliveries.append(await self.send(Output(topic, rec.user_id.encode(), payload)))
-            report.recommendations = recommendations
-            t0 = _observe(stage, BatchStage.PRODUCE, t0)
-            # Started now, awaited by _finish: the write overlaps the next batch.
-            save = asyncio.ensure_future(
-                self.retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
-            )
-        durable = asyncio.ensure_future(self._finish(report, save, deliveries, started, t0, appended_ms))
-        return BatchInFlight(report, durable)
+    async def _merge(self, by_user: dict[str, list[Event]], report: BatchReport) -> tuple[dict[str, StoredWindow], list[StoredWindow]]:
+        """Step 3: every user's window after this batch (cache, else store), and the ones that changed."""
+        windows, changed, report.duplicates = await self.retry("window read", lambda: self._merge_windows(by_user))
+        self.metrics.duplicates.inc(report.duplicates)
+        # Ahead of the store (see begin's docstring): the next batch must see these events.
+        for user_id in by_user:
+            self.cache.put(windows[user_id])
+        return windows, changed
+
+    async def _emit(self, recommendations: list[Recommendation], payloads: list[bytes]) -> list[Pending]:
+        """Step 5: one recommendation per user handed to the producer."""
+        topic = self.settings.recommendations_topic
+        return [await self.send(Output(topic, rec.user_id.encode(), payload)) for rec, payload in zip(recommendations, payloads)]
+
+    def _start_save(self, changed: list[StoredWindow], states: list[UserState]) -> Awaitable[None]:
+        """Step 5's store half: the changed windows and new states, written in the background (awaited by _finish)."""
+        return asyncio.ensure_future(
+            self.retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
+        )
 
     async def _finish(
         self, report: BatchReport, save: Awaitable[None] | None, deliveries: list[Pending], started: float,
