@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     onnx_threads: int = 0  # CPU cores one batch encode may use, as concurrent shards (0 = physical cores)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    # Explanations in recommendation messages (items[].because): per item, the ids of its
+    # top contributing events among the newest explain_events of the window. Each explained
+    # event costs one more encoder row per user (README "Explanations").
+    explain: bool = False
+    explain_events: int = Field(10, ge=1, le=10_000)
+    explain_top: int = Field(3, ge=1, le=100)
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
