@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from streamrec.models.config import EncoderConfig
+from streamrec.models.encoder import SequenceEncoder, position_ids
 from streamrec.models.features import UserSequence, featurize
 from streamrec.onnx.explain import Attribution, Explainer, model_view
 from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.writer import train_from_events
 from streamrec.stream.generator import SyntheticConfig, build_world, generate_events, item_index, item_key
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class PlantedRate:
     hits: int
     rate: float | None
     recommended_pairs: int  # (user, item) pairs looked at
+    newest_cases: int = 0  # of the cases, those where A is the newest event of the window
+    newest_hits: int = 0
 
 
 def planted_events(config: SyntheticConfig = PLANTED) -> list[dict[str, Any]]:
@@ -118,8 +123,6 @@ def split_users(events: Sequence[dict[str, Any]], train_share: float = 0.75) -> 
 def train_planted(out_dir: Path, events: Sequence[dict[str, Any]], *, epochs: int = 15, seed: int = 0,
                   model_config: EncoderConfig = PLANTED_MODEL) -> Path:
     """A small model trained on ``events``, written as an artifact under ``out_dir``; returns its directory."""
-    from streamrec.onnx.writer import train_from_events  # torch: 3-6.5 s
-
     return train_from_events(events, out_dir, epochs=epochs, seed=seed, model_config=model_config)
 
 
@@ -145,7 +148,7 @@ def predecessors(config: SyntheticConfig) -> dict[str, str]:
 def planted_rate(sequences: Sequence[UserSequence], attributions: Sequence[Attribution],
                  predecessor: Callable[[str], str | None]) -> PlantedRate:
     """Share of (user, recommended B) cases with A in the explained events where A is B's top contributor."""
-    cases = hits = pairs = 0
+    cases = hits = pairs = newest_cases = newest_hits = 0
     for sequence, attribution in zip(sequences, attributions):
         for column, item in enumerate(attribution.item_ids):
             pairs += 1
@@ -155,38 +158,32 @@ def planted_rate(sequences: Sequence[UserSequence], attributions: Sequence[Attri
             cases += 1
             top = attribution.positions[int(np.argmax(attribution.contributions[:, column]))]
             hits += int(sequence.item_ids[top] == a)
-    return PlantedRate(cases=cases, hits=hits, rate=(hits / cases) if cases else None, recommended_pairs=pairs)
+            if sequence.item_ids[-1] == a:
+                newest_cases += 1
+                newest_hits += int(sequence.item_ids[top] == a)
+    return PlantedRate(cases=cases, hits=hits, rate=(hits / cases) if cases else None, recommended_pairs=pairs,
+                       newest_cases=newest_cases, newest_hits=newest_hits)
 
 
 # --------------------------------------------------------------------------- #
 # faithfulness
 # --------------------------------------------------------------------------- #
-def torch_model(artifact_dir: Path) -> Any:
+def torch_model(artifact_dir: Path) -> SequenceEncoder:
     """The artifact's torch model (``weights.pt``), for the gradient and attention baselines."""
-    import torch
-
-    from streamrec.models.encoder import SequenceEncoder
-
     config = EncoderConfig.load(artifact_dir / "config.json")
     model = SequenceEncoder(config)
     model.load_state_dict(torch.load(artifact_dir / "weights.pt", map_location="cpu"))
     return model.eval()
 
 
-def _torch_inputs(views: Sequence[UserSequence], session: EncoderSession) -> tuple[Any, ...]:
-    import torch
-
+def _torch_inputs(views: Sequence[UserSequence], session: EncoderSession) -> tuple[torch.Tensor, ...]:
     f = featurize(views, session.vocab, session.config)
     return tuple(torch.from_numpy(a) for a in (f.item_idx, f.event_type, f.time_bucket, f.attention_mask))
 
 
-def gradient_x_input(model: Any, session: EncoderSession, views: Sequence[UserSequence],
+def gradient_x_input(model: SequenceEncoder, session: EncoderSession, views: Sequence[UserSequence],
                      items: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Per user ``(len(view), n_items)``: gradient × input of each item's score, summed over the embedding."""
-    import torch
-
-    from streamrec.models.encoder import position_ids
-
     item_idx, etype, tbucket, mask = _torch_inputs(views, session)
     x = model.embed(item_idx, etype, tbucket).detach().requires_grad_(True)
     hidden = model.backbone(inputs_embeds=x, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
@@ -202,12 +199,8 @@ def gradient_x_input(model: Any, session: EncoderSession, views: Sequence[UserSe
     return [out[row, width - len(view):, : len(items[row])] for row, view in enumerate(views)]
 
 
-def attention_rollout(model: Any, session: EncoderSession, views: Sequence[UserSequence]) -> list[np.ndarray]:
+def attention_rollout(model: SequenceEncoder, session: EncoderSession, views: Sequence[UserSequence]) -> list[np.ndarray]:
     """Per user ``(len(view),)``: attention rollout (Abnar & Zuidema) from the newest position, heads averaged."""
-    import torch
-
-    from streamrec.models.encoder import position_ids
-
     item_idx, etype, tbucket, mask = _torch_inputs(views, session)
     with torch.no_grad():
         x = model.embed(item_idx, etype, tbucket)
@@ -230,7 +223,7 @@ def _remove(view: UserSequence, positions: Sequence[int]) -> UserSequence:
                         [view.timestamps_ms[p] for p in keep])
 
 
-def faithfulness(session: EncoderSession, explainer: Explainer, model: Any, sequences: Sequence[UserSequence],
+def faithfulness(session: EncoderSession, explainer: Explainer, model: SequenceEncoder, sequences: Sequence[UserSequence],
                  k: int, seed: int = 0) -> dict[str, Any]:
     """Score drops (served graph) when each method's top event(s) are removed, against random removals."""
     views = [model_view(s, session.config.max_len)[0] for s in sequences]
@@ -289,12 +282,32 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def run_explain_bench(model_dir: Path | None, work_dir: Path, *, epochs: int, k: int, users: int, seed: int = 0) -> dict[str, Any]:
-    """Train (or open) the planted-pattern model; measure the planted rate, faithfulness and the explanation cost."""
+def run_explain_bench(work_dir: Path, *, epochs: int, k: int, users: int, seed: int = 0) -> dict[str, Any]:
+    """Train the two planted-pattern models; measure the planted rates, faithfulness and the explanation cost."""
+    result: dict[str, Any] = {"k": k, "epochs": epochs, "seed": seed}
+
+    # 1. The bare pattern (a<j> -> b<j> in noise): the issue's check.
+    world = PairWorld(seed=seed)
+    train, test = split_users(world.events())
+    t0 = time.perf_counter()
+    artifact = train_planted(work_dir / "pairs", train, epochs=epochs, seed=seed)
+    session = EncoderSession.load(artifact, device="cpu", threads=1)
+    windows = pair_windows(test, seed)
+    recs = session.recommend(windows, k=k)
+    attributions = Explainer.for_session(session).attribute(windows, [r.item_ids for r in recs])
+    b_recommended = sum(1 for r in recs for item in r.item_ids if world.predecessor(item) is not None)
+    result["pairs"] = {
+        "world": asdict(world), "train_seconds": round(time.perf_counter() - t0, 1), "windows": len(windows),
+        "b_recommended": b_recommended, "planted_rate": asdict(planted_rate(windows, attributions, world.predecessor)),
+    }
+    session.close()
+
+    # 2. The synthetic stream's chain (every item has a successor, inside interest clusters):
+    #    harder, since cluster context also recommends B; plus faithfulness and cost.
     events = planted_events()
     half = len(events) // 2
     t0 = time.perf_counter()
-    artifact = Path(model_dir) if model_dir is not None else train_planted(work_dir, events[:half], epochs=epochs, seed=seed)
+    artifact = train_planted(work_dir / "chain", events[:half], epochs=epochs, seed=seed)
     train_s = time.perf_counter() - t0
     session = EncoderSession.load(artifact, device="cpu", threads=1)
     explainer = Explainer.for_session(session)
@@ -306,23 +319,37 @@ def run_explain_bench(model_dir: Path | None, work_dir: Path, *, epochs: int, k:
     attributions = explainer.attribute(sequences, [r.item_ids for r in recs])
     explain_s = time.perf_counter() - t0
     pred = predecessors(PLANTED)
-    rate = planted_rate(sequences, attributions, pred.get)
-    result: dict[str, Any] = {
-        "model": str(artifact),
-        "trained_seconds": round(train_s, 1) if model_dir is None else None,
+    result["chain"] = {
+        "world": {name: value for name, value in asdict(PLANTED).items() if name != "event_type_mix"},
+        "train_seconds": round(train_s, 1),
         "offline_test": json.loads((artifact / "metrics.json").read_text()).get("test", {}),
-        "planted": {**asdict(PLANTED)},
-        "planted_rate": asdict(rate),
         "users": len(sequences),
+        "planted_rate": asdict(planted_rate(sequences, attributions, pred.get)),
         "recommend_seconds": round(recommend_s, 4),
         "explain_all_events_seconds": round(explain_s, 4),
+        "faithfulness": faithfulness(session, explainer, torch_model(artifact), sequences, k, seed),
     }
-    if (artifact / "weights.pt").is_file():
-        result["faithfulness"] = faithfulness(session, explainer, torch_model(artifact), sequences, k, seed)
-    else:
-        log.warning("%s has no weights.pt: no gradient/attention comparison", artifact)
     session.close()
     return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The headline figures as a few lines of text."""
+    pairs, chain = result["pairs"]["planted_rate"], result["chain"]["planted_rate"]
+    lines = [
+        f"planted a->b (noise world): A is B's top contributor in {pairs['hits']}/{pairs['cases']} cases "
+        f"= {pairs['rate']:.3f} (top-{result['k']})",
+        f"planted chain (synthetic stream): {chain['hits']}/{chain['cases']} = {chain['rate']:.3f}; "
+        f"where A is the newest event {chain['newest_hits']}/{chain['newest_cases']}",
+        "faithfulness (chain model, score drop on the served graph; higher = more faithful):",
+        f"  {'method':<20}{'drop top-1':>11}{'> random':>10}{'drop top-3':>11}{'> random':>10}",
+    ]
+    faith = result["chain"]["faithfulness"]
+    for name in ("leave_one_out", "gradient_x_input", "attention_rollout", "newest_event"):
+        row = faith[name]
+        lines.append(f"  {name:<20}{row['drop_1']:>11.4f}{row['beats_random_1']:>10.3f}{row['drop_3']:>11.4f}{row['beats_random_3']:>10.3f}")
+    lines.append(f"  {'random':<20}{faith['random']['drop_1']:>11.4f}{'':>10}{faith['random']['drop_3']:>11.4f}")
+    return "\n".join(lines)
 
 
 def successor_of(item_id: str, config: SyntheticConfig = PLANTED) -> str:

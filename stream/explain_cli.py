@@ -73,7 +73,8 @@ def live_model_dir(settings: Settings, model: Path | None) -> Path:
     """``--model`` (an artifact or a registry root), else the registry's live version; a clear error if none."""
     if model is not None:
         return resolve_artifact_dir(model)
-    live = ModelRegistry.at(settings.models_path).live_path()
+    root = settings.models_path
+    live = ModelRegistry.at(root).live_path() if root.is_dir() else None  # at() would create a missing root
     if live is None:
         raise ModelError(f"no live model in the registry at {settings.models_path} (train one, or pass --model)")
     return live
