@@ -132,24 +132,27 @@ def format_table(explanation: UserExplanation) -> str:
     """The window, oldest first, with each event's contribution to each item; ``*`` marks each item's top event."""
     e = explanation
     width = max(8, *(len(item) + 1 for item in e.item_ids)) if e.item_ids else 8
+    item_w = min(24, max(len("item_id"), *(len(x.item_id) for x in e.window)))
+    id_w = min(40, max(len("event_id"), *(len(x.event_id) for x in e.window)))
+    left = f"{'#':>3} {'event_type':<12} {'item_id':<{item_w}} {'event_id':<{id_w}}"
     tops = {col: e.top_event(col) for col in range(len(e.item_ids))}
-    head = f"{'#':>3} {'event_type':<12} {'item_id':<14} {'event_id':<38}" + "".join(f"{item:>{width}}" for item in e.item_ids)
     lines = [
         f"user {e.user_id}: {len(e.window)} events in window, model v{e.model_version}; "
         "contribution = item score minus its score without that event",
-        head,
+        left + "".join(f"{item:>{width}}" for item in e.item_ids),
     ]
     rows = dict(zip(e.positions, e.contributions))
     for pos, event in enumerate(e.window):
         cells = ""
         for col in range(len(e.item_ids)):
             if pos not in rows:
-                cells += f"{'·':>{width}}"
+                cells += f"{'·':>{width - 1}} "
                 continue
             mark = "*" if tops[col] == pos else " "
             cells += f"{rows[pos][col]:>{width - 1}.3f}{mark}"
-        lines.append(f"{pos:>3} {event.event_type:<12} {event.item_id[:14]:<14} {event.event_id[:38]:<38}{cells}")
-    lines.append(f"{'score':>70}" + "".join(f"{s:>{width}.3f}" for s in e.scores))
+        line = f"{pos:>3} {event.event_type:<12} {event.item_id[:item_w]:<{item_w}} {event.event_id[:id_w]:<{id_w}}{cells}"
+        lines.append(line.rstrip())
+    lines.append(f"{'score':>{len(left)}}" + "".join(f"{s:>{width - 1}.3f} " for s in e.scores).rstrip())
     return "\n".join(lines)
 
 
