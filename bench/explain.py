@@ -254,8 +254,7 @@ def faithfulness(session: EncoderSession, explainer: Explainer, model: SequenceE
                     removed = np.argsort(-matrices[user][:, column], kind="stable")[:TOP_N_REMOVED]
                 variants.append(_remove(view, removed.tolist()))
                 index.append((name, user, column))
-    features = featurize(variants, session.vocab, session.config)
-    vectors, _, _ = session.run(features, np.zeros((len(variants), 1), dtype=np.int64), 1)
+    vectors = explainer.user_vectors(featurize(variants, session.vocab, session.config))
     base = {(u, c): occlusion[u].scores[c] for u in range(len(views)) for c in range(len(items[u]))}
     drop3: dict[str, list[float]] = {}
     for (name, user, column), vector in zip(index, vectors):

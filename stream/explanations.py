@@ -43,7 +43,9 @@ class Explanations:
 
     def _explainer_for(self, encoder: EncoderSession) -> Explainer:
         if self._explainer is None or self._explainer.session is not encoder:
-            self._explainer = Explainer.for_session(encoder)  # once per model version (reads its item table)
+            if self._explainer is not None:
+                self._explainer.close()
+            self._explainer = Explainer.for_session(encoder)  # once per model version (reads its graph)
         return self._explainer
 
     def because(self, encoder: object, windows: Sequence[Sequence[WindowEntry]], items: Sequence[Sequence[str]]) -> Because | None:
