@@ -158,3 +158,24 @@ def test_the_planted_predecessor_is_the_top_contributor(tmp_path: Path) -> None:
     rate = planted_rate(windows, attributions, world.predecessor)
     assert rate.cases >= 100
     assert rate.rate is not None and rate.rate >= 0.8, rate
+
+
+def test_the_table_marks_each_items_top_event_and_the_heat_map_is_written(tmp_path: Path) -> None:
+    from streamrec.stream.explain_cli import UserExplanation, format_table, plot_heatmap
+    from streamrec.stream.window import WindowEntry
+
+    window = tuple(WindowEntry(f"e{n}", f"i{n}", "view", 1000 * n) for n in range(4))
+    explanation = UserExplanation(
+        user_id="u1", model_version=2, window=window, item_ids=("i7", "i8"), scores=(3.0, 2.0), positions=(1, 2, 3),
+        contributions=((0.5, -0.1), (0.2, -0.3), (-0.4, -0.2)),
+    )
+    assert explanation.top_event(0) == 1 and explanation.top_event(1) is None  # nothing raised i8's score
+    lines = format_table(explanation).splitlines()
+    assert "i7" in lines[1] and "i8" in lines[1]
+    assert lines[2].split()[-1] == "·" and lines[3].endswith("0.500* -0.100")  # e0 not explained; e1 tops i7
+    assert "*" not in "".join(lines[4:6])
+    report = explanation.to_dict()
+    assert [i["top_event_id"] for i in report["items"]] == ["e1", None]
+    assert report["window"][0]["contributions"] is None and report["window"][3]["contributions"] == [-0.4, -0.2]
+    png = plot_heatmap(explanation, tmp_path / "out" / "u1.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
