@@ -1,20 +1,28 @@
 """``streamrec bench explain``: how faithful the explanations are, and whether they find a planted pattern.
 
-A model is trained (or given) on the synthetic stream, whose planted pattern is
-the item chain: item A is followed by its successor B with probability
-``p_follow``. Then, over users' windows from a later part of the stream:
+Two small models are trained on two planted patterns "item A is followed by
+item B":
 
-* planted pattern: among the (user, recommended item B) cases where B's
+* the bare pattern (:class:`PairWorld`): ``a<j>`` is always followed by
+  ``b<j>``, everything else is uniform noise, so nothing but ``a<j>`` can
+  explain ``b<j>``;
+* the synthetic stream's chain (``stream/generator.py``): every item is
+  followed by its successor with probability ``p_follow``, inside interest
+  clusters that also predict it.
+
+Over held-out users' windows it reports:
+
+* planted rate: among the (user, recommended item B) cases where B's
   predecessor A is in the window, the share where A is B's top contributing
   event (leave-one-out, :mod:`streamrec.onnx.explain`);
-* faithfulness: for each attribution method, the drop of the item's score (on
-  the served ONNX graph) when the method's top event is removed, against a
-  random event of the same window; and when its top 3 events are removed
-  together, against 3 random ones. Methods: leave-one-out (served),
-  gradient × input and attention rollout (both on the torch model), and
-  "newest event" as the naive baseline. Single-event removal is what
+* faithfulness (chain model): for each attribution method, the drop of the
+  item's score (on the served ONNX graph) when the method's top event is
+  removed, against a random event of the same window; and when its top 3
+  events are removed together, against 3 random ones. Methods: leave-one-out
+  (served), gradient × input and attention rollout (both on the torch model),
+  and "newest event" as the naive baseline. Single-event removal is what
   leave-one-out measures by definition, so it wins there by construction; the
-  top-3 removal is not what any method optimises and compares them fairly.
+  top-3 removal is optimised by no method.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from streamrec.models.features import UserSequence, featurize
 from streamrec.onnx.explain import Attribution, Explainer, model_view
 from streamrec.onnx.runtime import EncoderSession
 from streamrec.onnx.writer import train_from_events
-from streamrec.stream.generator import SyntheticConfig, build_world, generate_events, item_index, item_key
+from streamrec.stream.generator import SyntheticConfig, build_world, generate_events, item_key
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +357,3 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"  {name:<20}{row['drop_1']:>11.4f}{row['beats_random_1']:>10.3f}{row['drop_3']:>11.4f}{row['beats_random_3']:>10.3f}")
     lines.append(f"  {'random':<20}{faith['random']['drop_1']:>11.4f}{'':>10}{faith['random']['drop_3']:>11.4f}")
     return "\n".join(lines)
-
-
-def successor_of(item_id: str, config: SyntheticConfig = PLANTED) -> str:
-    """The planted successor of an item (for examples and tests)."""
-    return item_key(build_world(config).successor[item_index(item_id)])

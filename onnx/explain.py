@@ -17,7 +17,7 @@ events considered are bounded to the newest ``max_events`` of the window.
 
 The variants run through the served graph cut at its ``user_vector`` output
 (the same nodes and weights; ONNX Runtime would otherwise rank the whole
-catalogue for every variant row, 40 % of the time at 20,000 items), and the
+catalogue for every variant row: 40 % of the time at 20,000 items), and the
 recommended items are scored against the graph's own item table (the
 initializer of the scoring ``MatMul``); both are read once per model version.
 """
