@@ -62,6 +62,24 @@ def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: i
     _write(result, out)
 
 
+@bench.command("explain")
+@click.option("--epochs", default=10, show_default=True, help="Training epochs of each planted-pattern model.")
+@click.option("-k", "k", default=10, show_default=True, help="Recommended items explained per user.")
+@click.option("--users", default=300, show_default=True, help="Users of the faithfulness measurement.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/explain.json"), show_default=True)
+def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None:
+    """Explanations: planted-pattern attribution rate and faithfulness against gradient x input and attention."""
+    import tempfile
+
+    from streamrec.bench.explain import format_report, run_explain_bench  # torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-explain-") as work:
+        result = run_explain_bench(Path(work), epochs=epochs, k=k, users=users, seed=seed)
+    click.echo(format_report(result))
+    _write(result, out)
+
+
 @bench.command("quality")
 @click.option("--data", default="ml-100k", show_default=True, help="Interaction log path or 'ml-100k'.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")
@@ -166,18 +184,19 @@ def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: i
 @click.option("--with-passthrough", is_flag=True, help="Measure a bare aiokafka loop and the Faust passthrough worker the same way first.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
+@click.option("--explain", is_flag=True, help="Run the worker with STREAMREC_EXPLAIN=true (explanations in every message).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)
 @click.pass_context
 def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
             model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
-            out: Path) -> None:
+            explain: bool, out: Path) -> None:
     """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
     from streamrec.bench.latency import format_result, run_latency  # 1.4 s
 
     result = run_latency(_settings(ctx), rate=rate, seconds=seconds, users=users, items=items,
                          train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
                          partitions=partitions, with_passthrough=with_passthrough, seed=seed, keep=keep,
-                         out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
+                         explain=explain, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
 
 

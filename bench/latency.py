@@ -48,12 +48,13 @@ def run_latency(
     with_passthrough: bool = False,
     seed: int = 0,
     keep: bool = False,
+    explain: bool = False,
     out_dir: Path = common.OUT_DIR,
     progress: Any = print,
 ) -> dict[str, Any]:
     run_id = common.new_run_id()
     settings = common.isolated_settings(base, "lat", run_id, topic_partitions=partitions,
-                                        model_dir=base.state_dir / "bench" / f"lat-{run_id}" / "models")
+                                        model_dir=base.state_dir / "bench" / f"lat-{run_id}" / "models", explain=explain)
     logs = base.state_dir / "bench" / f"lat-{run_id}"
     pass_topic = output_topic(settings)
     machine = common.machine_info()
@@ -117,6 +118,7 @@ def run_latency(
         "users": users,
         "items": items,
         "partitions": partitions,
+        "explain": explain,
         "run_id": run_id,
         "phases": phases,
     }

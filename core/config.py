@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # Events of a forgotten user that arrive after the request: tracked anew from an empty
     # window (start_fresh), or dead-lettered with reason forgotten_user (refuse).
     forget_policy: Literal["start_fresh", "refuse"] = "start_fresh"
+    # Explanations in recommendation messages (items[].because): per item, the ids of its
+    # top contributing events among the newest explain_events of the window. Each explained
+    # event costs one more encoder row per user (README "Explanations").
+    explain: bool = False
+    explain_events: int = Field(10, ge=1, le=10_000)
+    explain_top: int = Field(3, ge=1, le=100)
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon

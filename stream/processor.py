@@ -31,6 +31,7 @@ from streamrec.config import Settings
 from streamrec.errors import StateStoreError
 from streamrec.models.features import UserSequence
 from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, ValidationRules, parse_event
+from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.recommendation import OnlineEval, Recommendation
@@ -240,6 +241,7 @@ class BatchProcessor:
         # Held from a batch's first record to its recommendations reaching the producer; a forget
         # request takes it, so a batch sees a forget entirely or not at all.
         self._batch_lock = asyncio.Lock()
+        self.explanations = Explanations(settings) if settings.explain else None
 
     def on_rebalance(self) -> None:
         """Forget worker-local state about users: their partitions may have moved."""
@@ -540,8 +542,11 @@ class BatchProcessor:
         popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
         encoder = self.current_encoder()
         ranked = self._encode(encoder, users, windows) if encoder is not None else None
+        because = None
         if ranked is not None and encoder is not None:
             version = encoder.version
+            if self.explanations is not None:
+                because = self.explanations.because(encoder, [windows[u].entries for u in users], [r[0] for r in ranked])
         else:
             ranked = [self._popular_for(windows[u], popular) for u in users]
             version = 0
@@ -552,7 +557,7 @@ class BatchProcessor:
         payloads: list[bytes] = []
         states: list[UserState] = []
         scores_sum = OnlineScores()
-        for user_id, (items, scores, vector) in zip(users, ranked):
+        for row, (user_id, (items, scores, vector)) in enumerate(zip(users, ranked)):
             events = by_user[user_id]
             online = self._online_eval(user_id, events, windows[user_id], popular, scores_sum)
             # Labelled with the newest event of the window it was computed from, not the
@@ -562,6 +567,7 @@ class BatchProcessor:
             rec = Recommendation.from_ranked(
                 user_id, items, scores, model_version=version, event_id=last.event_id,
                 event_ts_ms=last.ts_ms, emitted_at_ms=now_ms, worker_id=self.worker_id, online=online,
+                because=because[row] if because is not None else None,
             )
             payload = rec.to_json()
             recommendations.append(rec)

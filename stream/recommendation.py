@@ -15,6 +15,9 @@ from streamrec.errors import StreamrecError
 logger = logging.getLogger(__name__)
 
 RECOMMENDATION_VERSION = 1
+# Additive revisions within version 1 (old consumers ignore the new fields):
+# 2 added the optional items[].because (STREAMREC_EXPLAIN=true).
+RECOMMENDATION_SCHEMA_REVISION = 2
 
 
 class RecommendationDecodeError(StreamrecError, ValueError):
@@ -23,10 +26,20 @@ class RecommendationDecodeError(StreamrecError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ScoredItem:
-    """One recommended item and its model score (higher is better)."""
+    """One recommended item and its model score (higher is better).
+
+    ``because``: ids of the window events that contributed most to this item's
+    score, largest first (only with explanations on; None otherwise).
+    """
 
     item_id: str
     score: float
+    because: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.because is None:
+            return {"item_id": self.item_id, "score": self.score}
+        return {"item_id": self.item_id, "score": self.score, "because": list(self.because)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +92,18 @@ class Recommendation:
         emitted_at_ms: int,
         worker_id: str,
         online: OnlineEval | None = None,
+        because: Sequence[Sequence[str]] | None = None,
     ) -> Recommendation:
-        """Build from parallel ranked sequences (e.g. a numpy top-k; scores become Python floats)."""
-        items = tuple(ScoredItem(i, float(s)) for i, s in zip(item_ids, scores, strict=True))
+        """Build from parallel ranked sequences (e.g. a numpy top-k; scores become Python floats).
+
+        ``because``: per item, its top contributing event ids (explanations on).
+        """
+        if because is None:
+            items = tuple(ScoredItem(i, float(s)) for i, s in zip(item_ids, scores, strict=True))
+        else:
+            items = tuple(
+                ScoredItem(i, float(s), tuple(b)) for i, s, b in zip(item_ids, scores, because, strict=True)
+            )
         return cls(
             user_id, items, int(model_version), event_id, int(event_ts_ms), int(emitted_at_ms), worker_id, online
         )
@@ -96,7 +118,7 @@ class Recommendation:
         out: dict[str, Any] = {
             "v": self.v,
             "user_id": self.user_id,
-            "items": [{"item_id": it.item_id, "score": it.score} for it in self.items],
+            "items": [it.to_dict() for it in self.items],
             "model_version": self.model_version,
             "event_id": self.event_id,
             "event_ts": self.event_ts_ms,
@@ -136,7 +158,10 @@ class Recommendation:
             score = it.get("score")
             if type(score) not in (int, float) or not math.isfinite(score):
                 raise RecommendationDecodeError(f"items[{pos}].score must be a finite number")
-            items.append(ScoredItem(_get(it, "item_id", str), float(score)))
+            because = it.get("because")
+            if because is not None and (type(because) is not list or any(type(e) is not str for e in because)):
+                raise RecommendationDecodeError(f"items[{pos}].because must be a list of event ids")
+            items.append(ScoredItem(_get(it, "item_id", str), float(score), None if because is None else tuple(because)))
         online_obj = obj.get("online")
         online = None
         if online_obj is not None:
