@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     onnx_threads: int = 0  # CPU cores one batch encode may use, as concurrent shards (0 = physical cores)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    # Share of users a shadow model is scored for (`streamrec model shadow --fraction` overrides it per shadow).
+    shadow_fraction: float = Field(1.0, gt=0, le=1)
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
@@ -111,6 +113,11 @@ class Settings(BaseSettings):
     retrain_holdout_frac: float = Field(0.1, gt=0, lt=0.5)
     retrain_epochs: int = Field(10, ge=1)
     retrain_tolerance: float = Field(0.005, ge=0)  # publish unless holdout NDCG@10 is worse than live by more
+    # offline: the holdout duel decides; online: the candidate is shadowed and its online hit@10 decides.
+    retrain_gate: Literal["offline", "online"] = "offline"
+    retrain_gate_events: int = Field(2000, ge=1)  # shadow-scored events before the online gate decides
+    retrain_gate_tolerance: float = Field(0.01, ge=0)  # promote unless online hit@10 is worse than live's by more
+    retrain_gate_timeout_s: float = Field(1800.0, gt=0)  # no verdict within this long: rejected (not enough traffic)
 
     @field_validator("event_types")
     @classmethod
