@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from streamrec.config import Settings
+from streamrec.errors import StateStoreError
 from streamrec.onnx.registry import ModelRegistry, parse_version
 from streamrec.retrain.publish import announce_live, publish_and_announce
 from streamrec.stream.online_figures import Figures, OnlineFiguresStore, Role
@@ -93,9 +94,13 @@ def online_gate(
                 log.warning("shadow of version %d not announced (%s); workers find it in the registry", version, failure)
         progress(f"version {version} shadowed; waiting for {needed} scored events (at most {timeout_s:.0f}s)")
         last_progress = started
+        shadow = live = popularity = Figures()
         while True:
-            now = shadow_figures(store, version)
-            shadow, live, popularity = (after - b for after, b in zip(now, before))
+            try:
+                now = shadow_figures(store, version)
+                shadow, live, popularity = (after - b for after, b in zip(now, before))
+            except StateStoreError as exc:  # a busy or restarting Cassandra: keep waiting, within the timeout
+                log.warning("cannot read the online figures (%s); trying again", exc)
             if shadow.evaluated >= needed:
                 break
             if time.monotonic() - started > timeout_s:
