@@ -59,9 +59,8 @@ class ActiveShadow:
 class ShadowSlot:
     """The worker's second model slot: follows the registry's SHADOW pointer."""
 
-    def __init__(self, holder: ModelHolder, default_fraction: float) -> None:
+    def __init__(self, holder: ModelHolder) -> None:
         self.holder = holder
-        self._default_fraction = default_fraction
         self.pointer: ShadowPointer | None = None
 
     def follow(self, pointer: ShadowPointer | None, path: Path | None) -> None:
@@ -83,7 +82,7 @@ class ShadowSlot:
         pointer, encoder = self.pointer, self.holder.current
         if pointer is None or encoder is None or int(getattr(encoder, "version", 0)) != pointer.version:
             return None
-        return ActiveShadow(encoder, pointer.fraction or self._default_fraction)
+        return ActiveShadow(encoder, pointer.fraction)
 
 
 class ShadowScorer:

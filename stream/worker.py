@@ -97,7 +97,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> None:
         threads=settings.onnx_threads, top_k=settings.top_k,
         on_refused=lambda refusal: metrics.shadow_refusals.inc(),
     )
-    slot = ShadowSlot(shadow_models, settings.shadow_fraction)
+    slot = ShadowSlot(shadow_models)
     tally = OnlineTally()
     figures = OnlineFiguresStore(settings, store.session)
     try:

@@ -150,3 +150,27 @@ def test_a_broken_shadow_is_refused_and_serving_goes_on(settings: Settings, tmp_
         assert worker.alive() and worker.health()["model_version"] == 1
     finally:
         worker.kill()
+
+
+def test_the_retrainer_with_the_online_gate_promotes_a_candidate_that_beats_live_on_traffic(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from streamrec.retrain.round import retrain_round
+
+    settings = settings.with_overrides(retrain_gate="online", retrain_gate_events=200, retrain_gate_timeout_s=120,
+                                       retrain_min_events=100, retrain_horizon_hours=1, retrain_epochs=3)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    traffic = planted(1, 15_000, "r-")[3000:]
+    try:
+        produce(settings, events_as_records(traffic[:3000]))  # what the round trains on
+        producer = paced_producer(settings, traffic[3000:], per_second=300)  # what the gate is decided on
+        result = retrain_round(settings, epochs=3)
+        assert result.gate == "online" and result.outcome == "published", result.reason
+        assert result.online["shadow"]["hit@10"] > result.online["live"]["hit@10"], result.online
+        assert "online hit@10" in result.reason
+        registry = ModelRegistry.at(settings.models_path)
+        assert registry.live_version() == result.candidate_version == 4 and registry.shadow() is None
+        producer.join(timeout=60)
+        assert worker.alive()
+    finally:
+        worker.kill()

@@ -58,7 +58,7 @@ def record(n: int, user: str, item: str) -> SourceRecord:
 def build(live: FixedEncoder, shadow: FixedEncoder | None, fraction: float = 1.0):
     metrics = WorkerMetrics()
     holder = ModelHolder(loader=lambda path: shadow)
-    slot = ShadowSlot(holder, 1.0)
+    slot = ShadowSlot(holder)
     if shadow is not None:
         holder.load_now(Path("v-shadow"))
         slot.pointer = ShadowPointer(shadow.version, fraction)
@@ -140,3 +140,32 @@ def test_judge_online(shadow: Figures, live: Figures, promoted: bool) -> None:
     decision, reason = judge_online(shadow, live, Figures(1000, 50, 0), 0.01)
     assert decision is promoted
     assert ("hit@10" in reason) or not shadow.evaluated
+
+
+def test_the_slot_scores_only_the_version_pointed_at_and_drops_it_when_the_pointer_goes() -> None:
+    encoders = {"v2": FixedEncoder(2, ["a"]), "v3": FixedEncoder(3, ["b"])}
+    holder = ModelHolder(loader=lambda path: encoders[path.name])
+    slot = ShadowSlot(holder)
+    slot.follow(ShadowPointer(2, 0.5), Path("v2"))
+    holder._pending.result(timeout=10)  # noqa: SLF001 - the background load, finished
+    asyncio.run(holder.maybe_swap())
+    active = slot.active()
+    assert active is not None and active.encoder.version == 2 and active.fraction == 0.5
+    slot.follow(ShadowPointer(3, 0.5), Path("v3"))
+    assert slot.active() is None, "version 2 must not be scored as version 3 while 3 loads"
+    holder._pending.result(timeout=10)  # noqa: SLF001
+    asyncio.run(holder.maybe_swap())
+    assert slot.active() is not None and slot.active().encoder.version == 3
+    slot.follow(None, None)
+    assert slot.active() is None and holder.current is None
+
+
+def test_a_failed_flush_keeps_the_figures_for_the_next() -> None:
+    tally = OnlineTally()
+    tally.add(2, Role.SHADOW, 10, 4, 2.5)
+    tally.add(0, Role.LIVE, 10, 4, 2.5)  # the popularity fallback has no registry row
+    pending = tally.drain()
+    assert pending == {(2, Role.SHADOW): Figures(10, 4, 2_500_000)} and tally.drain() == {}
+    tally.add(2, Role.SHADOW, 1, 1, 1.0)
+    tally.restore(pending)
+    assert tally.drain() == {(2, Role.SHADOW): Figures(11, 5, 3_500_000)}
