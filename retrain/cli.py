@@ -140,6 +140,9 @@ def shadow(settings: Settings, version: str | None, fraction: float | None, stop
     registry = _registry(settings)
     if stop:
         stopped = registry.stop_shadow("shadow stopped by hand")
+        live = registry.live_version()
+        if stopped and live is not None:
+            _warn_unannounced(settings, announce_live(settings, registry, live, "shadow ended"))
         click.echo(f"stopped shadowing version {stopped}" if stopped else "no shadow to stop")
         return
     if version is None:

@@ -107,6 +107,7 @@ def online_gate(
                 reason = (f"not enough shadow traffic: {shadow.evaluated} of {needed} events scored in "
                           f"{timeout_s:.0f}s ({shadow.describe()}; live {live.describe()})")
                 registry.reject(version, reason)
+                _announce_end(settings, registry, announce)
                 return GateVerdict(version, False, reason, shadow, live, popularity, time.monotonic() - started)
             if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
                 progress(f"version {version}: {shadow.evaluated}/{needed} events; shadow {shadow.describe()}; "
@@ -129,6 +130,16 @@ def online_gate(
             log.warning("could not announce version %d: %s (workers will find it in the registry)", version, failure)
     else:
         registry.reject(version, reason)
+        _announce_end(settings, registry, announce)
     verdict = GateVerdict(version, promoted, reason, shadow, live, popularity, time.monotonic() - started)
-    progress(f"version {version} {'promoted' if promoted else 'rejected'}: {reason}")
+    log.info("version %d %s: %s", version, "promoted" if promoted else "rejected", reason)
     return verdict
+
+
+def _announce_end(settings: Settings, registry: ModelRegistry, announce: bool) -> None:
+    """Tell workers to look again, so they drop the shadow now rather than at their next registry poll."""
+    live = registry.live_version()
+    if announce and live is not None:
+        failure = announce_live(settings, registry, live, "shadow ended")
+        if failure is not None:
+            log.warning("end of the shadow not announced (%s); workers find it in the registry", failure)
