@@ -992,6 +992,8 @@ def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str
         # The shadow's cost, paid for the sampled users only (see stream/shadow.py).
         "shadow_version": int(merged.get("streamrec_shadow_version", 0)),
         "shadow_encoder_ms_per_batch": mean_ms("streamrec_shadow_encoder_seconds"),
+        "shadow_encoder_ms_total": round(merged.get("streamrec_shadow_encoder_seconds_sum", 0.0) * 1000, 1),
+        "encoder_ms_total": round(merged.get("streamrec_encoder_seconds_sum", 0.0) * 1000, 1),
         "shadow_users": int(merged.get("streamrec_shadow_users_total", 0)),
         # Mean ms per batch in each stage, in the batch's own order (see stream.metrics.BatchStage).
         "stage_ms": {stage.value: mean_ms("streamrec_batch_stage_seconds", f"stage={stage}") for stage in BatchStage},
