@@ -185,18 +185,23 @@ def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: i
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
 @click.option("--explain", is_flag=True, help="Run the worker with STREAMREC_EXPLAIN=true (explanations in every message).")
+@click.option("--shadow-model", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Also score this model as a shadow (an artifact, or a model directory: its live version).")
+@click.option("--shadow-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Share of users the shadow is scored for.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)
 @click.pass_context
 def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
             model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
-            explain: bool, out: Path) -> None:
+            explain: bool, shadow_model: Path | None, shadow_fraction: float, out: Path) -> None:
     """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
     from streamrec.bench.latency import format_result, run_latency  # 1.4 s
 
     result = run_latency(_settings(ctx), rate=rate, seconds=seconds, users=users, items=items,
                          train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
                          partitions=partitions, with_passthrough=with_passthrough, seed=seed, keep=keep,
-                         explain=explain, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
+                         explain=explain, shadow_model=shadow_model, shadow_fraction=shadow_fraction,
+                         out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
 
 

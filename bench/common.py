@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import orjson
 
 from streamrec.config import Settings
-from streamrec.onnx.artifact import version_dir_name
-from streamrec.onnx.registry import resolve_artifact_dir
+from streamrec.onnx.artifact import MANIFEST, version_dir_name
+from streamrec.onnx.registry import ModelRegistry, resolve_artifact_dir
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.metrics import BatchStage, CassandraOp, metric_values
 from streamrec.stream.state.cassandra import check_keyspace_name, connect, migrate
@@ -769,6 +769,27 @@ def prepare_model(settings: Settings, model: Path | None, train_events: Sequence
     return info
 
 
+def prepare_shadow(settings: Settings, model: Path, fraction: float) -> dict[str, Any]:
+    """Copy ``model`` into the run's registry as the next version and make it the shadow on ``fraction`` of users.
+
+    The live version is pinned first; the copy's manifest gets its new
+    version number (workers check that the loaded shadow is the one pointed at).
+    """
+    import shutil
+
+    registry = ModelRegistry.at(settings.models_path)
+    registry.pin_live()
+    source = resolve_artifact_dir(Path(model))
+    version = max(registry.storage.versions(), default=0) + 1
+    target = registry.storage.artifact_path(version)
+    shutil.copytree(source, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest["version"] = version
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    pointer = registry.start_shadow(version, fraction, reason="bench latency")
+    return {"source": str(model), "version": pointer.version, "fraction": pointer.fraction}
+
+
 # ---------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------
@@ -968,6 +989,12 @@ def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str
         "recommendations": int(merged.get("streamrec_recommendations_total", 0)),
         "rejected": int(sum(v for k, v in merged.items() if k.startswith("streamrec_events_rejected_total"))),
         "model_version": int(merged.get("streamrec_model_version", 0)),
+        # The shadow's cost, paid for the sampled users only (see stream/shadow.py).
+        "shadow_version": int(merged.get("streamrec_shadow_version", 0)),
+        "shadow_encoder_ms_per_batch": mean_ms("streamrec_shadow_encoder_seconds"),
+        "shadow_encoder_ms_total": round(merged.get("streamrec_shadow_encoder_seconds_sum", 0.0) * 1000, 1),
+        "encoder_ms_total": round(merged.get("streamrec_encoder_seconds_sum", 0.0) * 1000, 1),
+        "shadow_users": int(merged.get("streamrec_shadow_users_total", 0)),
         # Mean ms per batch in each stage, in the batch's own order (see stream.metrics.BatchStage).
         "stage_ms": {stage.value: mean_ms("streamrec_batch_stage_seconds", f"stage={stage}") for stage in BatchStage},
     }

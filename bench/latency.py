@@ -49,6 +49,8 @@ def run_latency(
     seed: int = 0,
     keep: bool = False,
     explain: bool = False,
+    shadow_model: Path | None = None,
+    shadow_fraction: float = 1.0,
     out_dir: Path = common.OUT_DIR,
     progress: Any = print,
 ) -> dict[str, Any]:
@@ -65,6 +67,9 @@ def run_latency(
         history = [] if (no_model or model is not None) else list(itertools.islice(stream, train_events))
         model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
         progress(f"model: {model_info}")
+        shadow_info = common.prepare_shadow(settings, shadow_model, shadow_fraction) if shadow_model else None
+        if shadow_info:
+            progress(f"shadow: {shadow_info}")
         common.prepare_schema(settings)
         kinds = (["bare", "passthrough"] if with_passthrough else []) + ["worker"]
         for kind in kinds:
@@ -115,6 +120,7 @@ def run_latency(
         },
         "machine": machine,
         "model": model_info,
+        "shadow": shadow_info,
         "users": users,
         "items": items,
         "partitions": partitions,
@@ -157,6 +163,9 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder {wm.get('encoder_ms_per_batch')} "
                      f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save {wm.get('cassandra_save_ms')} ms, consume→emit "
                      f"{wm.get('consume_to_emit_ms_per_batch')} ms")
+    if wm.get("shadow_version"):
+        lines.append(f"shadow: version {wm['shadow_version']}, encoder {wm.get('shadow_encoder_ms_per_batch')} ms per "
+                     f"batch, {wm.get('shadow_users')} users encoded")
     stages = wm.get("stage_ms") or {}
     if stages:
         lines.append("")

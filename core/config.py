@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     explain: bool = False
     explain_events: int = Field(10, ge=1, le=10_000)
     explain_top: int = Field(3, ge=1, le=100)
+    # Share of users a shadow model is scored for (`streamrec model shadow --fraction` overrides it per shadow).
+    shadow_fraction: float = Field(1.0, gt=0, le=1)
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
@@ -125,6 +127,11 @@ class Settings(BaseSettings):
     retrain_holdout_frac: float = Field(0.1, gt=0, lt=0.5)
     retrain_epochs: int = Field(10, ge=1)
     retrain_tolerance: float = Field(0.005, ge=0)  # publish unless holdout NDCG@10 is worse than live by more
+    # offline: the holdout duel decides; online: the candidate is shadowed and its online hit@10 decides.
+    retrain_gate: Literal["offline", "online"] = "offline"
+    retrain_gate_events: int = Field(2000, ge=1)  # shadow-scored events before the online gate decides
+    retrain_gate_tolerance: float = Field(0.01, ge=0)  # promote unless online hit@10 is worse than live's by more
+    retrain_gate_timeout_s: float = Field(1800.0, gt=0)  # no verdict within this long: rejected (not enough traffic)
 
     @field_validator("log_level", mode="before")
     @classmethod

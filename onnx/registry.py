@@ -3,8 +3,9 @@
 Layout under the model directory (a shared volume in docker-compose/k8s)::
 
     v000001/ v000002/ ...        artifacts (immutable, checksummed; written atomically by write_artifact)
-    registry/v000002.json        status record: candidate | live | rejected | retired, with history
+    registry/v000002.json        status record: candidate | shadow | live | rejected | retired, with history
     LIVE                         the live version number (replaced atomically with rename)
+    SHADOW                       the shadowed version and its user fraction, JSON (absent: no shadow)
 
 Readers never see a half-written version: artifacts appear by ``rename`` of a
 complete directory, status records and ``LIVE`` by ``rename`` of a complete
@@ -31,7 +32,7 @@ from streamrec.onnx.artifact import MANIFEST, list_versions, load_artifact, vers
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("candidate", "live", "rejected", "retired")
+STATUSES = ("candidate", "shadow", "live", "rejected", "retired")
 _VERSION_TEXT = re.compile(r"^v?0*(\d{1,9})$")
 
 
@@ -91,6 +92,32 @@ class FilesystemStorage:
         os.replace(tmp, target)
 
 
+@dataclass(frozen=True)
+class ShadowPointer:
+    """The version workers score beside the live one, and the share of users they score it for."""
+
+    version: int
+    fraction: float
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "fraction": self.fraction})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShadowPointer":
+        try:
+            doc = json.loads(text)
+            return cls(parse_version(int(doc["version"])), check_fraction(float(doc["fraction"])))
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise ModelError(f"unreadable SHADOW pointer {text!r}: {exc}") from exc
+
+
+def check_fraction(fraction: float) -> float:
+    """A shadow fraction is in (0, 1]: the share of users whose events the shadow is scored on."""
+    if not 0.0 < fraction <= 1.0:
+        raise ModelError(f"shadow fraction must be in (0, 1], got {fraction}")
+    return fraction
+
+
 @dataclass
 class VersionRecord:
     """One registry row (what `streamrec model list` prints)."""
@@ -127,7 +154,7 @@ class ModelRegistry:
         if pointer is not None:
             return pointer
         for version in reversed(self.storage.versions()):
-            if self._status_doc(version).get("status", "candidate") not in ("rejected", "retired"):
+            if self._status_doc(version).get("status", "candidate") not in ("rejected", "retired", "shadow"):
                 return version
         return None
 
@@ -138,6 +165,18 @@ class ModelRegistry:
     def live_path(self) -> Path | None:
         version = self.live_version()
         return None if version is None else self.storage.artifact_path(version)
+
+    def shadow(self) -> ShadowPointer | None:
+        """The shadowed version (never the live one), or None."""
+        text = self.storage.read_text("SHADOW")
+        if text is None or not text.strip():
+            return None
+        pointer = ShadowPointer.from_json(text)
+        return None if pointer.version == self._pointer() else pointer
+
+    def shadow_path(self) -> Path | None:
+        pointer = self.shadow()
+        return None if pointer is None else self.storage.artifact_path(pointer.version)
 
     def _status_doc(self, version: int) -> dict[str, Any]:
         text = self.storage.read_text(f"registry/{version_dir_name(version)}.json")
@@ -150,6 +189,8 @@ class ModelRegistry:
         status = "live" if version == live else doc.get("status", "candidate")
         if status == "live" and version != live:
             status = "retired"
+        if status == "shadow" and (self.shadow() or ShadowPointer(0, 1.0)).version != version:
+            status = "candidate"  # the shadow moved on without a verdict on this one
         manifest: dict[str, Any] = {}
         try:
             manifest = json.loads((path / MANIFEST).read_text())
@@ -184,7 +225,49 @@ class ModelRegistry:
 
     def reject(self, version: int, reason: str) -> None:
         self._set_status(version, "rejected", reason)
+        self._end_shadow_of(version)
         log.warning("model version %d rejected: %s", version, reason)
+
+    def start_shadow(self, version: int | str, fraction: float, reason: str = "shadowed") -> ShadowPointer:
+        """Make ``version`` the shadow: workers score it on ``fraction`` of users and never serve it.
+
+        The live version is pinned first, so the "newest version" fallback can
+        never make the shadow live; a rejected, retired or live version cannot
+        be shadowed.
+        """
+        version = parse_version(version)
+        if version not in self.storage.versions():
+            raise ModelError(f"model version {version} does not exist")
+        load_artifact(self.storage.artifact_path(version))  # refuse a corrupted artifact before workers load it
+        pointer = ShadowPointer(version, check_fraction(fraction))
+        live = self.pin_live()
+        if version == live:
+            raise ModelError(f"model version {version} is live; shadow a candidate")
+        status = self._status_doc(version).get("status", "candidate")
+        if status in ("rejected", "retired"):
+            raise ModelError(f"model version {version} is {status}; only a candidate can be shadowed")
+        previous = self.shadow()
+        if previous is not None and previous.version != version:
+            self._set_status(previous.version, "candidate", f"shadow replaced by version {version}")
+        self._set_status(version, "shadow", f"{reason} on {fraction:g} of users")
+        self.storage.replace_text("SHADOW", pointer.to_json())
+        log.info("model version %d is the shadow on %g of users", version, fraction)
+        return pointer
+
+    def stop_shadow(self, reason: str = "shadow stopped") -> int | None:
+        """No shadow any more; the former shadow goes back to candidate. Returns its version."""
+        pointer = self.shadow()
+        if pointer is None:
+            self.storage.replace_text("SHADOW", "")
+            return None
+        self._set_status(pointer.version, "candidate", reason)
+        self.storage.replace_text("SHADOW", "")
+        return pointer.version
+
+    def _end_shadow_of(self, version: int) -> None:
+        text = self.storage.read_text("SHADOW")
+        if text and text.strip() and ShadowPointer.from_json(text).version == version:
+            self.storage.replace_text("SHADOW", "")
 
     def publish(self, version: int, reason: str = "published") -> int | None:
         """Verify ``version`` and make it live (the previous live one is retired). Returns the previous."""
@@ -197,6 +280,7 @@ class ModelRegistry:
             self._set_status(previous, "retired", f"replaced by version {version}")
         self._set_status(version, "live", reason)
         self.storage.replace_text("LIVE", f"{version}\n")
+        self._end_shadow_of(version)
         log.info("model version %d is live (was %s)", version, previous)
         return previous
 

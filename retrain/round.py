@@ -23,6 +23,7 @@ from streamrec.models.warm_start import grow_vocab, warm_state
 from streamrec.onnx.artifact import load_artifact
 from streamrec.onnx.registry import ModelRegistry
 from streamrec.onnx.writer import write_artifact
+from streamrec.retrain.gate import online_gate
 from streamrec.retrain.publish import publish_and_announce
 from streamrec.retrain.recent import recent_event_log
 
@@ -44,6 +45,8 @@ class RoundResult:
     candidate_holdout: dict[str, float] = field(default_factory=dict)
     live_holdout: dict[str, float] = field(default_factory=dict)
     plot: str | None = None
+    gate: str = "offline"  # what decided: the holdout duel (offline) or the shadow on live traffic (online)
+    online: dict[str, object] = field(default_factory=dict)  # the online gate's figures
 
 
 def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bool = True) -> RoundResult:
@@ -111,6 +114,21 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
         live_version=live.version if live else None, candidate_holdout=candidate_holdout,
         live_holdout=live_holdout, plot=str(kept_plot),
     )
+    if settings.retrain_gate == "online" and live is not None:
+        # The holdout figures stay in the artifact's metrics; live traffic decides.
+        verdict = online_gate(settings, registry, candidate, announce=announce)
+        outcome.gate, outcome.online = "online", verdict.as_dict()
+        outcome.outcome, outcome.reason = ("published" if verdict.promoted else "rejected"), verdict.reason
+    else:
+        _decide_offline(settings, registry, outcome, candidate, cand, live_score, announce)
+    outcome.duration_s = round(time.monotonic() - started, 1)
+    log.info("retrain round: %s", asdict(outcome))
+    return outcome
+
+
+def _decide_offline(settings: Settings, registry: ModelRegistry, outcome: RoundResult, candidate: int, cand: float,
+                    live_score: float | None, announce: bool) -> None:
+    """The holdout duel decides: publish (and announce) or reject the candidate."""
     publish, outcome.reason = judge(cand, live_score, settings.retrain_tolerance)
     if not publish:
         outcome.outcome = "rejected"
@@ -120,9 +138,6 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
                                                   announcement="retrained", announce=announce)
         if failure is not None:
             log.warning("could not announce version %d: %s (workers will find it in the registry)", candidate, failure)
-    outcome.duration_s = round(time.monotonic() - started, 1)
-    log.info("retrain round: %s", asdict(outcome))
-    return outcome
 
 
 def judge(candidate_ndcg: float, live_ndcg: float | None, tolerance: float) -> tuple[bool, str]:

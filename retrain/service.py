@@ -27,6 +27,9 @@ class RetrainerMetrics:
         self.duration = Gauge("streamrec_retrain_duration_seconds", "Duration of the last round", registry=r)
         self.events = Gauge("streamrec_retrain_events", "Events read by the last round", registry=r)
         self.holdout = Gauge("streamrec_retrain_holdout_ndcg10", "Holdout NDCG@10 of the last round", ["model"], registry=r)
+        self.online = Gauge("streamrec_retrain_online_hit10",
+                            "Online hit@10 the last online gate decided on (same events for each model)", ["model"],
+                            registry=r)
 
     def record(self, result: RoundResult) -> None:
         self.rounds.labels(result.outcome).inc()
@@ -36,6 +39,10 @@ class RetrainerMetrics:
             self.holdout.labels("candidate").set(result.candidate_holdout.get("ndcg@10", 0.0))
         if result.live_holdout:
             self.holdout.labels("live").set(result.live_holdout.get("ndcg@10", 0.0))
+        for model in ("shadow", "live", "popularity"):
+            figures = result.online.get(model)
+            if isinstance(figures, dict) and isinstance(figures.get("hit@10"), float):
+                self.online.labels(model).set(figures["hit@10"])
 
 
 

@@ -33,7 +33,7 @@ from streamrec.stream.batching import micro_batches
 from streamrec.stream.forget import Forgetter
 from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
-from streamrec.stream.processor import BatchInFlight, BatchProcessor, SourceRecord
+from streamrec.stream.processor import BatchInFlight, BatchProcessor, ShadowHook, SourceRecord
 from streamrec.stream.state.base import WindowStore
 from streamrec.stream.transport import Transport
 
@@ -169,6 +169,7 @@ def create_app(
     worker_id: str,
     metrics: WorkerMetrics | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    shadow: ShadowHook | None = None,
 ) -> tuple[faust.App, BatchProcessor]:
     """Build the worker's Faust app around a processor; returns both (tests drive the processor).
 
@@ -183,7 +184,7 @@ def create_app(
     partitions = PartitionCount(app, settings.events_topic)
     processor = BatchProcessor(
         settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id,
-        cache_capacity=settings.window_cache_users, partition_count=partitions,
+        cache_capacity=settings.window_cache_users, partition_count=partitions, shadow=shadow,
     )
     forget_topic = app.topic(settings.forget_topic, key_type=bytes, value_type=bytes)
     forget_partitions = PartitionCount(app, settings.forget_topic)

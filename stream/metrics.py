@@ -108,6 +108,30 @@ class WorkerMetrics:
         )
         self.online_hits = Counter("streamrec_online_hits", "Next item within the previous top-10", ["model"], registry=r)
         self.online_ndcg = Counter("streamrec_online_ndcg_sum", "Sum of NDCG@10 of previous recommendations", ["model"], registry=r)
+        # The shadow model and, on the very same events (the sampled users'), live and popularity.
+        self.shadow_evaluated = Counter(
+            "streamrec_shadow_evaluated", "Sampled users' events scored for shadow, live and popularity", ["model"],
+            registry=r,
+        )
+        self.shadow_hits = Counter(
+            "streamrec_shadow_hits", "Sampled events whose next item was in the model's previous top-10", ["model"],
+            registry=r,
+        )
+        self.shadow_ndcg = Counter(
+            "streamrec_shadow_ndcg_sum", "Sum of NDCG@10 on the sampled events", ["model"], registry=r
+        )
+        self.shadow_users = Counter("streamrec_shadow_users", "Users encoded by the shadow model", registry=r)
+        self.shadow_encoder_latency = Histogram(
+            "streamrec_shadow_encoder_seconds", "Shadow encoder call per micro-batch (sampled users only)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.shadow_failures = Counter(
+            "streamrec_shadow_failures", "Batches the shadow model failed on (serving unaffected)", registry=r
+        )
+        self.shadow_refusals = Counter(
+            "streamrec_shadow_refusals", "Shadow versions refused at load, verification or warm-up", registry=r
+        )
+        self.shadow_version = Gauge("streamrec_shadow_version", "Shadow model version being scored (0 = none)", registry=r)
         self.model_version = Gauge("streamrec_model_version", "Model version being served (0 = popularity fallback)", registry=r)
 
     def render(self) -> bytes:

@@ -154,6 +154,13 @@ class ModelHolder:
         await asyncio.sleep(0)
         return True
 
+    def clear(self) -> None:
+        """Hold no model any more (a shadow stopped); a load in progress is dropped when it finishes."""
+        self._pending = None
+        self._pending_path = None
+        self.current = None
+        self.last_refusal = None
+
     def _refuse(self, path: Path, exc: BaseException) -> None:
         earlier = self.refused.get(str(path))
         attempts = (earlier.attempts if earlier else 0) + 1

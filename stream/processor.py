@@ -85,6 +85,19 @@ class Encoder(Protocol):
     def recommend(self, sequences: Sequence[Any], k: int, exclude_seen: bool = True) -> list[Any]: ...
 
 
+class ShadowHook(Protocol):
+    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step."""
+
+    def score_batch(
+        self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
+        live_previous: "OrderedDict[str, tuple[list[str], list[str], str]]",
+    ) -> None: ...
+
+    def record_live(self, version: int, scores: "OnlineScores") -> None: ...
+
+    def forget(self) -> None: ...
+
+
 @dataclass
 class BatchReport:
     """What one batch did (for logs, tests and the demo summary)."""
@@ -213,11 +226,13 @@ class BatchProcessor:
         rules: ValidationRules | None = None,
         cache_capacity: int = 200_000,
         retry_max_delay_s: float = 5.0,
+        shadow: ShadowHook | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.sink = sink
         self.current_encoder = encoder
+        self.shadow = shadow
         self.partition_count = partition_count
         self.metrics = metrics or WorkerMetrics()
         self.worker_id = worker_id
@@ -248,6 +263,8 @@ class BatchProcessor:
         self.cache.clear()
         with self._recommend_lock:  # _recommend runs in the encoder thread
             self.previous.clear()
+            if self.shadow is not None:
+                self.shadow.forget()
 
     # ------------------------------------------------------------------ #
     @property
@@ -551,6 +568,9 @@ class BatchProcessor:
             ranked = [self._popular_for(windows[u], popular) for u in users]
             version = 0
         self.metrics.model_version.set(version)
+        if self.shadow is not None:
+            # Before the loop below replaces each user's previous lists: the shadow is scored on the same events.
+            self.shadow.score_batch(users, by_user, windows, self.previous)
 
         now_ms = int(self.clock() * 1000)
         recommendations: list[Recommendation] = []
@@ -582,6 +602,8 @@ class BatchProcessor:
             baseline = items if version == 0 else self._popular_for(windows[user_id], popular)[0]
             self._remember(user_id, items, baseline, last.event_id)
         scores_sum.publish(self.metrics)
+        if self.shadow is not None:
+            self.shadow.record_live(version, scores_sum)
         for events in by_user.values():
             for event in events:
                 self.popularity.observe(event.item_id)

@@ -10,10 +10,12 @@ from pathlib import Path
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
 from streamrec.stream.app import create_app, default_worker_id
-from streamrec.onnx.registry import ModelRegistry
+from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.model_updates import watch_announcements
+from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
+from streamrec.stream.shadow import ShadowScorer, ShadowSlot
 from streamrec.stream.state.cassandra import CassandraStore
 from streamrec.stream.topics import ensure_topics_sync
 
@@ -42,6 +44,29 @@ def live_model_path(settings: Settings) -> Path | None:
         return None
 
 
+def shadow_pointer(settings: Settings) -> tuple[ShadowPointer | None, Path | None]:
+    """The registry's shadow version and its artifact path, if any (an unreadable pointer: none, logged)."""
+    try:
+        registry = ModelRegistry.at(settings.models_path)
+        pointer = registry.shadow()
+    except (ModelError, OSError) as exc:
+        log.error("cannot read the shadow pointer under %s: %s (no shadow)", settings.models_path, exc)
+        return None, None
+    return (pointer, registry.storage.artifact_path(pointer.version)) if pointer else (None, None)
+
+
+async def flush_figures(tally: OnlineTally, figures: OnlineFiguresStore) -> None:
+    """Add this worker's online figures to the shared counters; kept for the next try if Cassandra fails."""
+    pending = tally.drain()
+    if not pending:
+        return
+    try:
+        await figures.add(pending)
+    except StateStoreError as exc:
+        tally.restore(pending)
+        log.warning("online figures not flushed (%s); kept for the next flush", exc)
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
     if settings.event_loop == "uvloop":
@@ -68,7 +93,21 @@ def run_worker(settings: Settings) -> None:
             models.load_now(path)
         except ModelError:
             log.error("serving the popularity fallback until the live model can be loaded")
-    app, processor = create_app(settings, store, models, worker_id=worker_id, metrics=metrics)
+    shadow_models = ModelHolder(
+        threads=settings.onnx_threads, top_k=settings.top_k,
+        on_refused=lambda refusal: metrics.shadow_refusals.inc(),
+    )
+    slot = ShadowSlot(shadow_models)
+    tally = OnlineTally()
+    figures = OnlineFiguresStore(settings, store.session)
+    try:
+        figures.migrate()
+    except StateStoreError as exc:  # figures are telemetry: serving starts anyway, flushes retry
+        log.error("%s; online figures will not be shared until it exists", exc)
+    scorer = ShadowScorer(slot, tally, metrics, top_k=settings.top_k, exclude_seen=settings.exclude_seen,
+                          capacity=settings.window_cache_users)
+    slot.follow(*shadow_pointer(settings))
+    app, processor = create_app(settings, store, models, worker_id=worker_id, metrics=metrics, shadow=scorer)
     # Before the first record: a restarted worker must not take a forgotten user's replayed past
     # for new events (the list is reloaded on every assignment, but a reload there is bounded).
     processor.forgotten.replace_all(asyncio.run(store.load_forgotten()))
@@ -76,6 +115,7 @@ def run_worker(settings: Settings) -> None:
     def consider(path: Path | None) -> None:
         if path is not None and models.wants(path):
             models.request(path)  # loads, verifies and warms in the background
+        slot.follow(*shadow_pointer(settings))
 
     @app.task
     async def follow_announcements() -> None:
@@ -95,8 +135,14 @@ def run_worker(settings: Settings) -> None:
     async def swap_when_idle() -> None:
         # The agent swaps between batches; this covers a worker with no traffic.
         await models.maybe_swap()
+        await shadow_models.maybe_swap()
+
+    @app.timer(interval=1.0)
+    async def flush_online_figures() -> None:
+        await flush_figures(tally, figures)
 
     try:
         faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
     finally:
         models.close()
+        shadow_models.close()

@@ -246,6 +246,11 @@ class CassandraStore:
             f"SELECT user_hash, forgotten_at, deleted_us, request_id FROM {ks}.forgotten_users", self._read_cl
         )
 
+    @property
+    def session(self) -> Session:
+        """The driver session, for tables kept beside the windows (the online figures)."""
+        return self._session
+
     @classmethod
     def open(cls, settings: Settings, *, create_schema: bool = True) -> "CassandraStore":
         """Connect, create the schema if asked, and prepare the statements."""

@@ -41,6 +41,7 @@ RETRAINER_METRICS = {
     "streamrec_retrain_duration_seconds_count": set(),
     "streamrec_retrain_events": set(),
     "streamrec_retrain_holdout_ndcg10": {"model"},
+    "streamrec_retrain_online_hit10": {"model"},
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"instance", "job", "pod", "namespace", "container", "service", "node"}

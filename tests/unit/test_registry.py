@@ -91,3 +91,33 @@ def test_a_model_directory_resolves_to_its_live_version(tmp_path: Path, one_arti
     (root / "LIVE").unlink()
     with pytest.raises(ModelError, match="none is live"):
         resolve_artifact_dir(root)
+
+
+def test_a_shadow_is_never_live_and_a_verdict_ends_it(tmp_path: Path, one_artifact: Path) -> None:
+    registry = make_registry(tmp_path, one_artifact, 3)
+    registry.publish(1)
+    pointer = registry.start_shadow(3, 0.25)
+    assert (pointer.version, pointer.fraction) == (3, 0.25)
+    assert registry.shadow() == pointer and registry.shadow_path() == registry.storage.artifact_path(3)
+    assert {r.version: r.status for r in registry.list()} == {1: "live", 2: "candidate", 3: "shadow"}
+    assert registry.live_version() == 1
+    with pytest.raises(ModelError, match="is live"):
+        registry.start_shadow(1, 1.0)
+    with pytest.raises(ModelError, match="fraction"):
+        registry.start_shadow(2, 1.5)
+    registry.reject(3, "online hit@10 0.10 vs live 0.30")
+    assert registry.shadow() is None and registry.record(3).status == "rejected"
+    with pytest.raises(ModelError, match="rejected"):
+        registry.start_shadow(3, 1.0)
+    registry.start_shadow(2, 1.0)
+    registry.publish(2)
+    assert registry.shadow() is None and registry.live_version() == 2
+
+
+def test_without_a_live_pointer_shadowing_pins_live_first(tmp_path: Path, one_artifact: Path) -> None:
+    registry = make_registry(tmp_path, one_artifact, 2)
+    with pytest.raises(ModelError, match="is live"):
+        registry.start_shadow(2, 1.0)  # the newest version is what workers serve without a pointer
+    registry.start_shadow(1, 1.0)
+    assert registry.storage.read_text("LIVE") == "2\n" and registry.live_version() == 2
+    assert registry.stop_shadow() == 1 and registry.record(1).status == "candidate" and registry.shadow() is None
