@@ -95,7 +95,9 @@ class ShadowHook(Protocol):
 
     def record_live(self, version: int, scores: "OnlineScores") -> None: ...
 
-    def forget(self) -> None: ...
+    def clear(self) -> None: ...
+
+    def forget_user(self, user_id: str) -> None: ...
 
 
 @dataclass
@@ -264,7 +266,7 @@ class BatchProcessor:
         with self._recommend_lock:  # _recommend runs in the encoder thread
             self.previous.clear()
             if self.shadow is not None:
-                self.shadow.forget()
+                self.shadow.clear()
 
     # ------------------------------------------------------------------ #
     @property
@@ -288,6 +290,8 @@ class BatchProcessor:
         self.cache.put(StoredWindow(user_id, written_us=mark.deleted_us))
         with self._recommend_lock:
             self.previous.pop(user_id, None)
+            if self.shadow is not None:
+                self.shadow.forget_user(user_id)
         return mark
 
     def forgotten_at(self, user_id: str, mark: ForgetMark) -> None:

@@ -102,9 +102,13 @@ class ShadowScorer:
         self.previous: OrderedDict[str, list[str]] = OrderedDict()  # the shadow's last top-K per sampled user
         self.error: str | None = None
 
-    def forget(self) -> None:
-        """Rebalance: the users' partitions may have moved (the processor forgets its live lists too)."""
+    def clear(self) -> None:
+        """Rebalance: the users' partitions may have moved (the processor drops its live lists too)."""
         self.previous.clear()
+
+    def forget_user(self, user_id: str) -> None:
+        """The user asked to be forgotten: drop the shadow's last list for them."""
+        self.previous.pop(user_id, None)
 
     def record_live(self, version: int, scores: OnlineScores) -> None:
         """The serving version's online figures of a batch (all users), for `model list`."""
