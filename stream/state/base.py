@@ -1,7 +1,7 @@
 """The state store contract: windows and each user's latest serving state.
 
 Two implementations share one contract test suite (``tests/store_contract.py``,
-run by ``tests/unit/test_store_memory.py`` and
+run by ``tests/unit/stream/test_store_memory.py`` and
 ``tests/integration/test_store_cassandra.py``): :class:`InMemoryStore` for
 unit tests and :class:`CassandraStore`, which is what runs.
 

@@ -21,7 +21,7 @@ from streamrec.stream.processor import BatchProcessor, SourceRecord
 from streamrec.stream.recommendation import Recommendation
 from streamrec.stream.shadow import ShadowScorer, ShadowSlot, in_sample
 from streamrec.stream.state.memory import InMemoryStore
-from tests.unit.test_processor import RecordingSink
+from tests.unit.stream.test_processor import RecordingSink
 
 SETTINGS = Settings(window_size=5, top_k=3, exclude_seen=False)
 

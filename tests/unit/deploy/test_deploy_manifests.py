@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from streamrec.config import Settings
 from streamrec.stream.metrics import WorkerMetrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

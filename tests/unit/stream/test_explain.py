@@ -23,7 +23,7 @@ from streamrec.stream.events import load_schema
 from streamrec.stream.processor import BatchProcessor, SourceRecord
 from streamrec.stream.recommendation import Recommendation, ScoredItem
 from streamrec.stream.state.memory import InMemoryStore
-from tests.unit.test_processor import RecordingSink
+from tests.unit.stream.test_processor import RecordingSink
 
 N_ITEMS = 30
 MAX_LEN = 8

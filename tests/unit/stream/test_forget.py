@@ -17,7 +17,7 @@ from streamrec.stream.processor import BatchProcessor, SourceRecord
 from streamrec.stream.forgotten import user_hash
 from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState
 from streamrec.stream.state.memory import InMemoryStore
-from tests.unit.test_processor import RecordingSink, event, record
+from tests.unit.stream.test_processor import RecordingSink, event, record
 
 SETTINGS = Settings(window_size=5, top_k=2)
 NOW_MS = 1_700_000_100_000  # after every event() timestamp
