@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from streamrec.config import Settings, load_settings
+from streamrec.config import Settings
 from streamrec.models.config import EncoderConfig
 from streamrec.models.data import EventLog, load_events, resolve_dataset
 from streamrec.models.splits import Split, leave_one_out, temporal_split
@@ -29,11 +29,6 @@ log = logging.getLogger(__name__)
 
 DATA_HELP = "Interaction log path, or 'ml-100k' for MovieLens-100k (fetched into the cache once)."
 FORMATS = ["auto", "jsonl", "csv", "parquet", "movielens", "inter"]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
 
 
 def _split(events: EventLog, kind: str) -> Split:
@@ -77,8 +72,8 @@ def _emit(result: dict[str, Any], out: Path | None) -> None:
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also save the training-curve PNG here.")
 @click.option("--metrics-out", type=click.Path(path_type=Path), default=None, help="Write the summary JSON here too.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.pass_context
-def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
+@click.pass_obj
+def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
           batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
           layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: str, num_negatives: int,
           event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool) -> None:
@@ -87,7 +82,6 @@ def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | 
     from streamrec.models.train import train as run_train
     from streamrec.onnx.writer import write_artifact  # torch
 
-    settings = _settings(ctx)
     path = resolve_dataset(data, settings.state_dir / "data")
     split = _split(load_events(path, fmt), split_kind)
     config = EncoderConfig(
@@ -126,13 +120,12 @@ def train(ctx: click.Context, data: str, fmt: str, split_kind: str, out: Path | 
 @click.option("--threads", default=2, show_default=True)
 @click.option("--include-seen", is_flag=True, help="Do not exclude items already in the user's history.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the metrics JSON here.")
-@click.pass_context
-def eval_(ctx: click.Context, model_dir: Path | None, data: str, fmt: str, split_kind: str, subset: str,
+@click.pass_obj
+def eval_(settings: Settings, model_dir: Path | None, data: str, fmt: str, split_kind: str, subset: str,
           backend: str, threads: int, include_seen: bool, out: Path | None) -> None:
     """Full-ranking evaluation (Recall@10/20, NDCG@10/20, MRR) of a model artifact, as JSON."""
     from streamrec.models.evaluate import evaluate_model, evaluate_session  # torch
 
-    settings = _settings(ctx)
     artifact = load_artifact(resolve_artifact_dir(model_dir)) if model_dir else latest_artifact(settings.models_path)
     path = resolve_dataset(data, settings.state_dir / "data")
     split = _split(load_events(path, fmt), split_kind)
