@@ -14,12 +14,10 @@ event is either fully handled or will be seen again.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import math
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
@@ -34,6 +32,7 @@ from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, Valida
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
+from streamrec.stream.online import ONLINE_K, OnlineScores, PopularityModel, score_previous
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.state.cache import WindowCache
@@ -42,9 +41,6 @@ from streamrec.stream.window import WindowEntry, merge_window
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-ONLINE_K = 10
-
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
@@ -135,80 +131,6 @@ def _observe(histogram: Histogram, stage: BatchStage, since: float) -> float:
     now = time.perf_counter()
     histogram.labels(stage).observe(now - since)
     return now
-
-
-def _by_count_then_id(entry: tuple[str, int]) -> tuple[int, str]:
-    # Ties broken by item id: the same top on every worker and after every restart.
-    return entry[1], entry[0]
-
-
-class PopularityModel:
-    """Running item counts: the no-model fallback and the online-evaluation baseline.
-
-    ``top`` costs O(n + items seen since the last call), not O(catalogue):
-    counts only grow, so only the previous top and the items observed since
-    can be in the new top. Memory is bounded: past ``max_items`` distinct
-    items the rarer half is forgotten.
-    """
-
-    def __init__(self, max_items: int = 500_000) -> None:
-        self.counts: Counter[str] = Counter()
-        self._max_items = max_items
-        self._top: list[tuple[str, int]] = []
-        self._depth = 0  # how many entries _top holds
-        self._touched: set[str] = set()
-
-    def top(self, n: int) -> list[tuple[str, int]]:
-        if n > self._depth:
-            self._depth = n
-            self._top = heapq.nlargest(n, self.counts.items(), key=_by_count_then_id)
-        elif self._touched:
-            candidates = {item for item, _ in self._top} | self._touched
-            self._top = heapq.nlargest(self._depth, ((i, self.counts[i]) for i in candidates), key=_by_count_then_id)
-        self._touched.clear()
-        return self._top[:n]
-
-    def observe(self, item_id: str) -> None:
-        self.counts[item_id] += 1
-        self._touched.add(item_id)
-        if len(self.counts) > self._max_items:
-            self.counts = Counter(dict(self.counts.most_common(self._max_items // 2)))
-            self._depth = 0  # recompute in full next time
-
-
-@dataclass
-class OnlineScores:
-    """A batch's online-evaluation sums, published to the metrics once per batch (not six calls per user)."""
-
-    evaluated: int = 0
-    hits: int = 0
-    ndcg: float = 0.0
-    baseline_hits: int = 0
-    baseline_ndcg: float = 0.0
-
-    def add(self, hit: bool, ndcg: float, baseline_hit: bool, baseline_ndcg: float) -> None:
-        self.evaluated += 1
-        self.hits += int(hit)
-        self.ndcg += ndcg
-        self.baseline_hits += int(baseline_hit)
-        self.baseline_ndcg += baseline_ndcg
-
-    def publish(self, metrics: WorkerMetrics) -> None:
-        if not self.evaluated:
-            return
-        for model, hits, ndcg in (("encoder", self.hits, self.ndcg), ("popularity", self.baseline_hits, self.baseline_ndcg)):
-            metrics.online_evaluated.labels(model).inc(self.evaluated)
-            metrics.online_hits.labels(model).inc(hits)
-            metrics.online_ndcg.labels(model).inc(ndcg)
-
-
-def score_previous(previous: Sequence[str], next_item: str, k: int = ONLINE_K) -> tuple[bool, int | None, float]:
-    """Hit, 1-based rank and NDCG@k of ``next_item`` in a previous top-k list."""
-    try:
-        rank = list(previous[:k]).index(next_item) + 1
-    except ValueError:
-        return False, None, 0.0
-    return True, rank, 1.0 / math.log2(rank + 1)
 
 
 class BatchProcessor:

@@ -32,7 +32,8 @@ from streamrec.stream.events import Event
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.online_figures import OnlineTally, Role
-from streamrec.stream.processor import Encoder, OnlineScores, score_previous
+from streamrec.stream.online import OnlineScores, score_previous
+from streamrec.stream.processor import Encoder
 from streamrec.stream.state.base import StoredWindow
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import pytest
 
 from streamrec.config import Settings
 from streamrec.stream.events import DeadLetter
-from streamrec.stream.processor import BatchProcessor, SourceRecord, score_previous
+from streamrec.stream.online import score_previous
+from streamrec.stream.processor import BatchProcessor, SourceRecord
 from streamrec.stream.recommendation import Recommendation
 from streamrec.stream.state.memory import InMemoryStore
 
@@ -260,7 +261,7 @@ def test_popularity_top_stays_exact_while_only_touching_new_items() -> None:
     import random
     from collections import Counter
 
-    from streamrec.stream.processor import PopularityModel
+    from streamrec.stream.online import PopularityModel
 
     rnd = random.Random(3)
     model = PopularityModel()
@@ -277,7 +278,7 @@ def test_popularity_top_stays_exact_while_only_touching_new_items() -> None:
 
 
 def test_popularity_memory_is_bounded() -> None:
-    from streamrec.stream.processor import PopularityModel
+    from streamrec.stream.online import PopularityModel
 
     model = PopularityModel(max_items=100)
     for n in range(1000):
