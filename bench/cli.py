@@ -82,7 +82,7 @@ def encoder(model_dir: Path | None, batches: tuple[int, ...], seq_len: int, k: i
                    " (needs streamrec[content]; writes <out stem>_multiview.json and .png).")
 @click.option("--items", "items_spec", default="ml-100k", show_default=True,
               help="With --multi-view: item records (RecBole .item path, or 'ml-100k' for its packaged ml-100k.item).")
-@click.option("--id-dropout", default=0.3, show_default=True, help="With --multi-view: share of item ids dropped per training step.")
+@click.option("--id-dropout", default=0.5, show_default=True, help="With --multi-view: share of item ids dropped per training step.")
 @click.option("--cold-frac", default=0.1, show_default=True, help="With --multi-view: share of items held out of training.")
 @click.pass_context
 def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,

@@ -352,7 +352,7 @@ def run_multi_view(
     model_config: EncoderConfig,
     train_config: TrainConfig,
     *,
-    id_dropout: float = 0.3,
+    id_dropout: float = 0.5,
     cold_frac: float = 0.1,
 ) -> dict[str, Any]:
     """Both protocols for each seed: leave-one-out (id-only vs multi-view) and cold items (id-only, popularity, multi-view).
