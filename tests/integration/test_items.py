@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from streamrec.config import Settings
 from streamrec.stream.events import DeadLetter
 from streamrec.stream.items import read_catalogue
-from tests.integration.helpers import read_topic
+from tests.integration.helpers import produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,9 @@ def test_items_load_keys_good_records_by_item_and_dead_letters_bad_ones(isolated
     catalogue = asyncio.run(read_catalogue(isolated))
     assert sorted(catalogue) == ["3", "m1"]
     assert catalogue["m1"].title == "Alien (director's cut)"
+    # A tombstone removes an item from the catalogue.
+    produce(isolated, [(b"3", None)], topic=isolated.items_topic)
+    assert sorted(asyncio.run(read_catalogue(isolated))) == ["m1"]
 
     admin = AdminClient({"bootstrap.servers": isolated.kafka_bootstrap})
     resource = ConfigResource(ConfigResource.Type.TOPIC, isolated.items_topic)

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from streamrec.errors import ModelError
-from streamrec.models.config import CONTENT_FIELDS, EncoderConfig
+from streamrec.models.config import CONTENT_FIELDS, ONNX_CONFIG, EncoderConfig
 from streamrec.models.content import ItemContent, add_items, attach_content, content_config
 from streamrec.models.data import events_from_dicts
 from streamrec.models.encoder import EncoderInput, SequenceEncoder, served_copy
@@ -121,6 +122,13 @@ def test_multi_view_export_serves_the_same_scores_as_torch(trained: tuple[Sequen
     scores[vocab.lookup(history.item_ids)] = float("-inf")
     expected = [vocab.item_id(int(i)) for i in torch.topk(scores, 5).indices]
     assert top.item_ids == expected
+    # The served graph holds the item table, not the views: no text vectors, no projection, no
+    # category table in it, so serving costs what id-only serving costs (content is computed per item, at export).
+    graph = onnx.load(str(path / "model.onnx")).graph
+    shapes = [tuple(i.dims) for i in graph.initializer]
+    assert (len(vocab), TINY.hidden) in shapes
+    assert not [s for s in shapes if TEXT_DIM in s or model.config.n_category_rows in s]
+    assert [i.name for i in graph.input] == list(ONNX_CONFIG.inputs)
     # The weights keep the content tower, so a new item's vector can be computed later from content alone.
     state = torch.load(path / "weights.pt")
     assert {"text_proj.weight", "category_emb.weight", "item_text", "item_has_id"} <= set(state)
