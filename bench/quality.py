@@ -270,6 +270,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 # --- items described by their content: id-only vs multi-view, and cold items -----------
 
 MULTI_VIEW_KS = (10, 20)
+# One colour per model in both panels of the plot.
+MODEL_COLOURS = {"id-only": "#999999", "popularity": "#4c72b0", "multi-view": "#dd8452"}
 
 
 def ml100k_item_content(items_path: Path, cache_dir: Path, *, progress: bool = False) -> tuple[ItemContent, dict[str, Any]]:
@@ -454,7 +456,7 @@ def plot_multi_view(tables: dict[str, Any], path: Path) -> Path:
         names = list(table)
         means = [table[n][metric]["mean"] for n in names]
         stds = [table[n][metric]["std"] for n in names]
-        ax.bar(names, means, yerr=stds, capsize=4, color=["#999999", "#4c72b0", "#dd8452"][: len(names)])
+        ax.bar(names, means, yerr=stds, capsize=4, color=[MODEL_COLOURS.get(n, "#4c72b0") for n in names])
         ax.set_title(f"{title} (mean ± std, {tables['seeds']} seeds)")
         for x, m in enumerate(means):
             ax.annotate(f"{m:.4f}", (x, m), ha="center", va="bottom", fontsize=8)
