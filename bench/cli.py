@@ -16,7 +16,7 @@ from streamrec.bench import common
 from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings, load_settings
 from streamrec.models.config import EncoderConfig
-from streamrec.models.data import resolve_dataset
+from streamrec.models.data import fetch_ml100k_items, resolve_dataset
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,30 @@ def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None
 @click.option("--ours-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --recbole-only: put our side from an earlier quality JSON beside RecBole's.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/quality.json"), show_default=True)
+@click.option("--multi-view", is_flag=True,
+              help="Items described by their content: id-only vs multi-view (leave-one-out) and the cold-item table"
+                   " (needs streamrec[content]; writes <out stem>_multiview.json and .png).")
+@click.option("--items", "items_spec", default="ml-100k", show_default=True,
+              help="With --multi-view: item records (RecBole .item path, or 'ml-100k' for its packaged ml-100k.item).")
+@click.option("--id-dropout", default=0.5, show_default=True, help="With --multi-view: share of item ids dropped per training step.")
+@click.option("--cold-frac", default=0.1, show_default=True, help="With --multi-view: share of items held out of training.")
 @click.pass_context
 def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
             recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
-            ours_from: Path | None, out: Path) -> None:
-    """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec)."""
+            ours_from: Path | None, out: Path, multi_view: bool, items_spec: str, id_dropout: float,
+            cold_frac: float) -> None:
+    """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec, or --multi-view)."""
     from streamrec.bench.quality import compare, format_table, run_ours, run_recbole  # torch
     from streamrec.models.train import TrainConfig  # torch
 
     settings = _settings(ctx)
     path = resolve_dataset(data, settings.state_dir / "data")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    if multi_view:
+        _quality_multi_view(settings, path, seed_list, items_spec, out,
+                            TrainConfig(epochs=epochs, patience=patience, threads=threads, progress=False),
+                            id_dropout=id_dropout, cold_frac=cold_frac)
+        return
     ours = None
     if ours_from is not None:
         if not recbole_only:
@@ -124,6 +137,23 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
     result = {"benchmark": "quality", "data": str(path), "ours": ours, "recbole": recbole, "comparison": compare(ours, recbole)}
     click.echo(format_table(result["comparison"]["rows"]))
     _write(result, out)
+
+
+def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], items_spec: str, out: Path,
+                        train_config: Any, *, id_dropout: float, cold_frac: float) -> None:
+    from streamrec.bench.quality import format_multi_view, ml100k_item_content, plot_multi_view, run_multi_view  # torch
+
+    items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
+                  else Path(items_spec))
+    content, summary = ml100k_item_content(items_path, settings.state_dir / "text-encoder", progress=True)
+    result = run_multi_view(data_path, content, seeds,
+                            EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
+                            id_dropout=id_dropout, cold_frac=cold_frac)
+    result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, **result}
+    target = out.with_name(out.stem + "_multiview.json")
+    result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
+    click.echo(format_multi_view(result["tables"]))
+    _write(result, target)
 
 
 # --------------------------------------------------------------------------- #

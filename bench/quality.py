@@ -26,12 +26,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from streamrec.bench.common import save_figure
 from streamrec.errors import StreamrecError
-from streamrec.models.config import EncoderConfig
-from streamrec.models.data import load_events
-from streamrec.models.metrics import mean_std
-from streamrec.models.splits import leave_one_out
+from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
+from streamrec.models.content import ItemContent, add_items, content_config
+from streamrec.models.data import EventLog, load_events, load_recbole_items
+from streamrec.models.evaluate import evaluate_model
+from streamrec.models.features import ItemVocab
+from streamrec.models.metrics import mean_std, metrics_from_ranks, target_ranks
+from streamrec.models.splits import EvalCase, leave_one_out, slice_sequence
+from streamrec.models.text import MODEL_NAME, MODEL_ZIP_SHA256, encode_texts_cached
 from streamrec.models.train import TrainConfig, event_types_for, train
+from streamrec.stream.items import parse_items, records_from_dicts
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +265,199 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = "".join(f"{row[c]:>14.4f}" if isinstance(row.get(c), float) and c != "train_seconds" else f"{(row.get(c) or 0):>14.1f}" for c in cols)
         lines.append(f"{row['model']:<52}{cells}")
     return "\n".join(lines)
+
+
+# --- items described by their content: id-only vs multi-view, and cold items -----------
+
+MULTI_VIEW_KS = (10, 20)
+# One colour per model in both panels of the plot.
+MODEL_COLOURS = {"id-only": "#999999", "popularity": "#4c72b0", "multi-view": "#dd8452"}
+
+
+def ml100k_item_content(items_path: Path, cache_dir: Path, *, progress: bool = False) -> tuple[ItemContent, dict[str, Any]]:
+    """RecBole's ``ml-100k.item`` validated as item records and read by the packaged text encoder.
+
+    Returns the content (text vector + genres per item) and a summary (items,
+    rejected records, the encoder and its pinned checksum).
+    """
+    records = records_from_dicts(load_recbole_items(items_path), str(items_path))
+    items, rejected = parse_items(records)
+    for record, why in rejected:
+        log.warning("item record %s rejected: %s (%s)", record.location, why.reason, why.detail)
+    vectors = encode_texts_cached([item.text() for item in items], cache_dir, progress=progress)
+    content = ItemContent([i.item_id for i in items], vectors, [i.categories for i in items])
+    summary = {"items": len(items), "rejected": len(rejected), "text_encoder": MODEL_NAME,
+               "text_encoder_zip_sha256": MODEL_ZIP_SHA256, "example_text": items[0].text() if items else ""}
+    return content, summary
+
+
+def _multi_view_config(base: EncoderConfig, content: ItemContent, id_dropout: float) -> EncoderConfig:
+    return content_config(base, content, id_dropout=id_dropout)
+
+
+def _run_row(result: Any) -> dict[str, Any]:
+    return {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "train_seconds": round(result.train_seconds, 1), "test": result.test}
+
+
+def choose_cold_items(item_ids: Sequence[str], frac: float, seed: int) -> set[str]:
+    """``frac`` of the items, drawn with ``seed`` (each seed holds out a different set)."""
+    rng = np.random.default_rng(seed)
+    ordered = sorted(set(item_ids))
+    n = max(1, int(round(frac * len(ordered))))
+    return {ordered[i] for i in rng.choice(len(ordered), size=n, replace=False)}
+
+
+def without_items(events: EventLog, items: set[str]) -> EventLog:
+    """The log with every event of ``items`` removed (they never reach training)."""
+    out = EventLog()
+    for u, i, e, t in zip(events.user_ids, events.item_ids, events.event_types, events.ts_ms):
+        if i not in items:
+            out.append(u, i, e, t)
+    return out
+
+
+def cold_cases(events: EventLog, cold: set[str]) -> list[EvalCase]:
+    """Every event whose item is held out and that has an earlier event: predict it from the user's history."""
+    cases: list[EvalCase] = []
+    for user, seq in events.user_sequences().items():
+        for pos in range(1, len(seq)):
+            if seq.item_ids[pos] in cold:
+                cases.append(EvalCase(user, slice_sequence(seq, None, pos), seq.item_ids[pos]))
+    return cases
+
+
+def popularity_metrics(events: EventLog, cases: Sequence[EvalCase], ks: Sequence[int] = MULTI_VIEW_KS) -> dict[str, float]:
+    """Rank every item by its interaction count over the whole log (seen items excluded, the target kept).
+
+    The counts include the held-out items' own interactions: an oracle that
+    knows how popular each new item will become, so a generous baseline.
+    """
+    vocab = ItemVocab.build(events.item_ids)
+    counts = np.zeros(len(vocab), dtype=np.float64)
+    np.add.at(counts, vocab.lookup(events.item_ids), 1.0)
+    counts[:FIRST_REAL_INDEX] = -np.inf
+    ranks = np.empty(len(cases))
+    for row, case in enumerate(cases):
+        scores = counts.copy()
+        target = vocab.index(case.target)
+        seen = vocab.lookup(case.history.item_ids)
+        scores[seen[seen != target]] = -np.inf
+        ranks[row] = target_ranks(scores[None, :], np.array([target]))[0]
+    return metrics_from_ranks(ranks, ks)
+
+
+def run_multi_view(
+    data_path: Path,
+    content: ItemContent,
+    seeds: Sequence[int],
+    model_config: EncoderConfig,
+    train_config: TrainConfig,
+    *,
+    id_dropout: float = 0.5,
+    cold_frac: float = 0.1,
+) -> dict[str, Any]:
+    """Both protocols for each seed: leave-one-out (id-only vs multi-view) and cold items (id-only, popularity, multi-view).
+
+    Cold items: ``cold_frac`` of the items never reach training (their events
+    are removed from the log); both models train and early-stop on the rest.
+    The cases are every interaction with a held-out item that has history,
+    ranked against all items with the user's seen items excluded. The
+    multi-view model meets the held-out items only after training, by
+    :func:`streamrec.models.content.add_items` (content alone, no retrain), as
+    a new item record would reach it; the id-only model has no row for them.
+    """
+    events = load_events(data_path)
+    base = replace(model_config, event_types=event_types_for(events.user_sequences().values(), model_config.event_types))
+    multi = _multi_view_config(base, content, id_dropout)
+    loo = leave_one_out(events)
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        tc = replace(train_config, seed=seed)
+        row: dict[str, Any] = {"seed": seed}
+        log.info("seed %d: leave-one-out, id-only", seed)
+        row["loo_id_only"] = _run_row(train(loo, base, tc))
+        log.info("seed %d: leave-one-out, multi-view", seed)
+        row["loo_multi_view"] = _run_row(train(loo, multi, tc, item_content=content))
+
+        cold = choose_cold_items(events.item_ids, cold_frac, seed)
+        warm_log = without_items(events, cold)
+        warm_split = leave_one_out(warm_log)
+        cases = cold_cases(events, cold)
+        row["cold"] = {"held_out_items": len(cold), "cases": len(cases), "warm_split": warm_split.summary()}
+        log.info("seed %d: cold items (%d held out, %d cases), id-only", seed, len(cold), len(cases))
+        id_only = train(warm_split, base, tc)
+        log.info("seed %d: cold items, multi-view", seed)
+        mv = train(warm_split, multi, tc, item_content=content)
+        grown, grown_vocab = add_items(mv.model, mv.vocab, content)
+        row["cold"]["id_only"] = evaluate_model(id_only.model, id_only.vocab, cases, ks=MULTI_VIEW_KS)
+        row["cold"]["popularity"] = popularity_metrics(events, cases)
+        row["cold"]["multi_view"] = evaluate_model(grown, grown_vocab, cases, ks=MULTI_VIEW_KS)
+        row["cold"]["warm_test"] = {"id_only": id_only.test, "multi_view": mv.test}
+        log.info("seed %d: %s", seed, {k: row["cold"][k].get("recall@10") for k in ("id_only", "popularity", "multi_view")})
+        runs.append(row)
+    return {
+        "data": str(data_path),
+        "model_config": multi.to_dict(),
+        "train_config": asdict(train_config),
+        "id_dropout": id_dropout,
+        "cold_frac": cold_frac,
+        "runs": runs,
+        "tables": multi_view_tables(runs),
+    }
+
+
+def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds: the leave-one-out table and the cold-item table."""
+    loo = {name: mean_std([r[key]["test"] for r in runs]) for name, key in
+           (("id-only", "loo_id_only"), ("multi-view", "loo_multi_view"))}
+    cold = {name: mean_std([r["cold"][key] for r in runs]) for name, key in
+            (("id-only", "id_only"), ("popularity", "popularity"), ("multi-view", "multi_view"))}
+    pop = cold["popularity"]["recall@10"]["mean"]
+    mv = cold["multi-view"]["recall@10"]["mean"]
+    return {
+        "seeds": len(runs),
+        "leave_one_out": loo,
+        "cold_items": cold,
+        "cold_hr10_vs_popularity": (mv / pop) if pop > 0 else None,
+        "loo_ndcg10_diff": loo["multi-view"]["ndcg@10"]["mean"] - loo["id-only"]["ndcg@10"]["mean"],
+    }
+
+
+def format_multi_view(tables: dict[str, Any]) -> str:
+    """Both tables as text (mean ± std over seeds)."""
+    def cell(stats: dict[str, dict[str, float]], key: str) -> str:
+        s = stats.get(key, {})
+        return f"{s.get('mean', 0.0):.4f} ± {s.get('std', 0.0):.4f}"
+
+    lines = [f"leave-one-out, full ranking ({tables['seeds']} seeds)",
+             f"{'model':<14}{'NDCG@10':>20}{'HR@10':>20}{'NDCG@20':>20}{'HR@20':>20}"]
+    for name, stats in tables["leave_one_out"].items():
+        lines.append(f"{name:<14}" + "".join(f"{cell(stats, k):>20}" for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")))
+    lines += ["", "cold items (held out of training; cases whose next item is held out, ranked against all items)",
+              f"{'model':<14}{'HR@10':>20}{'NDCG@10':>20}{'HR@20':>20}"]
+    for name, stats in tables["cold_items"].items():
+        lines.append(f"{name:<14}" + "".join(f"{cell(stats, k):>20}" for k in ("recall@10", "ndcg@10", "recall@20")))
+    ratio = tables.get("cold_hr10_vs_popularity")
+    lines.append(f"cold HR@10, multi-view / popularity: {ratio:.2f}x" if ratio else "cold HR@10 vs popularity: n/a")
+    return "\n".join(lines)
+
+
+def plot_multi_view(tables: dict[str, Any], path: Path) -> Path:
+    """Two bar charts with std error bars: leave-one-out NDCG@10 and cold-item HR@10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, table, metric, title in ((left, tables["leave_one_out"], "ndcg@10", "leave-one-out NDCG@10"),
+                                     (right, tables["cold_items"], "recall@10", "cold items HR@10")):
+        names = list(table)
+        means = [table[n][metric]["mean"] for n in names]
+        stds = [table[n][metric]["std"] for n in names]
+        ax.bar(names, means, yerr=stds, capsize=4, color=[MODEL_COLOURS.get(n, "#4c72b0") for n in names])
+        ax.set_title(f"{title} (mean ± std, {tables['seeds']} seeds)")
+        for x, m in enumerate(means):
+            ax.annotate(f"{m:.4f}", (x, m), ha="center", va="bottom", fontsize=8)
+    return save_figure(fig, path)

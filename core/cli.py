@@ -15,7 +15,7 @@ from streamrec.deploy.cli import infra
 from streamrec.errors import StreamrecError
 from streamrec.onnx.cli import eval_, train
 from streamrec.retrain.cli import model, retrain, retrainer
-from streamrec.stream.cli import cassandra, forget, inspect, produce, tail, topics, worker
+from streamrec.stream.cli import cassandra, forget, inspect, items, produce, tail, topics, worker
 from streamrec.stream.explain_cli import explain
 
 
@@ -38,7 +38,7 @@ def _register_commands() -> None:
     # import: each imports torch, ONNX Runtime, Faust or the Cassandra driver
     # inside the command that needs it, so `streamrec infra status` does not.
     bench.add_command(incremental)
-    for command in (infra, worker, produce, tail, inspect, forget, explain, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
+    for command in (infra, worker, produce, tail, inspect, forget, explain, items, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
         cli.add_command(command)
 
 

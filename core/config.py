@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     def model_updates_topic(self) -> str:
         return self.topic("model-updates")
 
+    @property
+    def items_topic(self) -> str:
+        """The item catalogue (compacted, keyed by item id; see ``streamrec items load``)."""
+        return self.topic("items")
+
     def with_overrides(self, **overrides: object) -> "Settings":
         """A copy with the given (non-None) fields replaced, validated again."""
         values = {k: v for k, v in overrides.items() if v is not None}

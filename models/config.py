@@ -18,6 +18,8 @@ PAD_INDEX = 0
 OOV_INDEX = 1
 FIRST_REAL_INDEX = 2
 
+CONTENT_FIELDS = ("item_content", "text_dim", "item_categories", "max_item_categories", "id_dropout")
+
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
 
@@ -49,15 +51,37 @@ class EncoderConfig:
     num_negatives: int = 256
     use_event_types: bool = True
     use_time_gaps: bool = True
+    # --- the item content view (multi-view items; off = the id-only model) -------------
+    # An item's vector is its id embedding + a projection of its (frozen, precomputed)
+    # text vector + the sum of its category embeddings; see SequenceEncoder.item_table.
+    item_content: bool = False
+    text_dim: int = 384
+    # Category vocabulary: index FIRST_REAL_INDEX + i is item_categories[i]; 1 = unknown category.
+    item_categories: tuple[str, ...] = ()
+    max_item_categories: int = 8
+    # Share of items whose id embedding is dropped at each training step, so the content
+    # views alone learn to place an item (a new item has no trained id embedding).
+    id_dropout: float = 0.0
 
     @property
     def n_event_types(self) -> int:
         """Event-type vocabulary size including padding and unknown."""
         return FIRST_REAL_INDEX + len(self.event_types)
 
+    @property
+    def n_category_rows(self) -> int:
+        """Category vocabulary size including padding and unknown."""
+        return FIRST_REAL_INDEX + len(self.item_categories)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["event_types"] = list(self.event_types)
+        if not self.item_content:
+            # An id-only model's config.json stays as it was before the content view existed.
+            for name in CONTENT_FIELDS:
+                data.pop(name)
+        else:
+            data["item_categories"] = list(self.item_categories)
         return data
 
     @classmethod
@@ -65,6 +89,7 @@ class EncoderConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["event_types"] = tuple(values.get("event_types", ()))
+        values["item_categories"] = tuple(values.get("item_categories", ()))
         return cls(**values)
 
     def save(self, path: Path) -> None:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EVENT_TYPE = "view"
 ML100K_RECBOLE_VERSION = "1.2.1"
 ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+ML100K_ITEM_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.item"
 
 
 @dataclass
@@ -232,7 +233,16 @@ def fetch_ml100k(cache_dir: Path) -> Path:
     The file comes from the RecBole wheel on PyPI (``pip download recbole --no-deps``);
     it is never committed to the repository.
     """
-    target = Path(cache_dir) / "ml-100k" / "ml-100k.inter"
+    return _fetch_recbole_member(cache_dir, ML100K_MEMBER)
+
+
+def fetch_ml100k_items(cache_dir: Path) -> Path:
+    """Path to RecBole's packaged MovieLens-100k ``.item`` (title, release year, genres), from the same wheel."""
+    return _fetch_recbole_member(cache_dir, ML100K_ITEM_MEMBER)
+
+
+def _fetch_recbole_member(cache_dir: Path, member: str) -> Path:
+    target = Path(cache_dir) / "ml-100k" / Path(member).name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -246,12 +256,44 @@ def fetch_ml100k(cache_dir: Path) -> Path:
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
             raise DataError(f"could not download the RecBole wheel for ML-100k: {result.stderr.strip()[-500:]}")
-        with zipfile.ZipFile(wheels[0]) as zf, zf.open(ML100K_MEMBER) as src:
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(member) as src:
             partial = target.with_suffix(".part")
             with partial.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
             partial.replace(target)
     return target
+
+
+def load_recbole_items(path: Path) -> list[dict[str, Any]]:
+    """RecBole atomic ``.item`` as item records of the catalogue contract (``item.schema.json``).
+
+    ML-100k's columns are ``item_id``, ``movie_title``, ``release_year`` and
+    ``class`` (genres, space-separated): the title becomes ``title``, the genres
+    ``categories`` and the year the attribute ``year``. Other datasets' columns
+    become attributes by name; a ``title``/``name`` column is the title.
+    """
+    records: list[dict[str, Any]] = []
+    with Path(path).open(encoding="utf-8", errors="replace") as fh:
+        header = [h.split(":", 1)[0] for h in fh.readline().rstrip("\n").split("\t")]
+        if "item_id" not in header:
+            raise DataError(f"{path}: .item header needs item_id, got {header}")
+        title_col = next((c for c in ("movie_title", "title", "name") if c in header), None)
+        for n, line in enumerate(fh, start=2):
+            if not line.strip():
+                continue
+            row = dict(zip(header, line.rstrip("\n").split("\t")))
+            record: dict[str, Any] = {"item_id": row.pop("item_id"), "title": row.pop(title_col, "") if title_col else ""}
+            genres = row.pop("class", "") or row.pop("genre", "") or row.pop("categories", "")
+            record["categories"] = [g for g in genres.split() if g]
+            attributes: dict[str, Any] = {}
+            for key, value in row.items():
+                if value == "":
+                    continue
+                attributes["year" if key == "release_year" else key] = int(value) if value.isdigit() else value
+            if attributes:
+                record["attributes"] = attributes
+            records.append(record)
+    return records
 
 
 def resolve_dataset(spec: str, cache_dir: Path) -> Path:

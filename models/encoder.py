@@ -4,10 +4,16 @@ One interface in RecBole's shape (``calculate_loss`` / ``user_vector`` /
 ``full_sort_scores``), outputs as dataclasses. Scores are dot products with
 the item embedding table (input and output embeddings are tied), so the
 ONNX graph can rank the whole catalogue with one MatMul.
+
+With the content view on (``EncoderConfig.item_content``) an item is several
+views summed: id embedding, projected text vector, category embeddings
+(:meth:`SequenceEncoder.item_table`); the exported graph gets the resulting
+table as its item embedding (:func:`served_copy`), so serving costs the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -118,10 +124,59 @@ class SequenceEncoder(nn.Module):
         # Eager attention: exports to plain ONNX ops and left padding never
         # yields NaN rows (masked scores use the dtype minimum, not -inf).
         self.backbone = AutoModel.from_config(_backbone_config(config), attn_implementation="eager")
-        for emb in (self.item_emb, self.event_emb, self.time_emb):
+        embeddings = [self.item_emb, self.event_emb, self.time_emb]
+        if config.item_content:
+            # The content views. Their inputs are buffers (saved with the weights,
+            # never trained): each item's frozen text vector, its category indices
+            # (0-padded), and whether its id embedding was ever trained.
+            self.text_proj = nn.Linear(config.text_dim, config.hidden, bias=False)
+            self.category_emb = nn.Embedding(config.n_category_rows, config.hidden, padding_idx=PAD_INDEX)
+            embeddings.append(self.category_emb)
+            self.register_buffer("item_text", torch.zeros(config.n_items, config.text_dim))
+            self.register_buffer("item_category_idx", torch.zeros(config.n_items, config.max_item_categories, dtype=torch.long))
+            self.register_buffer("item_has_id", torch.ones(config.n_items))
+        for emb in embeddings:
             nn.init.normal_(emb.weight, std=0.02)
             with torch.no_grad():
                 emb.weight[PAD_INDEX].zero_()
+
+    # --- items -------------------------------------------------------------------
+    def item_table(self) -> torch.Tensor:
+        """``(n_items, dim)`` item vectors, used both as inputs and for scoring (tied).
+
+        Id-only: the id embedding table itself. With the content view: id
+        embedding (zero for items whose id was never trained, and for a random
+        ``id_dropout`` share of items at each training step) + projected text
+        vector + summed category embeddings, so an item the model never saw in
+        a sequence still gets a vector from its content alone.
+        """
+        if not self.config.item_content:
+            return self.item_emb.weight
+        keep = self.item_has_id
+        if self.training and self.config.id_dropout > 0:
+            keep = keep * (torch.rand_like(keep) >= self.config.id_dropout).to(keep.dtype)
+        ids = self.item_emb.weight * keep.unsqueeze(-1)
+        content = self.text_proj(self.item_text) + self.category_emb(self.item_category_idx).sum(1)
+        return ids + content
+
+    def content_vectors(self, text: torch.Tensor, category_idx: torch.Tensor) -> torch.Tensor:
+        """Vectors of items from their content alone (``(n, text_dim)`` text vectors, ``(n, m)`` category indices).
+
+        What an item the model was never trained on gets: the live path computes
+        a new item's row with this (text from the packaged encoder) and no retrain.
+        """
+        if not self.config.item_content:
+            raise ModelError("this model has no content view (item_content is off)")
+        return self.text_proj(text) + self.category_emb(category_idx).sum(1)
+
+    @torch.no_grad()
+    def set_item_content(self, text: torch.Tensor, category_idx: torch.Tensor, has_id: torch.Tensor) -> None:
+        """Fill the content buffers (rows by item index; see :mod:`streamrec.models.content`)."""
+        if not self.config.item_content:
+            raise ModelError("this model has no content view (item_content is off)")
+        self.item_text.copy_(text)
+        self.item_category_idx.copy_(category_idx)
+        self.item_has_id.copy_(has_id)
 
     # --- encoding -------------------------------------------------------------
     def forward(
@@ -130,32 +185,43 @@ class SequenceEncoder(nn.Module):
         event_type: torch.Tensor,
         time_bucket: torch.Tensor,
         attention_mask: torch.Tensor,
+        item_table: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        x = self.embed(item_idx, event_type, time_bucket)
+        x = self.embed(item_idx, event_type, time_bucket, item_table)
         hidden = self.backbone(
             inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
         ).last_hidden_state
         return EncoderOutput(hidden=hidden, user_vector=hidden[:, -1])
 
-    def embed(self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor) -> torch.Tensor:
-        """``(batch, seq, dim)`` input embeddings: item + event type + time gap, normalised."""
-        x = self.item_emb(item_idx)
+    def embed(
+        self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor,
+        item_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(batch, seq, dim)`` input embeddings: item + event type + time gap, normalised.
+
+        ``item_table``: the item vectors of this step (:meth:`item_table`), so
+        that inputs and scores share one id-dropout draw; computed when absent.
+        """
+        if self.config.item_content:
+            x = F.embedding(item_idx, self.item_table() if item_table is None else item_table)
+        else:
+            x = self.item_emb(item_idx)
         if self.config.use_event_types:
             x = x + self.event_emb(event_type)
         if self.config.use_time_gaps:
             x = x + self.time_emb(time_bucket)
         return self.emb_dropout(self.emb_norm(x))
 
-    def encode(self, batch: EncoderInput) -> EncoderOutput:
-        return self(batch.item_idx, batch.event_type, batch.time_bucket, batch.attention_mask)
+    def encode(self, batch: EncoderInput, item_table: torch.Tensor | None = None) -> EncoderOutput:
+        return self(batch.item_idx, batch.event_type, batch.time_bucket, batch.attention_mask, item_table)
 
     def user_vector(self, batch: EncoderInput) -> torch.Tensor:
         """``(batch, dim)`` user vectors: the hidden state at the newest (last) position."""
         return self.encode(batch).user_vector
 
-    def item_scores(self, vectors: torch.Tensor) -> torch.Tensor:
+    def item_scores(self, vectors: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
         """Dot products with every item; padding and OOV rows get -inf so they are never ranked."""
-        scores = vectors @ self.item_emb.weight.T
+        scores = vectors @ (self.item_table() if item_table is None else item_table).T
         scores[..., :FIRST_REAL_INDEX] = float("-inf")
         return scores
 
@@ -173,20 +239,45 @@ class SequenceEncoder(nn.Module):
         """
         if batch.targets is None:
             raise ValueError("calculate_loss needs targets")
-        hidden = self.encode(batch).hidden
+        table = self.item_table() if self.config.item_content else None  # one id-dropout draw per step
+        hidden = self.encode(batch, table).hidden
         has_target = batch.targets >= FIRST_REAL_INDEX
         states = hidden[has_target]
         targets = batch.targets[has_target]
         if self.config.loss == "full":
-            logits = self.item_scores(states)
+            logits = self.item_scores(states, table)
             loss = F.cross_entropy(logits, targets)
         else:
             negatives = torch.randint(
                 FIRST_REAL_INDEX, self.config.n_items, (self.config.num_negatives,), device=states.device
             )
-            pos = (states * self.item_emb(targets)).sum(-1, keepdim=True)
-            neg = states @ self.item_emb(negatives).T
+            rows = self.item_emb.weight if table is None else table
+            pos = (states * F.embedding(targets, rows)).sum(-1, keepdim=True)
+            neg = states @ F.embedding(negatives, rows).T
             neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
             logits = torch.cat([pos, neg], dim=1)
             loss = F.cross_entropy(logits, torch.zeros_like(targets))
         return LossOutput(loss=loss, n_targets=int(targets.numel()))
+
+
+@torch.no_grad()
+def served_copy(model: SequenceEncoder) -> SequenceEncoder:
+    """The model as it is served: for the content view, an id-only copy whose item table is the views' sum.
+
+    The exported ONNX graph then has exactly the id-only structure and cost
+    (content vectors are computed per item at export, not per event). An id-only
+    model is returned as is.
+    """
+    if not model.config.item_content:
+        return model
+    was_training = model.training
+    model.eval()
+    try:
+        table = model.item_table().detach().clone()
+    finally:
+        model.train(was_training)
+    plain = SequenceEncoder(dataclasses.replace(model.config, item_content=False, item_categories=(), id_dropout=0.0))
+    state = {k: v for k, v in model.state_dict().items() if k in plain.state_dict()}
+    state["item_emb.weight"] = table
+    plain.load_state_dict(state)
+    return plain.eval()

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from streamrec.errors import ModelError
 from streamrec.models.config import EncoderConfig
+from streamrec.models.content import ItemContent, attach_content
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
 from streamrec.models.features import ItemVocab, UserSequence, featurize
@@ -136,12 +138,17 @@ def train(
     *,
     vocab: ItemVocab | None = None,
     init_state: Mapping[str, torch.Tensor] | None = None,
+    item_content: ItemContent | None = None,
 ) -> TrainResult:
     """Train an encoder on ``split.train``; early-stop on ``split.valid``; score ``split.test``.
 
     ``model_config.n_items`` is replaced by the vocabulary size. The vocabulary
     defaults to every item of the split (the catalogue): items met only in
-    validation/test keep their initial embedding but stay rankable.
+    validation/test keep their initial embedding but stay rankable. With the
+    content view (``model_config.item_content``, see
+    :func:`streamrec.models.content.content_config`) ``item_content`` gives
+    every item's text vector and categories; items never met in training
+    sequences are then represented by their content alone.
     """
     seed_everything(train_config.seed)
     if train_config.threads:
@@ -151,6 +158,10 @@ def train(
     config = model_config.__class__(**{**asdict(model_config), "n_items": len(vocab)})
     examples = build_examples(split.train.values(), vocab, config)
     model = SequenceEncoder(config)
+    if config.item_content:
+        if item_content is None:
+            raise ModelError("the content view is on (item_content) but no item content was given")
+        attach_content(model, vocab, item_content, (i for seq in split.train.values() for i in seq.item_ids))
     if init_state is not None:  # warm start (the retrainer grows embedding tables before passing them)
         model.load_state_dict(init_state)
     optim = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)

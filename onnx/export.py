@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG, EncoderOnnxConfig
-from streamrec.models.encoder import SequenceEncoder
+from streamrec.models.encoder import SequenceEncoder, served_copy
 from streamrec.models.serving import user_vector_encoder
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class RankingHead(nn.Module):
         k: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask)
-        scores = user_vector @ self.model.item_emb.weight.T
+        scores = user_vector @ self.model.item_table().T
         scores = scores.masked_fill(self.reserved, float("-inf"))
         # Exclusion inside the graph: ScatterElements writes -inf at seen items.
         scores = scores.scatter(1, exclude, float("-inf"))
@@ -84,7 +84,10 @@ def export_onnx(
     """
     import onnx  # the real package: this folder has no __init__.py on purpose
 
-    source = copy.deepcopy(model).half() if fp16 else model
+    # A multi-view model is exported as its served copy: the item table computed
+    # from the views once, here, so the graph is the id-only graph.
+    served = served_copy(model)
+    source = copy.deepcopy(served).half() if fp16 else served
     head = RankingHead(source).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,8 @@ class Reason(StrEnum):
     TIMESTAMP_IN_FUTURE = "timestamp_in_future"
     FORGOTTEN_USER = "forgotten_user"  # the user asked to be forgotten and STREAMREC_FORGET_POLICY=refuse
     INVALID_FORGET_REQUEST = "invalid_forget_request"  # a record on the forget topic that is not a request
+    EMPTY_FIELD = "empty_field"  # an item record's title or category is empty
+    FIELD_TOO_LONG = "field_too_long"  # an item record's text, category list or attributes exceed their limit
 
 
 @dataclass(frozen=True, slots=True)

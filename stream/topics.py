@@ -33,7 +33,7 @@ def owner_partition(key: bytes, partitions: int) -> int:
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
-    """events / recommendations / DLQ share the partition count; model-updates is compacted."""
+    """events / recommendations / DLQ / items share the partition count; model-updates and items are compacted."""
     p, r = settings.topic_partitions, settings.topic_replication
     # With acks=all, a write is durable on min.insync.replicas brokers. A re-routed
     # event becomes the only copy once its original offset is committed, so with
@@ -44,6 +44,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(durable)),
         NewTopic(settings.dlq_topic, p, r, topic_configs={"retention.ms": str(30 * 86_400_000), **durable}),
         NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact", **durable}),
+        # The item catalogue: compacted, so replaying it from the start yields each item's latest record.
+        NewTopic(settings.items_topic, p, r, topic_configs={"cleanup.policy": "compact", **durable}),
         # Kept forever: the record that each request was carried out holds a hash, not the id.
         NewTopic(settings.forget_audit_topic, 1, r, topic_configs={"retention.ms": "-1", **durable}),
     ]

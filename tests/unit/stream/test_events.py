@@ -177,8 +177,9 @@ def test_validate_event_on_mappings() -> None:
 
 
 def test_corpus_covers_every_reason() -> None:
-    # These two are not about an event's content (tests/unit/stream/test_forget.py covers them).
-    not_parsing = {Reason.FORGOTTEN_USER.value, Reason.INVALID_FORGET_REQUEST.value}
+    # These are not about an event's content (tests/unit/stream/test_forget.py and test_items.py cover them).
+    not_parsing = {Reason.FORGOTTEN_USER.value, Reason.INVALID_FORGET_REQUEST.value,
+                   Reason.EMPTY_FIELD.value, Reason.FIELD_TOO_LONG.value}
     assert REASONS_COVERED == {reason.value for reason in Reason} - not_parsing
 
 

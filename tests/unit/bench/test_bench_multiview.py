@@ -1,0 +1,50 @@
+"""The cold-item protocol's pieces (no training): held-out items, their cases, the popularity baseline, the tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.bench.quality import choose_cold_items, cold_cases, format_multi_view, multi_view_tables, popularity_metrics, without_items
+from streamrec.models.data import EventLog
+
+
+def small_log() -> EventLog:
+    log = EventLog()
+    rows = [("u1", "a"), ("u1", "b"), ("u1", "c"), ("u2", "a"), ("u2", "c"), ("u2", "d"), ("u3", "c"), ("u3", "a")]
+    for t, (user, item) in enumerate(rows):
+        log.append(user, item, "view", 1000 * t)
+    return log
+
+
+def test_held_out_items_never_reach_training_and_each_of_their_events_is_a_case() -> None:
+    log = small_log()
+    assert choose_cold_items(log.item_ids, 0.5, seed=3) == choose_cold_items(log.item_ids, 0.5, seed=3)
+    assert len(choose_cold_items(log.item_ids, 0.5, seed=3)) == 2
+    cold = {"c"}
+    assert "c" not in without_items(log, cold).item_ids
+    cases = cold_cases(log, cold)
+    # u1: a b [c]; u2: a [c]; u3: [c] is first (no history), so not a case.
+    assert [(c.user_id, list(c.history.item_ids), c.target) for c in cases] == [("u1", ["a", "b"], "c"), ("u2", ["a"], "c")]
+
+
+def test_popularity_ranks_by_whole_log_counts_excluding_seen() -> None:
+    log = small_log()  # counts: a 3, c 3, b 1, d 1
+    cases = cold_cases(log, {"c"})
+    # u1 has seen a and b: c ranks first; u2 has seen a: c ranks first.
+    assert popularity_metrics(log, cases, ks=(1,))["recall@1"] == 1.0
+    cases_d = cold_cases(log, {"d"})  # u2: seen a, c -> b and d tie with 1: ties count in the target's favour
+    assert popularity_metrics(log, cases_d, ks=(1,))["recall@1"] == 1.0
+
+
+def test_tables_report_mean_std_and_the_ratio_to_popularity() -> None:
+    def run(seed: int, mv: float) -> dict:
+        test = {"ndcg@10": 0.1, "recall@10": 0.2, "ndcg@20": 0.12, "recall@20": 0.3}
+        cold = {"recall@10": 0.0, "ndcg@10": 0.0, "recall@20": 0.0}
+        return {"seed": seed, "loo_id_only": {"test": test}, "loo_multi_view": {"test": test},
+                "cold": {"id_only": cold, "popularity": {**cold, "recall@10": 0.02},
+                         "multi_view": {**cold, "recall@10": mv}}}
+
+    tables = multi_view_tables([run(0, 0.06), run(1, 0.10)])
+    assert tables["cold_items"]["multi-view"]["recall@10"]["mean"] == pytest.approx(0.08)
+    assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
+    assert "4.00x" in format_multi_view(tables)
