@@ -126,8 +126,12 @@ def end_offsets_total(settings: Settings) -> int:
         raise RetrainError(f"cannot read {settings.events_topic}: {exc}") from exc
 
 
-def forgotten_users(settings: Settings) -> ForgottenUsers:
-    """The suppression list as stored; raises RetrainError when Cassandra cannot be read."""
+FORGOTTEN_READ_WAIT_S = 60.0
+
+
+def forgotten_users(settings: Settings, *, wait_s: float = FORGOTTEN_READ_WAIT_S) -> ForgottenUsers:
+    """The suppression list as stored, retried for up to ``wait_s`` (a busy or restarting Cassandra
+    answers late); raises RetrainError when it still cannot be read."""
     async def load() -> ForgottenUsers:
         store = CassandraStore.open(settings)
         try:
@@ -135,10 +139,17 @@ def forgotten_users(settings: Settings) -> ForgottenUsers:
         finally:
             await store.close()
 
-    try:
-        return asyncio.run(load())
-    except StateStoreError as exc:
-        raise RetrainError(f"cannot read the forgotten users, so cannot keep them out of training: {exc}") from exc
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            return asyncio.run(load())
+        except StateStoreError as exc:
+            if time.monotonic() + delay > deadline:
+                raise RetrainError(f"cannot read the forgotten users, so cannot keep them out of training: {exc}") from exc
+            log.warning("cannot read the forgotten users yet (%s); retrying in %.0f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def recent_event_log(settings: Settings) -> tuple[EventLog, int]:

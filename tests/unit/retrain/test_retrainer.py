@@ -44,3 +44,12 @@ def test_a_capped_round_reads_the_newest_events_of_each_partition() -> None:
     starts = newest_share(first, ends, max_events=300)
     assert starts == {"p0": 400, "p1": 300, "p2": 50}  # the newest 200 and 100: the most recent third of each
     assert newest_share(first, ends, max_events=5000) == first
+
+
+def test_a_round_that_cannot_read_the_forgotten_users_does_not_train() -> None:
+    from streamrec.config import Settings
+    from streamrec.retrain.recent import RetrainError, forgotten_users
+
+    nothing_there = Settings(cassandra_port=1)  # refused at once, then retried until the wait is spent
+    with pytest.raises(RetrainError, match="cannot keep them out of training"):
+        forgotten_users(nothing_there, wait_s=1.5)
