@@ -217,7 +217,10 @@ def read_windows(settings: Settings, user_ids: Iterable[str]) -> dict[str, list[
     from cassandra.policies import RoundRobinPolicy
 
     cluster = Cluster(settings.cassandra_contact_points, port=settings.cassandra_port, protocol_version=5,
-                      load_balancing_policy=RoundRobinPolicy())
+                      load_balancing_policy=RoundRobinPolicy(),
+                      # A plain read needs no schema: loading every test keyspace's tables made
+                      # connecting outlast the timeout on a busy box.
+                      schema_metadata_enabled=False, token_metadata_enabled=False, connect_timeout=15)
     try:
         session = cluster.connect()
         stmt = session.prepare(f"SELECT events FROM {settings.cassandra_keyspace}.windows WHERE user_id = ?")

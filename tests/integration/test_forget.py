@@ -44,7 +44,10 @@ def cql(settings: Settings, statement: str, *params: object) -> list:
     from cassandra.policies import RoundRobinPolicy
 
     cluster = Cluster(settings.cassandra_contact_points, port=settings.cassandra_port, protocol_version=5,
-                      load_balancing_policy=RoundRobinPolicy())
+                      load_balancing_policy=RoundRobinPolicy(),
+                      # A plain read needs no schema: loading every test keyspace's tables made
+                      # connecting outlast the timeout on a busy box.
+                      schema_metadata_enabled=False, token_metadata_enabled=False, connect_timeout=15)
     try:
         return list(cluster.connect(settings.cassandra_keyspace).execute(statement, params))
     finally:
