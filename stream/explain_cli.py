@@ -107,7 +107,7 @@ def explain_user(
     """Recompute the user's recommendation with the model at ``model_dir`` and attribute it to the window."""
     from streamrec.onnx.explain import Explainer  # ONNX Runtime: 0.3-0.5 s
     from streamrec.onnx.runtime import EncoderSession
-    from streamrec.stream.explanations import user_sequence
+    from streamrec.stream.window import user_sequence
 
     window = load_window(settings, user_id)
     session = EncoderSession.load(model_dir, device="cpu", threads=1, warmup=False)

@@ -13,24 +13,14 @@ import logging
 from collections.abc import Sequence
 
 from streamrec.config import Settings
-from streamrec.models.features import UserSequence
 from streamrec.onnx.explain import Explainer
 from streamrec.onnx.runtime import EncoderSession
-from streamrec.stream.window import WindowEntry
+from streamrec.stream.window import WindowEntry, user_sequence
 
 log = logging.getLogger(__name__)
 
 # Per user, per recommended item: the ids of its top contributing events, largest first.
 Because = list[list[tuple[str, ...]]]
-
-
-def user_sequence(entries: Sequence[WindowEntry]) -> UserSequence:
-    """A stored window as the model's input."""
-    return UserSequence(
-        item_ids=[e.item_id for e in entries],
-        event_types=[e.event_type for e in entries],
-        timestamps_ms=[e.ts_ms for e in entries],
-    )
 
 
 class Explanations:

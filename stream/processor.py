@@ -27,7 +27,6 @@ from prometheus_client import Histogram
 
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
-from streamrec.models.features import UserSequence
 from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, ValidationRules, parse_event
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers
@@ -37,7 +36,7 @@ from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
 from streamrec.stream.state.cache import WindowCache
 from streamrec.stream.topics import owner_partition
-from streamrec.stream.window import WindowEntry, merge_window
+from streamrec.stream.window import WindowEntry, merge_window, user_sequence
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -539,14 +538,7 @@ class BatchProcessor:
         self, encoder: Encoder, users: list[str], windows: dict[str, StoredWindow]
     ) -> list[tuple[list[str], list[float], bytes]] | None:
         """Top-K per user from the model, or None when the model fails (the batch gets the popularity fallback)."""
-        sequences = [
-            UserSequence(
-                item_ids=[e.item_id for e in windows[u].entries],
-                event_types=[e.event_type for e in windows[u].entries],
-                timestamps_ms=[e.ts_ms for e in windows[u].entries],
-            )
-            for u in users
-        ]
+        sequences = [user_sequence(windows[u].entries) for u in users]
         t0 = time.perf_counter()
         try:
             results = encoder.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)

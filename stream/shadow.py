@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from streamrec.models.features import UserSequence
 from streamrec.onnx.registry import ShadowPointer
 from streamrec.stream.events import Event
 from streamrec.stream.metrics import WorkerMetrics
@@ -34,6 +33,7 @@ from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.online_figures import OnlineTally, Role
 from streamrec.stream.online import OnlineScores, score_previous
 from streamrec.stream.processor import Encoder
+from streamrec.stream.window import user_sequence
 from streamrec.stream.state.base import StoredWindow
 
 log = logging.getLogger(__name__)
@@ -173,14 +173,7 @@ class ShadowScorer:
             self.tally.add(version, role, scores.evaluated, scores.hits, scores.ndcg)
 
     def _encode(self, encoder: Encoder, sample: list[str], windows: dict[str, StoredWindow]) -> None:
-        sequences = [
-            UserSequence(
-                item_ids=[e.item_id for e in windows[u].entries],
-                event_types=[e.event_type for e in windows[u].entries],
-                timestamps_ms=[e.ts_ms for e in windows[u].entries],
-            )
-            for u in sample
-        ]
+        sequences = [user_sequence(windows[u].entries) for u in sample]
         t0 = time.perf_counter()
         try:
             results = encoder.recommend(sequences, k=self._top_k, exclude_seen=self._exclude_seen)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import orjson
 
 from streamrec.errors import StreamrecError
+from streamrec.models.features import UserSequence
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +185,12 @@ def _entry_from_row(row: list) -> WindowEntry:
     _set_event_type(entry, row[2])
     _set_ts_ms(entry, row[3])
     return entry
+
+
+def user_sequence(entries: Sequence[WindowEntry]) -> UserSequence:
+    """A window's entries as the model's input."""
+    return UserSequence(
+        item_ids=[e.item_id for e in entries],
+        event_types=[e.event_type for e in entries],
+        timestamps_ms=[e.ts_ms for e in entries],
+    )
