@@ -30,7 +30,7 @@ from streamrec.config import Settings
 from streamrec.errors import StateStoreError, StreamrecError
 from streamrec.models.data import EventLog
 from streamrec.stream.events import Event, ValidationRules, parse_event
-from streamrec.stream.forgotten import ForgottenUsers
+from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.state.cassandra import CassandraStore
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,6 @@ def forgotten_users(settings: Settings, *, wait_s: float = FORGOTTEN_READ_WAIT_S
 def recent_event_log(settings: Settings) -> tuple[EventLog, int]:
     """The recent events as an EventLog (deduplicated by event_id per user, forgotten users left out) and the number read."""
     forgotten = forgotten_users(settings)
-    refuse = settings.forget_policy == "refuse"
     since = int(time.time() * 1000 - settings.retrain_horizon_hours * 3_600_000)
     per_user, read = asyncio.run(_read_recent(settings, since, settings.retrain_user_cap, settings.retrain_max_events))
     log_ = EventLog()
@@ -164,7 +163,7 @@ def recent_event_log(settings: Settings) -> tuple[EventLog, int]:
         seen: set[str] = set()
         mark = forgotten.get(user)
         for ts, event_id, item, event_type in sorted(rows):
-            if mark is not None and (refuse or ts <= mark.forgotten_at_ms):
+            if forgotten_action(mark, ts, settings.forget_policy) is not None:
                 left_out += 1
                 continue
             if event_id not in seen:

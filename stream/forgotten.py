@@ -14,6 +14,21 @@ from typing import Iterable
 from streamrec.stream.state.base import ForgetMark
 
 
+def forgotten_action(mark: ForgetMark | None, ts_ms: int, policy: str) -> str | None:
+    """What becomes of an event stamped ``ts_ms`` of a user with ``mark``: None (kept), or "dropped"/"refused".
+
+    Events stamped at or before the request are the forgotten past (a replay, or a
+    record still on its way): dropped on purpose, since a dead letter would keep a copy
+    of what the user asked to remove. Later ones are refused under the ``refuse`` policy.
+    Serving and retraining both apply this one rule.
+    """
+    if mark is None:
+        return None
+    if ts_ms <= mark.forgotten_at_ms:
+        return "dropped"
+    return "refused" if policy == "refuse" else None
+
+
 def user_hash(user_id: str) -> str:
     """The key of a user in the suppression list: SHA-256 of the id (UTF-8), hex."""
     return hashlib.sha256(user_id.encode()).hexdigest()
@@ -44,11 +59,6 @@ class ForgottenUsers:
         if not self._marks:
             return None
         return self._marks.get(user_hash(user_id))
-
-    def is_past(self, user_id: str, ts_ms: int) -> bool:
-        """True when an event of ``user_id`` stamped ``ts_ms`` belongs to a forgotten past."""
-        mark = self.get(user_id)
-        return mark is not None and ts_ms <= mark.forgotten_at_ms
 
     def __len__(self) -> int:
         return len(self._marks)

@@ -29,7 +29,7 @@ from streamrec.config import Settings
 from streamrec.errors import StateStoreError
 from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, ValidationRules, parse_event
 from streamrec.stream.explanations import Explanations
-from streamrec.stream.forgotten import ForgottenUsers
+from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.online import ONLINE_K, OnlineScores, PopularityModel, score_previous
 from streamrec.stream.recommendation import OnlineEval, Recommendation
@@ -231,7 +231,7 @@ class BatchProcessor:
         (or after the emptied one fell out of a small cache): its entries from
         before the request are dropped, and the next write goes after the delete.
         """
-        mark = self.forgotten.get(user_id) if self.forgotten else None
+        mark = self.forgotten.get(user_id)
         if mark is None:
             return stored or StoredWindow(user_id)
         if stored is None:
@@ -319,16 +319,11 @@ class BatchProcessor:
                 # owners racing on one window. Move it to the owner's partition.
                 deliveries.append(await self.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.rerouted += 1
-            elif self.forgotten and (mark := self.forgotten.get(parsed.user_id)) is not None and (
-                parsed.ts_ms <= mark.forgotten_at_ms or self.settings.forget_policy == "refuse"
-            ):
+            elif (action := forgotten_action(self.forgotten.get(parsed.user_id), parsed.ts_ms,
+                                             self.settings.forget_policy)) is not None:
                 report.forgotten += 1
-                if parsed.ts_ms <= mark.forgotten_at_ms:
-                    # The forgotten past (a replay, or a record that was still on its way): dropped on
-                    # purpose; dead-lettering it would keep a copy of what the user asked to remove.
-                    self.metrics.forgotten_events.labels("dropped").inc()
-                else:
-                    self.metrics.forgotten_events.labels("refused").inc()
+                self.metrics.forgotten_events.labels(action).inc()
+                if action == "refused":
                     rejection = Rejection(Reason.FORGOTTEN_USER, "the user asked to be forgotten; STREAMREC_FORGET_POLICY=refuse")
                     deliveries.append(await self.dead_letter(record, rejection))
             else:

@@ -32,13 +32,17 @@ def owner_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def topic_specs(settings: Settings) -> list[NewTopic]:
-    """events / recommendations / DLQ / items share the partition count; model-updates and items are compacted."""
-    p, r = settings.topic_partitions, settings.topic_replication
+def _durable(settings: Settings) -> dict[str, str]:
     # With acks=all, a write is durable on min.insync.replicas brokers. A re-routed
     # event becomes the only copy once its original offset is committed, so with
     # three or more replicas require two (one broker may still be down).
-    durable = {"min.insync.replicas": "2"} if r >= 3 else {}
+    return {"min.insync.replicas": "2"} if settings.topic_replication >= 3 else {}
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """events / recommendations / DLQ / items share the partition count; model-updates and items are compacted."""
+    p, r = settings.topic_partitions, settings.topic_replication
+    durable = _durable(settings)
     return [
         NewTopic(settings.events_topic, p, r, topic_configs=dict(durable)),
         NewTopic(settings.recommendations_topic, p, r, topic_configs=dict(durable)),
@@ -55,9 +59,8 @@ def forget_topic_spec(settings: Settings, events_partitions: int) -> NewTopic:
     """The forget-request topic: the events topic's partition count, so that partition i of both goes to the
     same worker (Faust assigns topics of equal partition counts together), and a week's retention (requests
     carry the user id)."""
-    durable = {"min.insync.replicas": "2"} if settings.topic_replication >= 3 else {}
     return NewTopic(settings.forget_topic, events_partitions, settings.topic_replication,
-                    topic_configs={"retention.ms": str(7 * 86_400_000), **durable})
+                    topic_configs={"retention.ms": str(7 * 86_400_000), **_durable(settings)})
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
