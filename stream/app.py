@@ -146,6 +146,20 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
     )
 
 
+def run_faust_worker(app: faust.App, log_level: str) -> None:
+    """Run ``app`` in this process until it stops (the worker and the benchmark's passthrough alike).
+
+    faust's ``Worker`` draws a progress spinner and, for a level of WARNING
+    or above, sets the root logger to DEBUG so that the spinner sees every
+    record: every debug call of aiokafka, faust, mode and the Cassandra
+    driver (several per Kafka message) then builds a log record that no
+    handler prints. Without the spinner the root logger keeps ``log_level``.
+    """
+    worker = faust.Worker(app, loglevel=log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
 FAIL_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor (Kubernetes, systemd) restarts the worker
 
 

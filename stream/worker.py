@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
-from streamrec.stream.app import create_app, default_worker_id
+from streamrec.stream.app import create_app, default_worker_id, run_faust_worker
 from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
@@ -74,7 +74,6 @@ def run_worker(settings: Settings) -> None:
 
         # libuv's loop: the profile shows a quarter of the worker's CPU in asyncio's own scheduling.
         mode.loop.use("uvloop")
-    import faust
 
     worker_id = default_worker_id(settings)
     store = open_store_with_retry(settings)
@@ -142,7 +141,7 @@ def run_worker(settings: Settings) -> None:
         await flush_figures(tally, figures)
 
     try:
-        faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False).execute_from_commandline()
+        run_faust_worker(app, settings.log_level)
     finally:
         models.close()
         shadow_models.close()
