@@ -27,7 +27,7 @@ import faust
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings, load_settings
-from streamrec.stream.app import new_worker_app, run_faust_worker
+from streamrec.stream.app import new_worker_app, run_faust_worker, use_event_loop
 from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
 
@@ -77,6 +77,7 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
 
 def main() -> None:
     settings = load_settings()
+    use_event_loop(settings)  # the worker's loop: the same Kafka path, the same scheduler
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     app = create_passthrough_app(settings, worker_id)
     run_faust_worker(app, "warning")

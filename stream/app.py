@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn
 
 import faust
+import mode.loop
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings
@@ -144,6 +145,15 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         # No Faust tables: all state is in Cassandra, so no changelog topics.
         store="memory://",
     )
+
+
+def use_event_loop(settings: Settings) -> None:
+    """Select the event loop Faust will create (call before the app is built): libuv's by default.
+
+    The profile showed a quarter of the worker's CPU in asyncio's own scheduling.
+    """
+    if settings.event_loop == "uvloop":
+        mode.loop.use("uvloop")
 
 
 def run_faust_worker(app: faust.App, log_level: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
-from streamrec.stream.app import create_app, default_worker_id, run_faust_worker
+from streamrec.stream.app import create_app, default_worker_id, run_faust_worker, use_event_loop
 from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
@@ -69,11 +69,7 @@ async def flush_figures(tally: OnlineTally, figures: OnlineFiguresStore) -> None
 
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM."""
-    if settings.event_loop == "uvloop":
-        import mode.loop
-
-        # libuv's loop: the profile shows a quarter of the worker's CPU in asyncio's own scheduling.
-        mode.loop.use("uvloop")
+    use_event_loop(settings)
 
     worker_id = default_worker_id(settings)
     store = open_store_with_retry(settings)
