@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from streamrec.bench import common
+from streamrec.bench import artifacts, load, report
 from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings, load_settings
 from streamrec.models.config import EncoderConfig
@@ -157,11 +157,11 @@ def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], i
 
 
 # --------------------------------------------------------------------------- #
-# Streaming benchmarks (e2e, latency, scale, state, all): bench/common.py holds the machinery.
+# Streaming benchmarks (e2e, latency, scale, state, all): the machinery is in bench/{isolation,load,observe,processes,artifacts,phases,stats,report,profiling}.py.
 # --------------------------------------------------------------------------- #
 def _print_and_write(result: dict[str, Any], table: str, out: Path) -> None:
     click.echo(table)
-    common.write_json(result, out)
+    report.write_json(result, out)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -329,8 +329,8 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-all-") as tmp:
         if model_dir is None and not {"e2e", "latency", "scale"} <= skipped:
             registry = Path(tmp) / "models"
-            history = list(itertools.islice(common.synthetic_events(train_events, users, items), train_events))
-            info = common.prepare_model(settings.with_overrides(model_dir=registry), None, history, epochs)
+            history = list(itertools.islice(load.synthetic_events(train_events, users, items), train_events))
+            info = artifacts.prepare_model(settings.with_overrides(model_dir=registry), None, history, epochs)
             echo(f"shared model: {info}")
             model_dir = registry
 
@@ -345,7 +345,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 parts[name] = None
                 return
-            common.write_json(result, out_dir / f"{name}.json")
+            report.write_json(result, out_dir / f"{name}.json")
             parts[name] = result
             tables.append(f"== {name}\n{fmt(result)}")
 
@@ -378,7 +378,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
                                                   out_dir=out_dir, progress=echo), scale_mod.format_result)
         step("state", lambda: state_mod.run_state(settings, users=2000, updates=20_000, single=200, progress=echo),
              state_mod.format_result)
-    report = common.assemble_report(parts, common.machine_info(), errors)
+    combined = report.assemble_report(parts, report.machine_info(), errors)
     for name, message in errors.items():
         tables.append(f"== {name}: FAILED: {message}")
-    _print_and_write(report, "\n\n".join(tables), out)
+    _print_and_write(combined, "\n\n".join(tables), out)
