@@ -131,9 +131,9 @@ def eval_(settings: Settings, model_dir: Path | None, data: str, fmt: str, split
     split = _split(load_events(path, fmt), split_kind)
     cases = split.test if subset == "test" else split.valid
     if backend == "onnx":
-        from streamrec.onnx.runtime import EncoderSession  # ONNX Runtime
+        from streamrec.onnx.runtime import ServedModel  # ONNX Runtime
 
-        session = EncoderSession.load(artifact.path, device="cpu", threads=threads)
+        session = ServedModel.load(artifact.path, device="cpu", threads=threads)
         metrics = evaluate_session(session, cases, exclude_history=not include_seen)
     else:
         import torch

@@ -106,11 +106,11 @@ def explain_user(
 ) -> UserExplanation:
     """Recompute the user's recommendation with the model at ``model_dir`` and attribute it to the window."""
     from streamrec.onnx.explain import Explainer  # ONNX Runtime: 0.3-0.5 s
-    from streamrec.onnx.runtime import EncoderSession
+    from streamrec.onnx.runtime import ServedModel
     from streamrec.stream.window import user_sequence
 
     window = load_window(settings, user_id)
-    session = EncoderSession.load(model_dir, device="cpu", threads=1, warmup=False)
+    session = ServedModel.load(model_dir, device="cpu", threads=1, warmup=False)
     try:
         sequence = user_sequence(window)
         top = session.recommend([sequence], k=min(k, session.n_recommendable), exclude_seen=settings.exclude_seen)[0]

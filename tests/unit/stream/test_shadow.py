@@ -150,12 +150,12 @@ def test_the_slot_scores_only_the_version_pointed_at_and_drops_it_when_the_point
     holder._pending.result(timeout=10)  # noqa: SLF001 - the background load, finished
     asyncio.run(holder.maybe_swap())
     active = slot.active()
-    assert active is not None and active.encoder.version == 2 and active.fraction == 0.5
+    assert active is not None and active.model.version == 2 and active.fraction == 0.5
     slot.follow(ShadowPointer(3, 0.5), Path("v3"))
     assert slot.active() is None, "version 2 must not be scored as version 3 while 3 loads"
     holder._pending.result(timeout=10)  # noqa: SLF001
     asyncio.run(holder.maybe_swap())
-    assert slot.active() is not None and slot.active().encoder.version == 3
+    assert slot.active() is not None and slot.active().model.version == 3
     slot.follow(None, None)
     assert slot.active() is None and holder.current is None
 
