@@ -1,10 +1,9 @@
 """``streamrec train`` and ``streamrec eval``: a model artifact written, and scored as it serves.
 
-Registered by the root CLI (core/cli.py); each works standalone too, reading
-:class:`streamrec.config.Settings` itself when no parent context provides it.
-The root CLI imports this module at every start, so what needs torch (3-6.5 s
-on the 2-core box, see LAYERING_NOTES.md) or ONNX Runtime is imported inside
-the command that runs it.
+Registered by the root CLI (core/cli.py); each takes its
+:class:`streamrec.config.Settings` from the root group. The root CLI imports
+this module at every start, so what needs torch (3-6.5 s on a 2-core box) or
+ONNX Runtime is imported inside the command that runs it.
 """
 
 from __future__ import annotations
