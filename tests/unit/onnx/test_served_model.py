@@ -1,4 +1,4 @@
-"""The served computation: newest-position encoder and sharded ONNX Runtime runs match the full model."""
+"""The served computation: the export graph (newest position only) and sharded ONNX Runtime runs match the full model."""
 
 from __future__ import annotations
 
@@ -104,12 +104,12 @@ def test_a_closed_session_still_answers_and_a_dropped_one_leaves_no_threads(arti
     assert _shard_threads() == 0  # swapped-out versions do not leak threads
 
 
-def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
+def test_a_swap_does_not_close_the_model_a_batch_may_still_use():
     import asyncio
 
     from streamrec.stream.model_holder import ModelHolder
 
-    class FakeEncoder:
+    class FakeModel:
         def __init__(self, version: int) -> None:
             self.version = version
             self.closed = False
@@ -117,7 +117,7 @@ def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
         def close(self) -> None:
             self.closed = True
 
-    old, new = FakeEncoder(1), FakeEncoder(2)
+    old, new = FakeModel(1), FakeModel(2)
     holder = ModelHolder(loader=lambda path: new)
     holder.current = old
     holder.request(Path("/models/v000002"))
