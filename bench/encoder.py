@@ -9,10 +9,10 @@ throughput is sequences per second at that median. Three backends:
   it (the full sequence through the backbone, newest position kept). The
   target ratio (ORT >= 2x) is against this.
 - ``torch_newest``: PyTorch eager on the exact computation the ONNX graph holds
-  (:mod:`streamrec.models.serving`: the last layer only for the newest
+  (:mod:`streamrec.models.export_graph`: the last layer only for the newest
   position), to separate what the runtime gains from what the graph saves.
 - ``ort``: ONNX Runtime on the artifact's ``model.onnx`` as the worker serves
-  it (:class:`~streamrec.onnx.runtime.EncoderSession`: the batch split into
+  it (:class:`~streamrec.onnx.runtime.ServedModel`: the batch split into
   one single-threaded shard per thread, run concurrently).
 - ``ort_one_call``: the same graph in one call with ``threads`` intra-op
   threads, ONNX Runtime's default way to use several cores, for comparison.
@@ -38,7 +38,7 @@ from streamrec.models.features import FeatureBatch, ItemVocab
 from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact
 from streamrec.onnx.export import RankingHead
 from streamrec.onnx.registry import resolve_artifact_dir
-from streamrec.onnx.runtime import EncoderSession, graph_feeds, session_options
+from streamrec.onnx.runtime import ServedModel, graph_feeds, session_options
 from streamrec.onnx.writer import write_artifact
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def bench_artifact(
     model.load_state_dict(torch.load(artifact.path / "weights.pt", weights_only=True))
     full_head = RankingHead(model, newest_only=False).eval()
     newest_head = RankingHead(model, newest_only=True).eval()
-    session = EncoderSession.load(artifact_dir, device=device, threads=threads, fp16=fp16)
+    session = ServedModel.load(artifact_dir, device=device, threads=threads, fp16=fp16)
     one_call = _one_call_session(session, threads)
     torch.set_num_threads(threads)
     # ONNX Runtime flushes denormals to zero (runtime.session_options); torch
@@ -174,7 +174,7 @@ def bench_artifact(
     return rows
 
 
-def _one_call_session(session: EncoderSession, threads: int) -> Any:
+def _one_call_session(session: ServedModel, threads: int) -> Any:
     """The served graph in a plain session with ``threads`` intra-op threads (ORT's default parallelism)."""
     import onnxruntime as ort
 

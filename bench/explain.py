@@ -42,7 +42,7 @@ from streamrec.models.config import EncoderConfig
 from streamrec.models.encoder import SequenceEncoder, position_ids
 from streamrec.models.features import UserSequence, featurize
 from streamrec.onnx.explain import Attribution, Explainer, model_view
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.onnx.writer import train_from_events
 from streamrec.stream.generator import SyntheticConfig, build_world, generate_events, item_key
 
@@ -184,12 +184,12 @@ def torch_model(artifact_dir: Path) -> SequenceEncoder:
     return model.eval()
 
 
-def _torch_inputs(views: Sequence[UserSequence], session: EncoderSession) -> tuple[torch.Tensor, ...]:
+def _torch_inputs(views: Sequence[UserSequence], session: ServedModel) -> tuple[torch.Tensor, ...]:
     f = featurize(views, session.vocab, session.config)
     return tuple(torch.from_numpy(a) for a in (f.item_idx, f.event_type, f.time_bucket, f.attention_mask))
 
 
-def gradient_x_input(model: SequenceEncoder, session: EncoderSession, views: Sequence[UserSequence],
+def gradient_x_input(model: SequenceEncoder, session: ServedModel, views: Sequence[UserSequence],
                      items: Sequence[Sequence[str]]) -> list[np.ndarray]:
     """Per user ``(len(view), n_items)``: gradient × input of each item's score, summed over the embedding."""
     item_idx, etype, tbucket, mask = _torch_inputs(views, session)
@@ -207,7 +207,7 @@ def gradient_x_input(model: SequenceEncoder, session: EncoderSession, views: Seq
     return [out[row, width - len(view):, : len(items[row])] for row, view in enumerate(views)]
 
 
-def attention_rollout(model: SequenceEncoder, session: EncoderSession, views: Sequence[UserSequence]) -> list[np.ndarray]:
+def attention_rollout(model: SequenceEncoder, session: ServedModel, views: Sequence[UserSequence]) -> list[np.ndarray]:
     """Per user ``(len(view),)``: attention rollout (Abnar & Zuidema) from the newest position, heads averaged."""
     item_idx, etype, tbucket, mask = _torch_inputs(views, session)
     with torch.no_grad():
@@ -231,7 +231,7 @@ def _remove(view: UserSequence, positions: Sequence[int]) -> UserSequence:
                         [view.timestamps_ms[p] for p in keep])
 
 
-def faithfulness(session: EncoderSession, explainer: Explainer, model: SequenceEncoder, sequences: Sequence[UserSequence],
+def faithfulness(session: ServedModel, explainer: Explainer, model: SequenceEncoder, sequences: Sequence[UserSequence],
                  k: int, seed: int = 0) -> dict[str, Any]:
     """Score drops (served graph) when each method's top event(s) are removed, against random removals."""
     views = [model_view(s, session.config.max_len)[0] for s in sequences]
@@ -298,7 +298,7 @@ def run_explain_bench(work_dir: Path, *, epochs: int, k: int, users: int, seed: 
     train, test = split_users(world.events())
     t0 = time.perf_counter()
     artifact = train_planted(work_dir / "pairs", train, epochs=epochs, seed=seed)
-    session = EncoderSession.load(artifact, device="cpu", threads=1)
+    session = ServedModel.load(artifact, device="cpu", threads=1)
     windows = pair_windows(test, seed)
     recs = session.recommend(windows, k=k)
     attributions = Explainer.for_session(session).attribute(windows, [r.item_ids for r in recs])
@@ -316,7 +316,7 @@ def run_explain_bench(work_dir: Path, *, epochs: int, k: int, users: int, seed: 
     t0 = time.perf_counter()
     artifact = train_planted(work_dir / "chain", events[:half], epochs=epochs, seed=seed)
     train_s = time.perf_counter() - t0
-    session = EncoderSession.load(artifact, device="cpu", threads=1)
+    session = ServedModel.load(artifact, device="cpu", threads=1)
     explainer = Explainer.for_session(session)
     sequences = user_windows(events[half:], session.config.max_len)[:users]
     t0 = time.perf_counter()

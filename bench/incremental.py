@@ -37,7 +37,7 @@ def _event(user: str, n: int) -> dict[str, Any]:
 async def _per_event_ms(settings: Settings, encoder: Any, history: int, probes: int) -> float:
     from streamrec.stream.processor import BatchProcessor, SourceRecord  # 0.14 s (Faust types)
 
-    processor = BatchProcessor(settings, InMemoryStore(), _NullSink(), encoder=lambda: encoder)
+    processor = BatchProcessor(settings, InMemoryStore(), _NullSink(), model=lambda: encoder)
     user = f"user-{history}"
     # Build the history in batches (fast), then time single-event batches.
     for start in range(0, history, 512):
@@ -65,10 +65,10 @@ def incremental(settings: Settings, model_dir: Path | None, histories: str, prob
     import tempfile
 
     from streamrec.bench.encoder import random_artifact  # torch
-    from streamrec.stream.model_holder import load_encoder  # ONNX Runtime
+    from streamrec.stream.model_holder import load_served_model  # ONNX Runtime
 
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = load_encoder(model_dir or random_artifact(Path(tmp)), threads=settings.onnx_threads)
+        encoder = load_served_model(model_dir or random_artifact(Path(tmp)), threads=settings.onnx_threads)
         rows = []
         for history in [int(h) for h in histories.split(",")]:
             ms = asyncio.run(_per_event_ms(settings, encoder, history, probes))

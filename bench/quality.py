@@ -35,7 +35,7 @@ from streamrec.models.content import ItemContent, add_items, content_config
 from streamrec.models.data import EventLog, load_events, load_recbole_items
 from streamrec.models.evaluate import evaluate_model
 from streamrec.models.features import ItemVocab
-from streamrec.models.metrics import mean_std, metrics_from_ranks, target_ranks
+from streamrec.models.ranking_metrics import mean_std, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase, leave_one_out, slice_sequence
 from streamrec.models.text import MODEL_NAME, MODEL_ZIP_SHA256, encode_texts_cached
 from streamrec.models.train import TrainConfig, event_types_for, train

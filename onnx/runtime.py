@@ -323,6 +323,3 @@ class ServedModel:
             )
         return out
 
-
-# The old name, kept only while bench/ still imports it (bench/encoder.py, bench/explain.py).
-EncoderSession = ServedModel

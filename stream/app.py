@@ -283,7 +283,7 @@ def create_app(
     sink = FaustSink(app)
     partitions = PartitionCount(app, settings.events_topic)
     processor = BatchProcessor(
-        settings, store, sink, encoder=lambda: models.current, metrics=metrics, worker_id=worker_id,
+        settings, store, sink, model=lambda: models.current, metrics=metrics, worker_id=worker_id,
         cache_capacity=settings.window_cache_users, partition_count=partitions, shadow=shadow,
     )
     forget_topic = app.topic(settings.forget_topic, key_type=bytes, value_type=bytes)

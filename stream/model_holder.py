@@ -65,10 +65,6 @@ def load_served_model(path: Path, threads: int = 0, top_k: int = 1) -> ServedMod
     return model
 
 
-# The old name, kept only while bench/incremental.py still imports it.
-load_encoder = load_served_model
-
-
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a model version was refused, and when it may be tried again."""

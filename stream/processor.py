@@ -31,6 +31,7 @@ from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, Valida
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
+from streamrec.stream.model_holder import Recommender
 from streamrec.stream.online import ONLINE_K, OnlineScores, PopularityModel, score_previous
 from streamrec.stream.recommendation import OnlineEval, Recommendation
 from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
@@ -70,14 +71,6 @@ class Sink(Protocol):
     """Where the processor's Kafka output goes; ``send`` returns an awaitable delivery."""
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]: ...
-
-
-class Encoder(Protocol):
-    """What the processor needs from a model (``streamrec.onnx.runtime.EncoderSession``)."""
-
-    version: int
-
-    def recommend(self, sequences: Sequence[Any], k: int, exclude_seen: bool = True) -> list[Any]: ...
 
 
 class ShadowHook(Protocol):
@@ -141,7 +134,7 @@ class BatchProcessor:
         store: WindowStore,
         sink: Sink,
         *,
-        encoder: Callable[[], Encoder | None] = lambda: None,
+        model: Callable[[], Recommender | None] = lambda: None,
         metrics: WorkerMetrics | None = None,
         partition_count: Callable[[], int | None] = lambda: None,
         worker_id: str = "worker",
@@ -154,7 +147,7 @@ class BatchProcessor:
         self.settings = settings
         self.store = store
         self.sink = sink
-        self.current_encoder = encoder
+        self.current_model = model
         self.shadow = shadow
         self.partition_count = partition_count
         self.metrics = metrics or WorkerMetrics()
@@ -477,13 +470,13 @@ class BatchProcessor:
     ) -> tuple[list[Recommendation], list[bytes], list[UserState]]:
         users = list(by_user)
         popular = self.popularity.top(self.settings.top_k + self.settings.window_size)
-        encoder = self.current_encoder()
-        ranked = self._encode(encoder, users, windows) if encoder is not None else None
+        model = self.current_model()
+        ranked = self._encode(model, users, windows) if model is not None else None
         because = None
-        if ranked is not None and encoder is not None:
-            version = encoder.version
+        if ranked is not None and model is not None:
+            version = model.version
             if self.explanations is not None:
-                because = self.explanations.because(encoder, [windows[u].entries for u in users], [r[0] for r in ranked])
+                because = self.explanations.because(model, [windows[u].entries for u in users], [r[0] for r in ranked])
         else:
             ranked = [self._popular_for(windows[u], popular) for u in users]
             version = 0
@@ -530,18 +523,18 @@ class BatchProcessor:
         return recommendations, payloads, states
 
     def _encode(
-        self, encoder: Encoder, users: list[str], windows: dict[str, StoredWindow]
+        self, model: Recommender, users: list[str], windows: dict[str, StoredWindow]
     ) -> list[tuple[list[str], list[float], bytes]] | None:
         """Top-K per user from the model, or None when the model fails (the batch gets the popularity fallback)."""
         sequences = [user_sequence(windows[u].entries) for u in users]
         t0 = time.perf_counter()
         try:
-            results = encoder.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)
+            results = model.recommend(sequences, k=self.settings.top_k, exclude_seen=self.settings.exclude_seen)
         except Exception as exc:  # noqa: BLE001 - a model failing must degrade serving, not stop the worker
             self.metrics.encoder_failures.inc()
             self.encoder_error = f"{type(exc).__name__}: {exc}"
             log.error("model version %s failed on a batch of %d users (%s); served the popularity fallback",
-                      encoder.version, len(users), self.encoder_error)
+                      model.version, len(users), self.encoder_error)
             return None
         self.encoder_error = None
         self.metrics.encoder_latency.observe(time.perf_counter() - t0)

@@ -111,7 +111,7 @@ def test_a_bad_because_is_a_decode_error() -> None:
 
 def _process(session: ServedModel, settings: Settings) -> list[Recommendation]:
     sink = RecordingSink()
-    processor = BatchProcessor(settings, InMemoryStore(), sink, encoder=lambda: session, retry_max_delay_s=0.01)
+    processor = BatchProcessor(settings, InMemoryStore(), sink, model=lambda: session, retry_max_delay_s=0.01)
     events = [{"event_id": f"e{n}", "user_id": f"u{n % 2}", "item_id": f"i{3 + n}", "event_type": "view",
                "ts": 1_700_000_000_000 + 1000 * n} for n in range(10)]
     records = [SourceRecord("streamrec.events", 0, n, e["user_id"].encode(), orjson.dumps(e), None) for n, e in enumerate(events)]

@@ -248,7 +248,7 @@ class FailingModel:
 def test_a_model_failing_on_a_batch_serves_the_popularity_fallback_and_says_so() -> None:
     store = InMemoryStore()
     sink = RecordingSink()
-    processor = BatchProcessor(SETTINGS, store, sink, encoder=lambda: FailingModel())
+    processor = BatchProcessor(SETTINGS, store, sink, model=lambda: FailingModel())
     report = run(processor, [record(event(i), i) for i in range(3)])
     assert report.events == 3 and len(report.recommendations) == 1
     assert report.recommendations[0].model_version == 0

@@ -65,7 +65,7 @@ def build(live: FixedModel, shadow: FixedModel | None, fraction: float = 1.0):
     tally = OnlineTally()
     scorer = ShadowScorer(slot, tally, metrics, top_k=SETTINGS.top_k, exclude_seen=False, capacity=1000)
     sink = RecordingSink()
-    processor = BatchProcessor(SETTINGS, InMemoryStore(), sink, encoder=lambda: live, metrics=metrics,
+    processor = BatchProcessor(SETTINGS, InMemoryStore(), sink, model=lambda: live, metrics=metrics,
                                shadow=scorer, retry_max_delay_s=0.01)
     return processor, sink, tally, metrics
 
