@@ -36,6 +36,8 @@ from streamrec.onnx.artifact import (
     version_dir_name,
     write_json,
 )
+from streamrec.models.text import MODEL_ZIP_SHA256
+from streamrec.onnx.content_head import CONTENT_FILE, ContentHead, save_content_head
 from streamrec.onnx.export import export_onnx
 from streamrec.onnx.parity import FP16_TOLERANCE, check_parity
 
@@ -93,6 +95,11 @@ def write_artifact(
         write_json(tmp / "metrics.json", metrics or {})
         write_json(tmp / "parity.json", parity_doc)
         torch.save(model.state_dict(), tmp / "weights.pt")
+        if config.item_content:
+            # What a worker needs to serve items that appear after this version (README "Items
+            # described by their content"): the graph only holds the items trained with.
+            save_content_head(tmp / CONTENT_FILE, content_head(model))
+            optional.append(CONTENT_FILE)
         extra = dict(extra_files or {})
         for name, source in extra.items():
             if name in (*REQUIRED_FILES, *optional, FP16_MODEL_FILE, MANIFEST) or "/" in name:
@@ -122,6 +129,19 @@ def write_artifact(
         raise
     log.info("wrote model artifact version %d at %s", version, final)
     return final
+
+
+def content_head(model: Any) -> ContentHead:
+    """The projection weights of a multi-view model, as :class:`ContentHead` (numpy, no torch at serving)."""
+    config: EncoderConfig = model.config
+    return ContentHead(
+        text_proj=model.text_proj.weight.detach().cpu().float().numpy(),
+        category_emb=model.category_emb.weight.detach().cpu().float().numpy(),
+        categories=tuple(config.item_categories),
+        max_item_categories=config.max_item_categories,
+        # The training text vectors come from the pinned packaged encoder (streamrec.models.text).
+        text_encoder_sha256=MODEL_ZIP_SHA256,
+    )
 
 
 def train_from_events(

@@ -321,3 +321,30 @@ def items_load(settings: Settings, source: str, fmt: str) -> None:
     if report.dead_lettered:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items()))
         click.echo(f"dead-lettered {report.dead_lettered} bad records to {settings.dlq_topic} ({reasons})")
+
+
+@items.command("embedder")
+@click.option("--worker-id", default="item-embedder", show_default=True, help="Id in the dead letters it writes.")
+@click.pass_obj
+def items_embedder(settings: Settings, worker_id: str) -> None:
+    """Compute each item record's text vector once and publish it for the workers (needs streamrec[content]).
+
+    Reads the items topic in its own consumer group, dead-letters bad records,
+    and writes the compacted item-vectors topic that every worker follows, so
+    a new item is recommendable without a retrain. Runs until SIGINT/SIGTERM.
+    """
+    import signal
+
+    from streamrec.stream.item_embedder import run_embedder  # torch + transformers: 2-4 s
+    from streamrec.stream.topics import ensure_topics_sync
+
+    ensure_topics_sync(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_embedder(settings, stop, worker_id=worker_id)
+
+    asyncio.run(main())

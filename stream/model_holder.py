@@ -24,6 +24,7 @@ from typing import Any, Callable
 from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
 from streamrec.onnx.runtime import EncoderSession
+from streamrec.stream.item_vectors import LiveItems, load_content_aware
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,17 @@ RETRY_FIRST_S = 30.0
 RETRY_MAX_S = 600.0
 
 
-def load_encoder(path: Path, threads: int = 0, top_k: int = 1) -> Any:
-    """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason."""
+def load_encoder(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveItems | None = None) -> Any:
+    """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason.
+
+    With ``live_items``, a version that ships a content head also ranks the
+    items its graph does not know (:mod:`streamrec.stream.item_vectors`).
+    """
     try:
-        encoder = EncoderSession.load(path, threads=threads)
+        if live_items is None:
+            encoder = EncoderSession.load(path, threads=threads)
+        else:
+            encoder = load_content_aware(path, live_items, threads=threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (Fail, InvalidGraph, ...) derive from Exception
@@ -74,8 +82,9 @@ class ModelHolder:
         top_k: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_refused: Callable[[Refusal], None] = lambda refusal: None,
+        live_items: LiveItems | None = None,
     ) -> None:
-        self._loader = loader or (lambda path: load_encoder(path, threads=threads, top_k=top_k))
+        self._loader = loader or (lambda path: load_encoder(path, threads=threads, top_k=top_k, live_items=live_items))
         self._clock = clock
         self._on_refused = on_refused
         self.current: Any | None = None

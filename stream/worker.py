@@ -12,6 +12,7 @@ from streamrec.errors import ModelError, StateStoreError
 from streamrec.stream.app import create_app, default_worker_id
 from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.item_vectors import LiveItems, follow_item_vectors
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.model_updates import watch_announcements
 from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
@@ -80,9 +81,11 @@ def run_worker(settings: Settings) -> None:
     store = open_store_with_retry(settings)
     ensure_topics_sync(settings)
     metrics = WorkerMetrics()
+    # Items that appear after the served version was trained (multi-view versions rank them from content).
+    live_items = LiveItems() if settings.live_items else None
     models = ModelHolder(
         threads=settings.onnx_threads, top_k=settings.top_k,
-        on_refused=lambda refusal: metrics.model_refusals.inc(),
+        on_refused=lambda refusal: metrics.model_refusals.inc(), live_items=live_items,
     )
     path = live_model_path(settings)
     if path is None:
@@ -125,6 +128,11 @@ def run_worker(settings: Settings) -> None:
             consider(live_model_path(settings))
 
         await watch_announcements(settings, on_announcement, asyncio.Event())
+
+    if live_items is not None:
+        @app.task
+        async def follow_new_items() -> None:
+            await follow_item_vectors(settings, live_items, asyncio.Event())
 
     @app.timer(interval=5.0)
     async def poll_registry() -> None:
