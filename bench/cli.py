@@ -80,6 +80,27 @@ def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None
     _write(result, out)
 
 
+@bench.command("new-items")
+@click.option("--epochs", default=20, show_default=True, help="Training epochs of the multi-view model.")
+@click.option("--seed", default=21, show_default=True, help="Seed of the synthetic stream.")
+@click.option("--rate", default=150.0, show_default=True, help="Events per second after the items appear.")
+@click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items.json"), show_default=True)
+@click.pass_context
+def new_items(ctx: click.Context, epochs: int, seed: int, rate: float, keep: bool, out: Path) -> None:
+    """Items that appear mid-stream: seconds from the item record to a recommendation containing it (needs streamrec[content])."""
+    import tempfile
+
+    from streamrec.bench.new_items import run_new_items_bench  # torch, transformers
+
+    with tempfile.TemporaryDirectory(prefix="bench-new-items-") as work:
+        result = run_new_items_bench(_settings(ctx), Path(work), epochs=epochs, seed=seed, per_second=rate, keep=keep)
+    for key in ("record_to_vector_s", "record_to_first_recommendation_s", "hot_cluster_share_offered_new",
+                "other_share_offered_new", "model_versions", "dead_letters"):
+        click.echo(f"{key}: {result[key]}")
+    _write(result, out)
+
+
 @bench.command("quality")
 @click.option("--data", default="ml-100k", show_default=True, help="Interaction log path or 'ml-100k'.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")

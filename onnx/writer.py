@@ -20,6 +20,7 @@ import torch
 
 from streamrec.errors import ModelError
 from streamrec.models.config import ONNX_CONFIG, EncoderConfig
+from streamrec.models.content import ItemContent, content_config
 from streamrec.models.data import events_from_dicts
 from streamrec.models.features import ItemVocab, UserSequence
 from streamrec.models.splits import leave_one_out
@@ -153,18 +154,25 @@ def train_from_events(
     model_config: EncoderConfig | None = None,
     event_types: Sequence[str] | None = None,
     progress: bool = False,
+    item_content: ItemContent | None = None,
+    id_dropout: float = 0.5,
 ) -> Path:
     """Train a model from event dicts and write a verified artifact under ``out_dir``; return its path.
 
     Small and quick on purpose (the demo and tests call it): leave-one-out
     split when users have at least 3 events, the next artifact version in
-    ``out_dir``.
+    ``out_dir``. With ``item_content`` the model is multi-view (id + text +
+    categories, ``id_dropout`` of the ids dropped per step) and the artifact
+    ships its content head, so items that appear later can be served.
     """
     log_ = events_from_dicts(events)
     split = leave_one_out(log_)
     base = model_config or EncoderConfig(n_items=0)
     types = event_types_for(split.train.values(), event_types if event_types is not None else base.event_types)
     config = base.__class__(**{**asdict(base), "event_types": types})
-    result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress))
+    if item_content is not None:
+        config = content_config(config, item_content, id_dropout=id_dropout)
+    result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress),
+                   item_content=item_content)
     real = [c.history for c in split.test] or list(split.train.values())
     return write_artifact(result.model, result.vocab, out_dir, metrics=result.metrics(), real_sequences=real)

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -14,6 +15,9 @@ import orjson
 from streamrec.config import Settings
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.recommendation import Recommendation
+
+if TYPE_CHECKING:
+    from streamrec.models.content import ItemContent
 
 log = logging.getLogger(__name__)
 
@@ -348,3 +352,12 @@ def items_embedder(settings: Settings, worker_id: str) -> None:
         await run_embedder(settings, stop, worker_id=worker_id)
 
     asyncio.run(main())
+
+
+def read_item_content(settings: Settings, source: str) -> "ItemContent":
+    """Item content for ``streamrec train --items SOURCE`` (installed into the onnx room's command by the root CLI)."""
+    from streamrec.stream.catalogue_content import catalogue_content, items_from_source  # torch + transformers: 3-6.5 s
+
+    items = items_from_source(settings, source)
+    click.echo(f"{len(items)} item records from {source}; encoding their text (cached by content)", err=True)
+    return catalogue_content(items, settings.state_dir / "text-encoder", progress=True)
