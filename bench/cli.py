@@ -96,8 +96,29 @@ def new_items(ctx: click.Context, epochs: int, seed: int, rate: float, keep: boo
     with tempfile.TemporaryDirectory(prefix="bench-new-items-") as work:
         result = run_new_items_bench(_settings(ctx), Path(work), epochs=epochs, seed=seed, per_second=rate, keep=keep)
     for key in ("record_to_vector_s", "record_to_first_recommendation_s", "hot_cluster_share_offered_new",
+                "hot_cluster_new_items_per_recommendation",
                 "other_share_offered_new", "model_versions", "dead_letters"):
         click.echo(f"{key}: {result[key]}")
+    _write(result, out)
+
+
+@bench.command("new-items-cost")
+@click.option("--batch", default=64, show_default=True, help="Users per recommend() call.")
+@click.option("--repeats", default=60, show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items_cost.json"), show_default=True)
+@click.pass_context
+def new_items_cost(ctx: click.Context, batch: int, repeats: int, threads: int, out: Path) -> None:
+    """Per-event serving cost of a multi-view version with 0..1000 new items merged, against the plain graph call."""
+    import tempfile
+
+    from streamrec.bench.new_items import serving_cost  # torch, transformers
+
+    with tempfile.TemporaryDirectory(prefix="bench-new-items-cost-") as work:
+        result = serving_cost(Path(work), _settings(ctx).state_dir / "text-encoder", batch=batch, repeats=repeats,
+                              threads=threads)
+    for row in result["rows"]:
+        click.echo(f"{row['new_items']!s:>32}: {row['us_per_event']:8.1f} us/event  x{row['ratio']:.3f}")
     _write(result, out)
 
 

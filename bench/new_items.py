@@ -188,7 +188,7 @@ class LiveRun:
     def summary(self, scenario: Scenario) -> dict[str, Any]:
         new_ids = {i.item_id for i in scenario.new_items}
         by_event = {e["event_id"]: e for e in scenario.events}
-        hot_total = hot_with = other_total = other_with = 0
+        hot_total = hot_with = other_total = other_with = hot_slots = 0
         # Who is offered the items, once every worker could hold them (their vectors out, plus a
         # second for the worker's consumer); how soon is the latency figures' business.
         served_from = max(self.vectors_at.values(), default=float("inf")) + 1.0
@@ -202,6 +202,7 @@ class LiveRun:
             if scenario.cluster_of_item(event["item_id"]) == scenario.hot_cluster:
                 hot_total += 1
                 hot_with += offered
+                hot_slots += sum(i.item_id in new_ids for i in rec.items)
             else:
                 other_total += 1
                 other_with += offered
@@ -212,6 +213,7 @@ class LiveRun:
             "record_to_first_recommendation_s": round(self.first_offered_at - t0, 3) if self.first_offered_at else None,
             "hot_cluster_recommendations": hot_total,
             "hot_cluster_share_offered_new": round(hot_with / hot_total, 4) if hot_total else None,
+            "hot_cluster_new_items_per_recommendation": round(hot_slots / hot_total, 2) if hot_total else None,
             "other_recommendations": other_total,
             "other_share_offered_new": round(other_with / other_total, 4) if other_total else None,
             "model_versions": sorted({r.model_version for r, _ in self.after} | {r.model_version for r in self.before}),
@@ -327,3 +329,49 @@ def run_new_items_bench(base: Settings, work_dir: Path, *, epochs: int = 20, see
     return {"benchmark": "new-items", "seed": seed, "epochs": epochs, "events_per_second": per_second,
             "train_seconds": round(train_s, 1), "hot_cluster": scenario.hot_cluster,
             "new_item_titles": [i.title for i in scenario.new_items], **run.summary(scenario)}
+
+
+def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...] = (0, 10, 100, 1000),
+                 batch: int = 64, repeats: int = 60, threads: int = 1, seed: int = 21) -> dict[str, Any]:
+    """Per-batch cost of ``recommend`` for a multi-view version: plain graph vs with ``n`` new items merged.
+
+    Same windows, same session threads; the median of ``repeats`` calls after
+    a warm-up, per event (one event = one user row of the batch).
+    """
+    import numpy as np
+
+    from streamrec.models.features import UserSequence
+    from streamrec.models.text import MODEL_ZIP_SHA256
+    from streamrec.onnx.runtime import EncoderSession
+    from streamrec.stream.item_vectors import ItemVector, LiveItems, load_content_aware
+
+    scenario = build_scenario(seed=seed)
+    path = train_scenario_model(scenario, work_dir / "models", cache_dir, epochs=1)
+    windows: dict[str, list[dict[str, Any]]] = {}
+    for event in scenario.events[: scenario.train_events]:
+        windows.setdefault(event["user_id"], []).append(event)
+    sequences = [UserSequence([e["item_id"] for e in w[-50:]], [e["event_type"] for e in w[-50:]],
+                              [int(e["ts"]) if isinstance(e["ts"], int) else 0 for e in w[-50:]])
+                 for w in list(windows.values())[:batch]]
+
+    def median_us(session: EncoderSession) -> float:
+        session.recommend(sequences, k=10)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.recommend(sequences, k=10)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e6 / len(sequences)
+
+    rng = np.random.default_rng(0)
+    plain = median_us(EncoderSession.load(path, device="cpu", threads=threads))
+    rows: list[dict[str, Any]] = [{"new_items": "id-only path (EncoderSession)", "us_per_event": round(plain, 1), "ratio": 1.0}]
+    for n in new_counts:
+        live = LiveItems()
+        for j in range(n):
+            vector = rng.normal(size=384).astype(np.float32)
+            live.put(ItemVector(f"new-{j}", vector / np.linalg.norm(vector), ("jazz",), MODEL_ZIP_SHA256, 0, 0))
+        cost = median_us(load_content_aware(path, live, threads=threads))
+        rows.append({"new_items": n, "us_per_event": round(cost, 1), "ratio": round(cost / plain, 3)})
+    return {"benchmark": "new-items-serving-cost", "batch": len(sequences), "threads": threads, "repeats": repeats,
+            "rows": rows}
