@@ -118,7 +118,8 @@ def new_items_cost(ctx: click.Context, batch: int, repeats: int, threads: int, o
         result = serving_cost(Path(work), _settings(ctx).state_dir / "text-encoder", batch=batch, repeats=repeats,
                               threads=threads)
     for row in result["rows"]:
-        click.echo(f"{row['new_items']!s:>32}: {row['us_per_event']:8.1f} us/event  x{row['ratio']:.3f}")
+        click.echo(f"{row['new_items']!s:>32}: {row['us_per_event']:8.1f} us/event  x{row['ratio']:.3f}"
+                   f"  (new items' own part: {row['merge_us_per_event']:.2f} us/event)")
     _write(result, out)
 
 
