@@ -234,11 +234,11 @@ def merge_new_items(
     users = np.stack([r.user_vector for r in ranked]).astype(np.float32, copy=False)
     new_scores = users @ table.vectors.T  # (batch, n_new)
     if exclude_seen:
-        known = table.index.keys()
+        index = table.index
         for row, seq in enumerate(sequences):
-            seen = known & set(seq.item_ids)
+            seen = [index[i] for i in set(seq.item_ids) if i in index]  # O(window), not O(new items)
             if seen:
-                new_scores[row, [table.index[i] for i in seen]] = -np.inf
+                new_scores[row, seen] = -np.inf
     graph_scores = np.full((len(ranked), k), -np.inf, dtype=np.float32)
     for row, top in enumerate(ranked):
         graph_scores[row, : len(top.scores)] = top.scores
@@ -246,12 +246,15 @@ def merge_new_items(
     take = min(k, both.shape[1])
     best = np.argpartition(-both, take - 1, axis=1)[:, :take]
     order = np.take_along_axis(best, np.argsort(-np.take_along_axis(both, best, axis=1), axis=1, kind="stable"), axis=1)
+    ordered = np.take_along_axis(both, order, axis=1)
+    # Whole-array conversions: numpy scalars indexed one by one cost ~1 us each.
+    orders, values, finite = order.tolist(), ordered.tolist(), np.isfinite(ordered).tolist()
     out: list[TopK] = []
     for row, top in enumerate(ranked):
-        picked = [int(j) for j in order[row] if np.isfinite(both[row, j])]
+        keep = [n for n, ok in enumerate(finite[row]) if ok]
         out.append(TopK(
-            item_ids=[top.item_ids[j] if j < k else table.item_ids[j - k] for j in picked],
-            scores=[float(both[row, j]) for j in picked],
+            item_ids=[top.item_ids[j] if j < k else table.item_ids[j - k] for j in (orders[row][n] for n in keep)],
+            scores=[values[row][n] for n in keep],
             user_vector=top.user_vector,
         ))
     return out
