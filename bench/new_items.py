@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import orjson
 
 from streamrec.bench.common import (
@@ -33,9 +34,12 @@ from streamrec.bench.common import (
 )
 from streamrec.config import Settings
 from streamrec.models.content import ItemContent
-from streamrec.models.text import encode_texts_cached
+from streamrec.models.features import UserSequence
+from streamrec.models.text import MODEL_ZIP_SHA256, encode_texts_cached
+from streamrec.onnx.runtime import EncoderSession
 from streamrec.onnx.writer import train_from_events
 from streamrec.stream.generator import SyntheticConfig, SyntheticWorld, build_world, generate_events, item_index
+from streamrec.stream.item_vectors import ContentAwareSession, ItemVector, LiveItems, load_content_aware, merge_new_items
 from streamrec.stream.items import Item
 from streamrec.stream.recommendation import Recommendation
 
@@ -338,13 +342,6 @@ def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...]
     Same windows, same session threads; the median of ``repeats`` calls after
     a warm-up, per event (one event = one user row of the batch).
     """
-    import numpy as np
-
-    from streamrec.models.features import UserSequence
-    from streamrec.models.text import MODEL_ZIP_SHA256
-    from streamrec.onnx.runtime import EncoderSession
-    from streamrec.stream.item_vectors import ContentAwareSession, ItemVector, LiveItems, load_content_aware, merge_new_items
-
     scenario = build_scenario(seed=seed)
     path = train_scenario_model(scenario, work_dir / "models", cache_dir, epochs=1)
     windows: dict[str, list[dict[str, Any]]] = {}
