@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from streamrec.bench import common
+from streamrec.bench import artifacts, load, report
 from streamrec.bench import scale as scale_mod
-from streamrec.config import Settings, load_settings
+from streamrec.config import Settings
 from streamrec.models.config import EncoderConfig
 from streamrec.models.data import fetch_ml100k_items, resolve_dataset
 
@@ -24,11 +24,6 @@ log = logging.getLogger(__name__)
 @click.group("bench")
 def bench() -> None:
     """Benchmarks: JSON results (and plots) for quality, encoder speed and, from other rooms, e2e/latency/state."""
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_object(Settings)
-    return obj if obj is not None else load_settings()
 
 
 def _write(result: dict[str, Any], out: Path | None) -> None:
@@ -86,15 +81,15 @@ def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None
 @click.option("--rate", default=150.0, show_default=True, help="Events per second after the items appear.")
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items.json"), show_default=True)
-@click.pass_context
-def new_items(ctx: click.Context, epochs: int, seed: int, rate: float, keep: bool, out: Path) -> None:
+@click.pass_obj
+def new_items(settings: Settings, epochs: int, seed: int, rate: float, keep: bool, out: Path) -> None:
     """Items that appear mid-stream: seconds from the item record to a recommendation containing it (needs streamrec[content])."""
     import tempfile
 
     from streamrec.bench.new_items import run_new_items_bench  # torch, transformers
 
     with tempfile.TemporaryDirectory(prefix="bench-new-items-") as work:
-        result = run_new_items_bench(_settings(ctx), Path(work), epochs=epochs, seed=seed, per_second=rate, keep=keep)
+        result = run_new_items_bench(settings, Path(work), epochs=epochs, seed=seed, per_second=rate, keep=keep)
     for key in ("record_to_vector_s", "record_to_first_recommendation_s", "hot_cluster_share_offered_new",
                 "hot_cluster_new_items_per_recommendation",
                 "other_share_offered_new", "model_versions", "dead_letters"):
@@ -107,15 +102,15 @@ def new_items(ctx: click.Context, epochs: int, seed: int, rate: float, keep: boo
 @click.option("--repeats", default=60, show_default=True)
 @click.option("--threads", default=1, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items_cost.json"), show_default=True)
-@click.pass_context
-def new_items_cost(ctx: click.Context, batch: int, repeats: int, threads: int, out: Path) -> None:
+@click.pass_obj
+def new_items_cost(settings: Settings, batch: int, repeats: int, threads: int, out: Path) -> None:
     """Per-event serving cost of a multi-view version with 0..1000 new items merged, against the plain graph call."""
     import tempfile
 
     from streamrec.bench.new_items import serving_cost  # torch, transformers
 
     with tempfile.TemporaryDirectory(prefix="bench-new-items-cost-") as work:
-        result = serving_cost(Path(work), _settings(ctx).state_dir / "text-encoder", batch=batch, repeats=repeats,
+        result = serving_cost(Path(work), settings.state_dir / "text-encoder", batch=batch, repeats=repeats,
                               threads=threads)
     for row in result["rows"]:
         click.echo(f"{row['new_items']!s:>32}: {row['us_per_event']:8.1f} us/event  x{row['ratio']:.3f}"
@@ -145,8 +140,8 @@ def new_items_cost(ctx: click.Context, batch: int, repeats: int, threads: int, o
               help="With --multi-view: item records (RecBole .item path, or 'ml-100k' for its packaged ml-100k.item).")
 @click.option("--id-dropout", default=0.5, show_default=True, help="With --multi-view: share of item ids dropped per training step.")
 @click.option("--cold-frac", default=0.1, show_default=True, help="With --multi-view: share of items held out of training.")
-@click.pass_context
-def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
+@click.pass_obj
+def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
             recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
             ours_from: Path | None, out: Path, multi_view: bool, items_spec: str, id_dropout: float,
             cold_frac: float) -> None:
@@ -154,7 +149,6 @@ def quality(ctx: click.Context, data: str, seeds: str, epochs: int, patience: in
     from streamrec.bench.quality import compare, format_table, run_ours, run_recbole  # torch
     from streamrec.models.train import TrainConfig  # torch
 
-    settings = _settings(ctx)
     path = resolve_dataset(data, settings.state_dir / "data")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     if multi_view:
@@ -200,11 +194,11 @@ def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], i
 
 
 # --------------------------------------------------------------------------- #
-# Streaming benchmarks (e2e, latency, scale, state, all): bench/common.py holds the machinery.
+# Streaming benchmarks (e2e, latency, scale, state, all): the machinery is in bench/{isolation,load,observe,processes,artifacts,phases,stats,report,profiling}.py.
 # --------------------------------------------------------------------------- #
 def _print_and_write(result: dict[str, Any], table: str, out: Path) -> None:
     click.echo(table)
-    common.write_json(result, out)
+    report.write_json(result, out)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -229,14 +223,14 @@ _model_option = click.option("--model", "model_dir", type=click.Path(exists=True
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Per backlog phase.")
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspaces.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/e2e.json"), show_default=True)
-@click.pass_context
-def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: int, epochs: int, model_dir: Path | None,
+@click.pass_obj
+def e2e(settings: Settings, events: int, users: int, items: int, train_events: int, epochs: int, model_dir: Path | None,
         no_model: bool, partitions: int, repeats: int, latency_rate: float, latency_seconds: float,
         profile_seconds: float, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
     """Sustained events/s of one worker vs the passthrough worker on one backlog (targets: >= 5,000/s, >= 50%)."""
     from streamrec.bench.e2e import format_result, run_e2e  # Faust: 0.55 s
 
-    result = run_e2e(_settings(ctx), events=events, users=users, items=items, train_events=train_events, epochs=epochs,
+    result = run_e2e(settings, events=events, users=users, items=items, train_events=train_events, epochs=epochs,
                      model=model_dir, no_model=no_model, partitions=partitions, repeats=repeats,
                      latency_rate=latency_rate, latency_seconds=latency_seconds, profile_seconds=profile_seconds,
                      seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
@@ -263,14 +257,14 @@ def e2e(ctx: click.Context, events: int, users: int, items: int, train_events: i
 @click.option("--shadow-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
               help="Share of users the shadow is scored for.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)
-@click.pass_context
-def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
+@click.pass_obj
+def latency(settings: Settings, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
             model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
             explain: bool, shadow_model: Path | None, shadow_fraction: float, out: Path) -> None:
     """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
     from streamrec.bench.latency import format_result, run_latency  # 1.4 s
 
-    result = run_latency(_settings(ctx), rate=rate, seconds=seconds, users=users, items=items,
+    result = run_latency(settings, rate=rate, seconds=seconds, users=users, items=items,
                          train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
                          partitions=partitions, with_passthrough=with_passthrough, seed=seed, keep=keep,
                          explain=explain, shadow_model=shadow_model, shadow_fraction=shadow_fraction,
@@ -292,12 +286,12 @@ def latency(ctx: click.Context, rate: float, seconds: float, users: int, items: 
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
 @click.option("--keep", is_flag=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/scale.json"), show_default=True)
-@click.pass_context
-def scale(ctx: click.Context, workers: str, events: int, users: int, items: int, partitions: int, train_events: int,
+@click.pass_obj
+def scale(settings: Settings, workers: str, events: int, users: int, items: int, partitions: int, train_events: int,
           epochs: int, model_dir: Path | None, no_model: bool, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
     """1 worker vs 2 (or more) in one group on the same backlog: throughput ratio (target 2 workers >= 1.7x)."""
     counts = [int(w) for w in workers.split(",") if w.strip()]
-    result = scale_mod.run_scale(_settings(ctx), workers=counts, events=events, users=users, items=items, partitions=partitions,
+    result = scale_mod.run_scale(settings, workers=counts, events=events, users=users, items=items, partitions=partitions,
                        train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model, seed=seed,
                        timeout_s=timeout_s, keep=keep, out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, scale_mod.format_result(result), out)
@@ -308,19 +302,19 @@ def scale(ctx: click.Context, workers: str, events: int, users: int, items: int,
 @click.option("--timeout", "timeout_s", default=180.0, show_default=True, help="Seconds each scenario may take to settle.")
 @click.option("--keep", is_flag=True, help="Keep the scenarios' topics and keyspaces.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/faults.json"), show_default=True)
-@click.pass_context
-def faults(ctx: click.Context, scenarios: tuple[str, ...], timeout_s: float, keep: bool, out: Path) -> None:
+@click.pass_obj
+def faults(settings: Settings, scenarios: tuple[str, ...], timeout_s: float, keep: bool, out: Path) -> None:
     """Fault scenarios against the local servers: events produced, in state, lost, duplicated, recovery time."""
     from streamrec.bench.faults import SCENARIOS, format_result, run_faults  # Cassandra driver: 0.1 s
 
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise click.BadParameter(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
-    result = run_faults(_settings(ctx), scenarios=scenarios or SCENARIOS, timeout_s=timeout_s, keep=keep,
+    result = run_faults(settings, scenarios=scenarios or SCENARIOS, timeout_s=timeout_s, keep=keep,
                         progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
     if not result["all_clean"]:
-        ctx.exit(1)
+        raise click.exceptions.Exit(1)
 
 
 @bench.command("state")
@@ -333,13 +327,13 @@ def faults(ctx: click.Context, scenarios: tuple[str, ...], timeout_s: float, kee
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/state.json"), show_default=True)
-@click.pass_context
-def state(ctx: click.Context, users: int, updates: int, batch: int, window: int | None, single: int,
+@click.pass_obj
+def state(settings: Settings, users: int, updates: int, batch: int, window: int | None, single: int,
           ttl_probe_users: int, seed: int, keep: bool, out: Path) -> None:
     """The Cassandra window store alone: chosen blob-per-user model vs rows+LIMIT+TTL (updates/s, latency, tombstones)."""
     from streamrec.bench.state import format_result, run_state  # Cassandra driver: 0.15-0.25 s
 
-    result = run_state(_settings(ctx), users=users, updates=updates, batch=batch, window=window, single=single,
+    result = run_state(settings, users=users, updates=updates, batch=batch, window=window, single=single,
                        ttl_probe_users=ttl_probe_users, seed=seed, keep=keep, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
 
@@ -355,14 +349,13 @@ def state(ctx: click.Context, users: int, updates: int, batch: int, window: int 
 @click.option("--profile-seconds", default=10.0, show_default=True, help="py-spy the e2e worker (0 = no profile).")
 @click.option("--skip", default="", help="Comma-separated benchmarks to skip (encoder,e2e,latency,scale,state).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/all.json"), show_default=True)
-@click.pass_context
-def all_(ctx: click.Context, events: int, users: int, items: int, latency_seconds: float, train_events: int, epochs: int,
+@click.pass_obj
+def all_(settings: Settings, events: int, users: int, items: int, latency_seconds: float, train_events: int, epochs: int,
          model_dir: Path | None, profile_seconds: float, skip: str, out: Path) -> None:
     """Every benchmark with small defaults, one model shared; one combined report (JSON + per-benchmark files)."""
     import itertools
     import tempfile
 
-    settings = _settings(ctx)
     skipped = {s.strip() for s in skip.split(",") if s.strip()}
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
     out_dir = out.parent
@@ -372,8 +365,8 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-all-") as tmp:
         if model_dir is None and not {"e2e", "latency", "scale"} <= skipped:
             registry = Path(tmp) / "models"
-            history = list(itertools.islice(common.synthetic_events(train_events, users, items), train_events))
-            info = common.prepare_model(settings.with_overrides(model_dir=registry), None, history, epochs)
+            history = list(itertools.islice(load.synthetic_events(train_events, users, items), train_events))
+            info = artifacts.prepare_model(settings.with_overrides(model_dir=registry), None, history, epochs)
             echo(f"shared model: {info}")
             model_dir = registry
 
@@ -388,7 +381,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 parts[name] = None
                 return
-            common.write_json(result, out_dir / f"{name}.json")
+            report.write_json(result, out_dir / f"{name}.json")
             parts[name] = result
             tables.append(f"== {name}\n{fmt(result)}")
 
@@ -421,7 +414,7 @@ def all_(ctx: click.Context, events: int, users: int, items: int, latency_second
                                                   out_dir=out_dir, progress=echo), scale_mod.format_result)
         step("state", lambda: state_mod.run_state(settings, users=2000, updates=20_000, single=200, progress=echo),
              state_mod.format_result)
-    report = common.assemble_report(parts, common.machine_info(), errors)
+    combined = report.assemble_report(parts, report.machine_info(), errors)
     for name, message in errors.items():
         tables.append(f"== {name}: FAILED: {message}")
-    _print_and_write(report, "\n\n".join(tables), out)
+    _print_and_write(combined, "\n\n".join(tables), out)

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from streamrec.bench import common
+from streamrec.bench import artifacts, isolation, load, phases, processes, profiling, report, stats
 from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
 
@@ -51,37 +51,37 @@ def run_e2e(
     seed: int = 0,
     timeout_s: float = 3600.0,
     keep: bool = False,
-    out_dir: Path = common.OUT_DIR,
+    out_dir: Path = report.OUT_DIR,
     progress: Any = print,
 ) -> dict[str, Any]:
-    run_id = common.new_run_id()
-    settings = common.isolated_settings(base, "e2e", run_id, topic_partitions=partitions,
+    run_id = isolation.new_run_id()
+    settings = isolation.isolated_settings(base, "e2e", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"e2e-{run_id}" / "models")
     logs = base.state_dir / "bench" / f"e2e-{run_id}"
     pass_topic = output_topic(settings)
     keyspaces: list[str] = []
-    machine = common.machine_info()
+    machine = report.machine_info()
     progress(f"e2e run {run_id}: topics {settings.topic_prefix}.*, logs {logs}")
-    common.create_topics(settings, extra=[pass_topic])
+    isolation.create_topics(settings, extra=[pass_topic])
     try:
-        stream = common.synthetic_events(train_events + events + 10_000_000, users, items, seed)
+        stream = load.synthetic_events(train_events + events + 10_000_000, users, items, seed)
         history = [] if (no_model or model is not None) else list(itertools.islice(stream, train_events))
-        model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
+        model_info = artifacts.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
         progress(f"model: {model_info}")
-        count, seconds = common.preproduce(settings.kafka_bootstrap, settings.events_topic,
-                                           (common.encode_event(e) for e in itertools.islice(stream, events)))
+        count, seconds = load.preproduce(settings.kafka_bootstrap, settings.events_topic,
+                                           (load.encode_event(e) for e in itertools.islice(stream, events)))
         progress(f"pre-produced {count} events in {seconds:.1f}s ({count / seconds:,.0f}/s)")
 
         runs: dict[str, list[dict[str, Any]]] = {"passthrough": [], "worker": []}
         for r in range(repeats):
             # Passthrough first (same backlog, its own group).
-            s_pass = settings.with_overrides(consumer_group=f"{settings.consumer_group}-pass-{r}", web_port=common.free_port())
-            proc = common.BenchProcess.passthrough(s_pass, logs / f"passthrough-{r}.log")
+            s_pass = settings.with_overrides(consumer_group=f"{settings.consumer_group}-pass-{r}", web_port=isolation.free_port())
+            proc = processes.BenchProcess.passthrough(s_pass, logs / f"passthrough-{r}.log")
             try:
-                res = common.run_backlog_phase([proc], s_pass, pass_topic, need_model=False, timeout_s=timeout_s)
+                res = phases.run_backlog_phase([proc], s_pass, pass_topic, need_model=False, timeout_s=timeout_s)
                 progress(f"[{r}] passthrough: {res['events_per_s']} events/s, cpu {res['process']['cpu_mean_pct']}%")
                 if latency_seconds > 0:
-                    res["latency_phase"] = common.run_latency_phase(s_pass, pass_topic, stream, rate=latency_rate,
+                    res["latency_phase"] = phases.run_latency_phase(s_pass, pass_topic, stream, rate=latency_rate,
                                                                     seconds=latency_seconds)
             finally:
                 proc.stop()
@@ -90,38 +90,38 @@ def run_e2e(
             keyspace = f"{settings.cassandra_keyspace}_{r}"
             keyspaces.append(keyspace)
             s_work = settings.with_overrides(consumer_group=f"{settings.consumer_group}-worker-{r}",
-                                             cassandra_keyspace=keyspace, web_port=common.free_port())
-            common.prepare_schema(s_work)
-            proc = common.BenchProcess.worker(s_work, logs / f"worker-{r}.log")
+                                             cassandra_keyspace=keyspace, web_port=isolation.free_port())
+            isolation.prepare_schema(s_work)
+            proc = processes.BenchProcess.worker(s_work, logs / f"worker-{r}.log")
             profiler = None
             if profile_seconds > 0 and r == 0:
-                profiler = lambda pid: common.py_spy_profile(pid, out_dir, profile_seconds, name="profile-e2e")  # noqa: E731
+                profiler = lambda pid: profiling.py_spy_profile(pid, out_dir, profile_seconds, name="profile-e2e")  # noqa: E731
             try:
-                res = common.run_backlog_phase([proc], s_work, s_work.recommendations_topic,
+                res = phases.run_backlog_phase([proc], s_work, s_work.recommendations_topic,
                                                need_model=bool(model_info.get("source")), timeout_s=timeout_s,
                                                profile=profiler)
                 progress(f"[{r}] worker: {res['events_per_s']} events/s, cpu {res['process']['cpu_mean_pct']}%")
                 if latency_seconds > 0 and res["completed"]:
-                    res["latency_phase"] = common.run_latency_phase(s_work, s_work.recommendations_topic, stream,
+                    res["latency_phase"] = phases.run_latency_phase(s_work, s_work.recommendations_topic, stream,
                                                                     rate=latency_rate, seconds=latency_seconds)
             finally:
                 proc.stop()
             runs["worker"].append(res)
     finally:
         if not keep:
-            common.delete_topics(settings, common.all_topics(settings, [pass_topic]))
+            isolation.delete_topics(settings, isolation.all_topics(settings, [pass_topic]))
             for keyspace in keyspaces:
-                common.drop_keyspace(settings, keyspace)
+                isolation.drop_keyspace(settings, keyspace)
 
     result = summarise(runs, machine=machine, events=events, users=users, items=items, partitions=partitions,
                        model=model_info, run_id=run_id, latency_rate=latency_rate)
     plots = {f"{kind} #{i}": [(t, c) for t, c in run["progress"]] for kind, rs in runs.items() for i, run in enumerate(rs)}
-    png = common.plot_progress(plots, out_dir / "e2e.png", f"e2e: events committed over time ({events:,} event backlog)")
+    png = report.plot_progress(plots, out_dir / "e2e.png", f"e2e: events committed over time ({events:,} event backlog)")
     if png:
         result["plot"] = str(png)
     latency_points = {kind: rs[0].get("latency_phase", {}).get("_points", []) for kind, rs in runs.items() if rs}
     if any(latency_points.values()):
-        png = common.plot_latency(latency_points.get("worker", []), out_dir / "e2e-latency.png",
+        png = report.plot_latency(latency_points.get("worker", []), out_dir / "e2e-latency.png",
                                   f"e2e paced phase at {latency_rate:g} events/s", target_ms=50,
                                   series={"passthrough": latency_points.get("passthrough", [])})
         if png:
@@ -133,11 +133,11 @@ def run_e2e(
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], **context: Any) -> dict[str, Any]:
-    worker_rate = common.median([r["events_per_s"] for r in runs["worker"]])
-    pass_rate = common.median([r["events_per_s"] for r in runs["passthrough"]])
-    ratio = common.ratio(worker_rate, pass_rate)
+    worker_rate = stats.median([r["events_per_s"] for r in runs["worker"]])
+    pass_rate = stats.median([r["events_per_s"] for r in runs["passthrough"]])
+    ratio = stats.ratio(worker_rate, pass_rate)
     # Paired ratios (each repeat's worker against the passthrough run just before it).
-    paired = [common.ratio(w["events_per_s"], p["events_per_s"]) for w, p in zip(runs["worker"], runs["passthrough"])]
+    paired = [stats.ratio(w["events_per_s"], p["events_per_s"]) for w, p in zip(runs["worker"], runs["passthrough"])]
     worker_latency = (runs["worker"][0].get("latency_phase") or {}).get("latency", {}) if runs["worker"] else {}
     pass_latency = (runs["passthrough"][0].get("latency_phase") or {}).get("latency", {}) if runs["passthrough"] else {}
     headline = {
@@ -145,14 +145,14 @@ def summarise(runs: dict[str, list[dict[str, Any]]], **context: Any) -> dict[str
         "passthrough_events_per_s": pass_rate,
         "worker_to_passthrough": ratio,
         "paired_ratios": paired,
-        "worker_cpu_mean_pct": common.median([r["process"]["cpu_mean_pct"] for r in runs["worker"]]),
+        "worker_cpu_mean_pct": stats.median([r["process"]["cpu_mean_pct"] for r in runs["worker"]]),
         "worker_rss_max_mb": max((r["process"]["rss_max_mb"] or 0 for r in runs["worker"]), default=None),
         "latency_p50_ms": worker_latency.get("p50_ms"),
         "latency_p95_ms": worker_latency.get("p95_ms"),
         "latency_p99_ms": worker_latency.get("p99_ms"),
         "passthrough_latency_p99_ms": pass_latency.get("p99_ms"),
-        "target_events_per_s": f"{TARGET_EVENTS_PER_S:g}: {common.target_check(worker_rate, TARGET_EVENTS_PER_S)}",
-        "target_ratio": f"{TARGET_RATIO:g}: {common.target_check(ratio, TARGET_RATIO)}",
+        "target_events_per_s": f"{TARGET_EVENTS_PER_S:g}: {report.target_check(worker_rate, TARGET_EVENTS_PER_S)}",
+        "target_ratio": f"{TARGET_RATIO:g}: {report.target_check(ratio, TARGET_RATIO)}",
     }
     return {"benchmark": "e2e", "headline": headline, **context, "runs": runs}
 
@@ -167,7 +167,7 @@ def format_result(result: dict[str, Any]) -> str:
             rows.append((f"{kind} #{i}", r["events"], r["events_per_s"], r["output_messages_per_s"], proc["cpu_mean_pct"],
                          proc["rss_max_mb"], infra.get("cpu_mean_pct"), proc.get("box_cpu_mean_pct"),
                          lat.get("p50_ms"), lat.get("p95_ms"), lat.get("p99_ms")))
-    table = common.format_table(rows, ("run", "events", "events/s", "out msg/s", "cpu%", "rss MB", "kafka+cas cpu%",
+    table = report.format_table(rows, ("run", "events", "events/s", "out msg/s", "cpu%", "rss MB", "kafka+cas cpu%",
                                        "box cpu%", "p50 ms", "p95 ms", "p99 ms"))
     h = result["headline"]
     lines = [table, "",
@@ -182,7 +182,7 @@ def format_result(result: dict[str, Any]) -> str:
                      f"save {wm.get('cassandra_save_ms')} ms, consume→emit {wm.get('consume_to_emit_ms_per_batch')} ms")
     prof = (result["runs"]["worker"][0].get("profile") if result["runs"]["worker"] else None) or {}
     if prof.get("categories_pct"):
-        lines += ["", common.profile_table(prof)]
+        lines += ["", profiling.profile_table(prof)]
     elif prof.get("error"):
         lines.append(f"profile: {prof['error']}")
     return "\n".join(lines)

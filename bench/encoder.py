@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from streamrec.bench.common import plot_bars
+from streamrec.bench.report import plot_bars
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import FeatureBatch, ItemVocab

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from streamrec.bench import common
+from streamrec.bench import isolation, load, processes, report
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.metrics import metric_values
@@ -72,11 +72,11 @@ class Run:
 
     settings: Settings
     logs: Path
-    workers: list[common.BenchProcess] = field(default_factory=list)
+    workers: list[processes.BenchProcess] = field(default_factory=list)
 
-    def worker(self, name: str, **overrides: Any) -> common.BenchProcess:
-        settings = self.settings.with_overrides(web_port=common.free_port(), **overrides)
-        process = common.BenchProcess.worker(settings, self.logs / f"{name}.log", worker_id=name).start()
+    def worker(self, name: str, **overrides: Any) -> processes.BenchProcess:
+        settings = self.settings.with_overrides(web_port=isolation.free_port(), **overrides)
+        process = processes.BenchProcess.worker(settings, self.logs / f"{name}.log", worker_id=name).start()
         self.workers.append(process)
         return process
 
@@ -102,8 +102,8 @@ def events_for(users: int, per_user: int, seed: int, start_ms: int | None = None
 
 
 def produce(settings: Settings, events: Iterable[dict[str, Any]], partitioner: str = "murmur2_random") -> int:
-    count, _ = common.preproduce(settings.kafka_bootstrap, settings.events_topic,
-                                 (common.encode_event(e) for e in events), partitioner=partitioner)
+    count, _ = load.preproduce(settings.kafka_bootstrap, settings.events_topic,
+                                 (load.encode_event(e) for e in events), partitioner=partitioner)
     return count
 
 
@@ -295,7 +295,7 @@ def run_faults(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run each scenario on fresh topics and keyspace; returns the report (rows + machine)."""
-    run_id = common.new_run_id()
+    run_id = isolation.new_run_id()
     out_logs = base.state_dir / "bench" / f"faults-{run_id}"
     rows: list[ScenarioResult] = []
     for number, name in enumerate(scenarios, 1):
@@ -306,7 +306,7 @@ def run_faults(
             progress(f"[{number}/{len(scenarios)}] {name}: skipped ({result.skipped})")
             rows.append(result)
             continue
-        settings = common.isolated_settings(
+        settings = isolation.isolated_settings(
             base, "faults", f"{run_id}{number}", window_size=WHOLE, topic_partitions=4,
             model_dir=out_logs / name / "models",
         )
@@ -314,7 +314,7 @@ def run_faults(
         progress(f"[{number}/{len(scenarios)}] {name} ...")
         started = time.monotonic()
         try:
-            common.create_topics(settings)
+            isolation.create_topics(settings)
             RUNNERS[name](run, result, timeout_s)
         except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others' results
             result.failed = f"{type(exc).__name__}: {exc}"[:300]
@@ -322,8 +322,8 @@ def run_faults(
         finally:
             run.stop_all()
             if not keep:
-                common.delete_topics(settings, common.all_topics(settings))
-                common.drop_keyspace(settings)
+                isolation.delete_topics(settings, isolation.all_topics(settings))
+                isolation.drop_keyspace(settings)
                 shutil.rmtree(out_logs / name / "models", ignore_errors=True)
         result.detail["seconds"] = round(time.monotonic() - started, 1)
         progress(f"    produced {result.produced}, in state {result.in_state}, lost {result.lost}, "
@@ -331,7 +331,7 @@ def run_faults(
         rows.append(result)
     return {
         "bench": "faults",
-        "machine": common.machine_info(),
+        "machine": report.machine_info(),
         "logs": str(out_logs),
         "scenarios": [asdict(r) for r in rows],
         "all_clean": all(r.skipped or (not r.failed and r.lost == 0 and r.duplicated == 0 and r.workers_alive
@@ -349,7 +349,7 @@ def format_result(result: dict[str, Any]) -> str:
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
         rows.append([r["scenario"], r["produced"], r["in_state"], r["lost"], r["duplicated"], recovery,
                      "yes" if r["workers_alive"] else "NO", r["note"]])
-    table = common.format_table(rows, ["scenario", "produced", "in state", "lost", "duplicated", "recovery s",
+    table = report.format_table(rows, ["scenario", "produced", "in state", "lost", "duplicated", "recovery s",
                                        "worker alive", "note"])
     verdict = "every scenario: 0 lost, 0 duplicated" if result["all_clean"] else "LOSS OR DUPLICATION FOUND"
     return f"{table}\n{verdict}"

@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from streamrec.bench import common
+from streamrec.bench import artifacts, isolation, load, observe, phases, processes, report, stats
 from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
 from streamrec.stream.metrics import BatchStage
@@ -51,58 +51,58 @@ def run_latency(
     explain: bool = False,
     shadow_model: Path | None = None,
     shadow_fraction: float = 1.0,
-    out_dir: Path = common.OUT_DIR,
+    out_dir: Path = report.OUT_DIR,
     progress: Any = print,
 ) -> dict[str, Any]:
-    run_id = common.new_run_id()
-    settings = common.isolated_settings(base, "lat", run_id, topic_partitions=partitions,
+    run_id = isolation.new_run_id()
+    settings = isolation.isolated_settings(base, "lat", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"lat-{run_id}" / "models", explain=explain)
     logs = base.state_dir / "bench" / f"lat-{run_id}"
     pass_topic = output_topic(settings)
-    machine = common.machine_info()
-    common.create_topics(settings, extra=[pass_topic])
-    phases: dict[str, dict[str, Any]] = {}
+    machine = report.machine_info()
+    isolation.create_topics(settings, extra=[pass_topic])
+    by_kind: dict[str, dict[str, Any]] = {}
     try:
-        stream = common.synthetic_events(train_events + 10_000_000, users, items, seed)
+        stream = load.synthetic_events(train_events + 10_000_000, users, items, seed)
         history = [] if (no_model or model is not None) else list(itertools.islice(stream, train_events))
-        model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
+        model_info = artifacts.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
         progress(f"model: {model_info}")
-        shadow_info = common.prepare_shadow(settings, shadow_model, shadow_fraction) if shadow_model else None
+        shadow_info = artifacts.prepare_shadow(settings, shadow_model, shadow_fraction) if shadow_model else None
         if shadow_info:
             progress(f"shadow: {shadow_info}")
-        common.prepare_schema(settings)
+        isolation.prepare_schema(settings)
         kinds = (["bare", "passthrough"] if with_passthrough else []) + ["worker"]
         for kind in kinds:
-            s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}", web_port=common.free_port())
+            s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}", web_port=isolation.free_port())
             if kind == "worker":
-                proc, topic = common.BenchProcess.worker(s, logs / "worker.log"), s.recommendations_topic
+                proc, topic = processes.BenchProcess.worker(s, logs / "worker.log"), s.recommendations_topic
             elif kind == "bare":
-                proc, topic = common.BenchProcess.bare_loop(s, logs / "bare.log"), pass_topic
+                proc, topic = processes.BenchProcess.bare_loop(s, logs / "bare.log"), pass_topic
             else:
-                proc, topic = common.BenchProcess.passthrough(s, logs / "passthrough.log"), pass_topic
+                proc, topic = processes.BenchProcess.passthrough(s, logs / "passthrough.log"), pass_topic
             # Start from the end: nothing sent before this phase is this phase's work.
-            common.skip_to_end(s)
+            isolation.skip_to_end(s)
             proc.start(need_model=kind == "worker" and bool(model_info.get("source")))
-            sampler = common.ResourceSampler([proc.pid])
+            sampler = observe.ResourceSampler([proc.pid])
             sampler.start()
             try:
-                phase = common.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
+                phase = phases.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
                 if kind == "worker":
-                    phase["worker_metrics"] = common.summarise_worker_metrics([metric_values(proc.metrics_text())])
+                    phase["worker_metrics"] = phases.summarise_worker_metrics([metric_values(proc.metrics_text())])
             finally:
                 sampler.stop()
                 proc.stop()
             phase["process"] = sampler.summary()
-            phases[kind] = phase
+            by_kind[kind] = phase
             lat = phase["latency"]
             progress(f"{kind}: p50 {lat['p50_ms']} p99 {lat['p99_ms']} ms over {lat['count']} events")
     finally:
         if not keep:
-            common.delete_topics(settings, common.all_topics(settings, [pass_topic]))
-            common.drop_keyspace(settings)
+            isolation.delete_topics(settings, isolation.all_topics(settings, [pass_topic]))
+            isolation.drop_keyspace(settings)
 
-    worker = phases.get("worker", {}).get("latency", {})
-    p99 = {kind: phase.get("latency", {}).get("p99_ms") for kind, phase in phases.items()}
+    worker = by_kind.get("worker", {}).get("latency", {})
+    p99 = {kind: phase.get("latency", {}).get("p99_ms") for kind, phase in by_kind.items()}
     result: dict[str, Any] = {
         "benchmark": "latency",
         "headline": {
@@ -110,13 +110,13 @@ def run_latency(
             "p50_ms": worker.get("p50_ms"),
             "p95_ms": worker.get("p95_ms"),
             "p99_ms": worker.get("p99_ms"),
-            "answered_fraction": phases.get("worker", {}).get("matched_fraction"),
+            "answered_fraction": by_kind.get("worker", {}).get("matched_fraction"),
             "passthrough_p99_ms": p99.get("passthrough"),
             "bare_loop_p99_ms": p99.get("bare"),
             # Targets: worker <= 1.5x the passthrough, passthrough <= 2x the bare loop (same run).
-            "worker_over_passthrough_p99": common.ratio(p99.get("worker"), p99.get("passthrough")),
-            "passthrough_over_bare_p99": common.ratio(p99.get("passthrough"), p99.get("bare")),
-            "target_p99_ms": f"{TARGET_P99_MS:g}: {common.target_check(worker.get('p99_ms'), TARGET_P99_MS, higher_is_better=False)}",
+            "worker_over_passthrough_p99": stats.ratio(p99.get("worker"), p99.get("passthrough")),
+            "passthrough_over_bare_p99": stats.ratio(p99.get("passthrough"), p99.get("bare")),
+            "target_p99_ms": f"{TARGET_P99_MS:g}: {report.target_check(worker.get('p99_ms'), TARGET_P99_MS, higher_is_better=False)}",
         },
         "machine": machine,
         "model": model_info,
@@ -126,20 +126,20 @@ def run_latency(
         "partitions": partitions,
         "explain": explain,
         "run_id": run_id,
-        "phases": phases,
+        "phases": by_kind,
     }
-    points = phases.get("worker", {}).get("_points", [])
-    png = common.plot_latency(points, out_dir / "latency.png", f"latency at {rate:g} events/s offered (one worker)",
+    points = by_kind.get("worker", {}).get("_points", [])
+    png = report.plot_latency(points, out_dir / "latency.png", f"latency at {rate:g} events/s offered (one worker)",
                               target_ms=TARGET_P99_MS,
-                              series={kind: phases.get(kind, {}).get("_points", []) for kind in ("bare", "passthrough")})
+                              series={kind: by_kind.get(kind, {}).get("_points", []) for kind in ("bare", "passthrough")})
     if png:
         result["plot"] = str(png)
-    stages = phases.get("worker", {}).get("worker_metrics", {}).get("stage_ms") or {}
+    stages = by_kind.get("worker", {}).get("worker_metrics", {}).get("stage_ms") or {}
     stages_png = plot_stages(stages, out_dir / "latency-stages.png",
                              f"one micro-batch, mean ms per stage at {rate:g} events/s offered")
     if stages_png:
         result["stages_plot"] = str(stages_png)
-    for phase in phases.values():
+    for phase in by_kind.values():
         phase.pop("_points", None)
     return result
 
@@ -151,7 +151,7 @@ def format_result(result: dict[str, Any]) -> str:
         rows.append((kind, phase["offered_rate"], phase["achieved_send_rate"], phase["sent"], phase["matched_fraction"],
                      lat["p50_ms"], lat["p95_ms"], lat["p99_ms"], lat["p99.9_ms"], lat["max_ms"], proc["cpu_mean_pct"],
                      proc.get("box_cpu_mean_pct")))
-    table = common.format_table(rows, ("run", "offered/s", "sent/s", "events", "answered", "p50 ms", "p95 ms", "p99 ms",
+    table = report.format_table(rows, ("run", "offered/s", "sent/s", "events", "answered", "p50 ms", "p95 ms", "p99 ms",
                                        "p99.9 ms", "max ms", "cpu%", "box cpu%"))
     h = result["headline"]
     lines = [table, "", f"target p99 <= {h['target_p99_ms']}"]
@@ -181,7 +181,7 @@ def stage_table(stages: dict[str, float | None]) -> str:
     """The worker's mean ms per batch in each stage, and which of them a user waits for."""
     rows = [(stage, stages.get(stage), "yes" if stage in CRITICAL_STAGES else "no (overlaps the next batches)")
             for stage in BatchStage]
-    return common.format_table(rows, ("stage", "mean ms per batch", "before the user sees it"))
+    return report.format_table(rows, ("stage", "mean ms per batch", "before the user sees it"))
 
 
 def plot_stages(stages: dict[str, float | None], path: Path, title: str) -> Path | None:
@@ -209,4 +209,4 @@ def plot_stages(stages: dict[str, float | None], path: Path, title: str) -> Path
     ax.set_yticks(range(len(bars)), list(bars))
     ax.set_xlabel("ms (mean per micro-batch)")
     ax.set_title(title)
-    return common.save_figure(fig, path)
+    return report.save_figure(fig, path)

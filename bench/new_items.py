@@ -29,14 +29,15 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from streamrec.bench.common import (
-    BenchProcess, all_topics, create_topics, delete_topics, drop_keyspace, isolated_settings, new_run_id, prepare_schema,
+from streamrec.bench.isolation import (
+    all_topics, create_topics, delete_topics, drop_keyspace, isolated_settings, new_run_id, prepare_schema,
 )
+from streamrec.bench.processes import BenchProcess
 from streamrec.config import Settings
 from streamrec.models.content import ItemContent
 from streamrec.models.features import UserSequence
 from streamrec.models.text import MODEL_ZIP_SHA256, encode_texts_cached
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.onnx.writer import train_from_events
 from streamrec.stream.generator import SyntheticConfig, SyntheticWorld, build_world, generate_events, item_index
 from streamrec.stream.item_vectors import ContentAwareSession, ItemVector, LiveItems, load_content_aware, merge_new_items
@@ -352,7 +353,7 @@ def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...]
                  for w in list(windows.values())[:batch]]
 
     rng = np.random.default_rng(0)
-    sessions: dict[str, EncoderSession] = {"id-only path (EncoderSession)": EncoderSession.load(path, device="cpu", threads=threads)}
+    sessions: dict[str, ServedModel] = {"id-only path (ServedModel)": ServedModel.load(path, device="cpu", threads=threads)}
     for n in new_counts:
         live = LiveItems()
         for j in range(n):
@@ -370,7 +371,7 @@ def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...]
             ranked = session.recommend(sequences, k=10)
             times[name].append(time.perf_counter() - t0)
             # The part the new items add, alone: their table (cached) and the merge.
-            base = EncoderSession.recommend(session, sequences, k=10) if isinstance(session, ContentAwareSession) else ranked
+            base = ServedModel.recommend(session, sequences, k=10) if isinstance(session, ContentAwareSession) else ranked
             t1 = time.perf_counter()
             if isinstance(session, ContentAwareSession):
                 table = session.new_item_table()
@@ -378,7 +379,7 @@ def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...]
                     merge_new_items(base, sequences, table, 10, True)
             extra[name].append(time.perf_counter() - t1)
     per_event = 1e6 / len(sequences)
-    plain = float(np.median(times["id-only path (EncoderSession)"])) * per_event
+    plain = float(np.median(times["id-only path (ServedModel)"])) * per_event
     rows = [{"new_items": name, "us_per_event": round(float(np.median(t)) * per_event, 1),
              "ratio": round(float(np.median(t)) * per_event / plain, 3),
              "merge_us_per_event": round(float(np.median(extra[name])) * per_event, 2)} for name, t in times.items()]

@@ -3,8 +3,9 @@
 Same app settings as ``streamrec.stream.app.create_app`` (raw serialisers,
 acks=-1, 1 s commit interval, ``stream_wait_empty``), same agent shape
 (``micro_batches`` of at most ``batch_max_events``, lingering
-``batch_max_wait_ms``, concurrency 1, sends awaited, then a manual ack of each
-event). Each event is forwarded as it is (same key and bytes) to
+``batch_max_wait_ms``, concurrency 1, up to ``batches_in_flight`` batches
+delivering at once, each event acknowledged once its batch and every earlier
+one are delivered). Each event is forwarded as it is (same key and bytes) to
 ``<prefix>.passthrough``, so a benchmark consumer can read the ``event_id``
 exactly as it reads it from a recommendation. It is the ceiling a real worker
 could reach on this box: the ratio worker/passthrough is the benchmark's
@@ -20,12 +21,14 @@ import asyncio
 import logging
 import os
 import socket
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings, load_settings
-from streamrec.stream.app import new_worker_app
+from streamrec.stream.app import new_worker_app, run_faust_worker, use_event_loop
+from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,16 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
 
     @app.agent(events_topic, concurrency=1)
     async def forward(stream: faust.StreamT) -> None:
+        async def ack(batch: list[Any]) -> None:
+            for event in batch:
+                await stream.ack(event)
+
+        def failed(exc: BaseException) -> None:
+            log.critical("passthrough delivery failed: %r", exc)
+            os._exit(70)
+
+        # As the worker: up to ``batches_in_flight`` batches delivered in the background, acked in order.
+        acks: InOrderAcks[list[Any]] = InOrderAcks(ack, limit=settings.batches_in_flight, on_error=failed)
         linger_s = settings.batch_max_wait_ms / 1000.0
         async for batch in micro_batches(stream, settings.batch_max_events, linger_s=linger_s):
             deliveries = []
@@ -50,9 +63,8 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
                 deliveries.append(
                     await app.producer.send(out, message.key, message.value, partition=None, timestamp=None, headers=None)
                 )
-            await asyncio.gather(*deliveries)
-            for event in batch:
-                await stream.ack(event)
+            acks.add(asyncio.gather(*deliveries), batch)
+            await acks.room()
 
     @app.page("/health")
     class HealthView(View):
@@ -65,9 +77,10 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
 
 def main() -> None:
     settings = load_settings()
+    use_event_loop(settings)  # the worker's loop: the same Kafka path, the same scheduler
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     app = create_passthrough_app(settings, worker_id)
-    faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    run_faust_worker(app, "warning")
 
 
 if __name__ == "__main__":

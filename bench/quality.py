@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from streamrec.bench.common import save_figure
+from streamrec.bench.report import save_figure
 from streamrec.errors import StreamrecError
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.content import ItemContent, add_items, content_config

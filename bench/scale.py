@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from streamrec.bench import common
+from streamrec.bench import artifacts, isolation, load, phases, processes, report, stats
 from streamrec.config import Settings
 
 log = logging.getLogger(__name__)
@@ -38,35 +38,35 @@ def run_scale(
     seed: int = 0,
     timeout_s: float = 3600.0,
     keep: bool = False,
-    out_dir: Path = common.OUT_DIR,
+    out_dir: Path = report.OUT_DIR,
     progress: Any = print,
 ) -> dict[str, Any]:
     if max(workers) > partitions:
         progress(f"note: {max(workers)} workers on {partitions} partitions: the extra workers idle")
-    run_id = common.new_run_id()
-    settings = common.isolated_settings(base, "scale", run_id, topic_partitions=partitions,
+    run_id = isolation.new_run_id()
+    settings = isolation.isolated_settings(base, "scale", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"scale-{run_id}" / "models")
     logs = base.state_dir / "bench" / f"scale-{run_id}"
-    machine = common.machine_info()
-    counts = common.create_topics(settings)
+    machine = report.machine_info()
+    counts = isolation.create_topics(settings)
     trials: list[dict[str, Any]] = []
     keyspaces: list[str] = []
     try:
-        stream = common.synthetic_events(train_events + events, users, items, seed)
+        stream = load.synthetic_events(train_events + events, users, items, seed)
         history = [] if (no_model or model is not None) else list(itertools.islice(stream, train_events))
-        model_info = common.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
-        n, secs = common.preproduce(settings.kafka_bootstrap, settings.events_topic,
-                                    (common.encode_event(e) for e in itertools.islice(stream, events)))
+        model_info = artifacts.prepare_model(settings, model, history, epochs, seed) if not no_model else {"source": None}
+        n, secs = load.preproduce(settings.kafka_bootstrap, settings.events_topic,
+                                    (load.encode_event(e) for e in itertools.islice(stream, events)))
         progress(f"pre-produced {n} events in {secs:.1f}s to {counts.get(settings.events_topic)} partitions")
         for w in workers:
             keyspace = f"{settings.cassandra_keyspace}_{w}w"
             keyspaces.append(keyspace)
             s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{w}w", cassandra_keyspace=keyspace)
-            common.prepare_schema(s)
-            procs = [common.BenchProcess.worker(s.with_overrides(web_port=common.free_port()), logs / f"{w}w-{i}.log",
+            isolation.prepare_schema(s)
+            procs = [processes.BenchProcess.worker(s.with_overrides(web_port=isolation.free_port()), logs / f"{w}w-{i}.log",
                                                 worker_id=f"bench-{w}w-{i}") for i in range(w)]
             try:
-                res = common.run_backlog_phase(procs, s, s.recommendations_topic,
+                res = phases.run_backlog_phase(procs, s, s.recommendations_topic,
                                                need_model=bool(model_info.get("source")), timeout_s=timeout_s)
             finally:
                 for proc in procs:
@@ -75,12 +75,12 @@ def run_scale(
             trials.append(res)
     finally:
         if not keep:
-            common.delete_topics(settings, common.all_topics(settings))
+            isolation.delete_topics(settings, isolation.all_topics(settings))
             for keyspace in keyspaces:
-                common.drop_keyspace(settings, keyspace)
+                isolation.drop_keyspace(settings, keyspace)
     base_rate = trials[0]["events_per_s"] if trials else None
     for t in trials:
-        t["speedup"] = common.ratio(t["events_per_s"], base_rate)
+        t["speedup"] = stats.ratio(t["events_per_s"], base_rate)
     two = next((t for t in trials if t["workers"] == 2), None)
     result = {
         "benchmark": "scale",
@@ -88,7 +88,7 @@ def run_scale(
             "partitions": counts.get(settings.events_topic),
             "events_per_s_by_workers": {t["workers"]: t["events_per_s"] for t in trials},
             "speedup_2_workers": two["speedup"] if two else None,
-            "target_2_workers": f"{TARGET_2X:g}x: {common.target_check(two['speedup'] if two else None, TARGET_2X)}",
+            "target_2_workers": f"{TARGET_2X:g}x: {report.target_check(two['speedup'] if two else None, TARGET_2X)}",
         },
         "machine": machine,
         "events": events,
@@ -98,7 +98,7 @@ def run_scale(
         "run_id": run_id,
         "trials": trials,
     }
-    png = common.plot_progress({f"{t['workers']} worker(s)": t["progress"] for t in trials}, out_dir / "scale.png",
+    png = report.plot_progress({f"{t['workers']} worker(s)": t["progress"] for t in trials}, out_dir / "scale.png",
                                f"scale: {events:,} events, {counts.get(settings.events_topic)} partitions")
     if png:
         result["plot"] = str(png)
@@ -110,6 +110,6 @@ def format_result(result: dict[str, Any]) -> str:
              t["process"]["cpu_mean_pct"], (t.get("kafka_cassandra") or {}).get("cpu_mean_pct"),
              t["process"].get("box_cpu_mean_pct"))
             for t in result["trials"]]
-    table = common.format_table(rows, ("workers", "partitions", "events", "events/s", "speedup", "workers cpu%",
+    table = report.format_table(rows, ("workers", "partitions", "events", "events/s", "speedup", "workers cpu%",
                                        "kafka+cas cpu%", "box cpu%"))
     return f"{table}\n\ntarget 2 workers >= {result['headline']['target_2_workers']}"

@@ -25,7 +25,7 @@ import random
 import time
 from typing import Any, Sequence
 
-from streamrec.bench import common
+from streamrec.bench import isolation, report, stats
 from streamrec.config import Settings
 from streamrec.stream.state.base import StoredWindow
 from streamrec.stream.state.cassandra import CassandraStore, await_response, check_keyspace_name
@@ -130,7 +130,7 @@ async def _bench(settings: Settings, *, users: int, updates: int, batch: int, wi
                 changed = []
                 for uid, entry in zip(ids, new):
                     current = loaded.get(uid) or StoredWindow(uid)
-                    merged, stats = merge_window(current.entries, [entry], max_events=window, max_age_ms=ttl_s * 1000)
+                    merged, _ = merge_window(current.entries, [entry], max_events=window, max_age_ms=ttl_s * 1000)
                     w = StoredWindow(uid, tuple(merged), current.seq + 1)
                     changed.append(w)
                     windows[uid] = w
@@ -139,8 +139,8 @@ async def _bench(settings: Settings, *, users: int, updates: int, batch: int, wi
                 writes.append((time.perf_counter() - w0) * 1000)
             elapsed = time.perf_counter() - t0
             results["blob"][mode] = {"updates_per_s": round(n_batches * batch / elapsed, 1),
-                                     "batch_read_ms": common.latency_summary(reads) if reads else None,
-                                     "batch_write_ms": common.latency_summary(writes)}
+                                     "batch_read_ms": stats.latency_summary(reads) if reads else None,
+                                     "batch_write_ms": stats.latency_summary(writes)}
             progress(f"blob {mode}: {results['blob'][mode]['updates_per_s']} updates/s")
         # ---- rows, cold (insert + read LIMIT N to encode) and warm (insert only)
         for mode in ("cold", "warm"):
@@ -158,8 +158,8 @@ async def _bench(settings: Settings, *, users: int, updates: int, batch: int, wi
                     reads.append((time.perf_counter() - r0) * 1000)
             elapsed = time.perf_counter() - t0
             results["rows"][mode] = {"updates_per_s": round(n_batches * batch / elapsed, 1),
-                                     "batch_read_ms": common.latency_summary(reads) if reads else None,
-                                     "batch_write_ms": common.latency_summary(writes)}
+                                     "batch_read_ms": stats.latency_summary(reads) if reads else None,
+                                     "batch_write_ms": stats.latency_summary(writes)}
             progress(f"rows {mode}: {results['rows'][mode]['updates_per_s']} updates/s")
         # ---- single-request latency, sequential (no queueing in our semaphore)
         for name in ("blob", "rows"):
@@ -184,8 +184,8 @@ async def _bench(settings: Settings, *, users: int, updates: int, batch: int, wi
                 else:
                     await rows.append([(uid, entry)])
                 w_lat.append((time.perf_counter() - t) * 1000)
-            results[name]["single_read_ms"] = common.latency_summary(r_lat)
-            results[name]["single_write_ms"] = common.latency_summary(w_lat)
+            results[name]["single_read_ms"] = stats.latency_summary(r_lat)
+            results[name]["single_write_ms"] = stats.latency_summary(w_lat)
         results["blob"]["cells_per_user"] = 1
         results["rows"]["rows_per_user_mean"] = round(sum(counters.values()) / users, 1)
         # ---- TTL probe: all of a user's events expired, then the user is read
@@ -235,16 +235,16 @@ def _system_views(store: CassandraStore, ks: str) -> dict[str, dict[str, Any]]:
 def run_state(base: Settings, *, users: int = 5000, updates: int = 50_000, batch: int = 256, window: int | None = None,
               items: int = 20_000, single: int = 300, ttl_probe_users: int = 200, seed: int = 0, keep: bool = False,
               progress: Any = print) -> dict[str, Any]:
-    run_id = common.new_run_id()
-    settings = common.isolated_settings(base, "state", run_id)
+    run_id = isolation.new_run_id()
+    settings = isolation.isolated_settings(base, "state", run_id)
     n = window or settings.window_size
-    machine = common.machine_info()
+    machine = report.machine_info()
     try:
         results = asyncio.run(_bench(settings, users=users, updates=updates, batch=batch, window=n, items=items,
                                      single=single, ttl_probe_users=ttl_probe_users, seed=seed, progress=progress))
     finally:
         if not keep:
-            common.drop_keyspace(settings)
+            isolation.drop_keyspace(settings)
     blob, rows = results["blob"], results["rows"]
     headline = {
         "blob_cold_updates_per_s": blob["cold"]["updates_per_s"],
@@ -269,7 +269,7 @@ def format_result(result: dict[str, Any]) -> str:
                      (r["cold"]["batch_read_ms"] or {}).get("p50_ms"), r["cold"]["batch_write_ms"]["p50_ms"],
                      r["single_read_ms"]["p50_ms"], r["single_read_ms"]["p99_ms"],
                      r["single_write_ms"]["p50_ms"], r["single_write_ms"]["p99_ms"]))
-    lines.append(common.format_table(rows, ("model", "cold upd/s", "warm upd/s", f"batch({result['batch']}) read ms",
+    lines.append(report.format_table(rows, ("model", "cold upd/s", "warm upd/s", f"batch({result['batch']}) read ms",
                                             "batch write ms", "read p50", "read p99", "write p50", "write p99")))
     lines.append(f"\nstored per user after the run: blob 1 cell (<= {result['window']} entries); rows "
                  f"{result['rows']['rows_per_user_mean']} rows (every event until its TTL expires)")

@@ -24,6 +24,11 @@ PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
 
 
+# Full-catalogue softmax, or sampled negatives (``num_negatives``).
+LossKind = Literal["full", "sampled"]
+LOSS_KINDS: tuple[LossKind, ...] = ("full", "sampled")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Everything needed to rebuild the encoder and its featurisation.
@@ -47,7 +52,7 @@ class EncoderConfig:
     # decoder over ``inputs_embeds`` (gpt2, llama, ...).
     backbone: str = "gpt2"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: Literal["full", "sampled"] = "full"
+    loss: LossKind = "full"
     num_negatives: int = 256
     use_event_types: bool = True
     use_time_gaps: bool = True

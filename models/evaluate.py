@@ -11,7 +11,7 @@ import torch
 from streamrec.models.config import FIRST_REAL_INDEX, OOV_INDEX
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence, featurize
-from streamrec.models.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
+from streamrec.models.ranking_metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class RankedItems(Protocol):
 
 
 class ServedRanker(Protocol):
-    """What :func:`evaluate_session` needs from a served model (:class:`streamrec.onnx.runtime.EncoderSession`)."""
+    """What :func:`evaluate_session` needs from a served model (:class:`streamrec.onnx.runtime.ServedModel`)."""
 
     @property
     def n_recommendable(self) -> int: ...

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -258,9 +257,3 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def default_threads() -> int:
-    """Training threads: at most 2 (shared 2-core machines), fewer if the box has fewer."""
-    return max(1, min(2, os.cpu_count() or 1))
-

@@ -1,10 +1,9 @@
 """``streamrec train`` and ``streamrec eval``: a model artifact written, and scored as it serves.
 
-Registered by the root CLI (core/cli.py); each works standalone too, reading
-:class:`streamrec.config.Settings` itself when no parent context provides it.
-The root CLI imports this module at every start, so what needs torch (3-6.5 s
-on the 2-core box, see LAYERING_NOTES.md) or ONNX Runtime is imported inside
-the command that runs it.
+Registered by the root CLI (core/cli.py); each takes its
+:class:`streamrec.config.Settings` from the root group. The root CLI imports
+this module at every start, so what needs torch (3-6.5 s on a 2-core box) or
+ONNX Runtime is imported inside the command that runs it.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from streamrec.config import Settings
-from streamrec.models.config import EncoderConfig
+from streamrec.models.config import LOSS_KINDS, EncoderConfig, LossKind
 from streamrec.models.data import EventLog, load_events, resolve_dataset
 from streamrec.models.splits import Split, leave_one_out, temporal_split
 from streamrec.onnx.artifact import latest_artifact, load_artifact
@@ -79,7 +78,7 @@ def _emit(result: dict[str, Any], out: Path | None) -> None:
 @click.option("--max-len", default=50, show_default=True)
 @click.option("--dropout", default=0.2, show_default=True)
 @click.option("--emb-dropout", default=0.2, show_default=True)
-@click.option("--loss", type=click.Choice(["full", "sampled"]), default="full", show_default=True)
+@click.option("--loss", type=click.Choice(LOSS_KINDS), default="full", show_default=True)
 @click.option("--num-negatives", default=256, show_default=True, help="Negatives per batch for --loss sampled.")
 @click.option("--event-types/--no-event-types", default=True, show_default=True)
 @click.option("--time-gaps/--no-time-gaps", default=True, show_default=True)
@@ -93,14 +92,10 @@ def _emit(result: dict[str, Any], out: Path | None) -> None:
 @click.pass_obj
 def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
           batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
-          layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: str, num_negatives: int,
+          layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: LossKind, num_negatives: int,
           event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool,
           items_source: str | None, id_dropout: float) -> None:
-    """Train the encoder offline and write a verified ONNX model artifact (next version).
-
-    With ``--items`` the model is multi-view and its artifact ships the content
-    head, so workers also serve items that appear after it was trained.
-    """
+    """Train the encoder offline and write a verified ONNX model artifact (next version)."""
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves  # torch
     from streamrec.models.train import train as run_train
     from streamrec.onnx.writer import write_artifact  # torch
@@ -109,7 +104,7 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
     split = _split(load_events(path, fmt), split_kind)
     config = EncoderConfig(
         n_items=0, event_types=tuple(settings.event_type_weights), max_len=max_len, hidden=hidden, layers=layers,
-        heads=heads, dropout=dropout, emb_dropout=emb_dropout, backbone=backbone, loss=loss,  # type: ignore[arg-type]
+        heads=heads, dropout=dropout, emb_dropout=emb_dropout, backbone=backbone, loss=loss,
         num_negatives=num_negatives, use_event_types=event_types, use_time_gaps=time_gaps,
     )
     config = replace(config, event_types=event_types_for(split.train.values(), config.event_types))
@@ -162,9 +157,9 @@ def eval_(settings: Settings, model_dir: Path | None, data: str, fmt: str, split
     split = _split(load_events(path, fmt), split_kind)
     cases = split.test if subset == "test" else split.valid
     if backend == "onnx":
-        from streamrec.onnx.runtime import EncoderSession  # ONNX Runtime
+        from streamrec.onnx.runtime import ServedModel  # ONNX Runtime
 
-        session = EncoderSession.load(artifact.path, device="cpu", threads=threads)
+        session = ServedModel.load(artifact.path, device="cpu", threads=threads)
         metrics = evaluate_session(session, cases, exclude_history=not include_seen)
     else:
         import torch

@@ -36,7 +36,7 @@ import onnxruntime as ort
 from streamrec.errors import ModelError
 from streamrec.models.features import FeatureBatch, UserSequence, featurize
 from streamrec.onnx.artifact import FP16_MODEL_FILE
-from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, EncoderSession, length_chunks, session_options
+from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, ServedModel, length_chunks, session_options
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Attribution:
         return out
 
 
-def served_graph(session: EncoderSession) -> Path:
+def served_graph(session: ServedModel) -> Path:
     """The ONNX file ``session`` runs (the fp16 graph when it serves fp16)."""
     return session.artifact.path / FP16_MODEL_FILE if session.fp16 else session.artifact.onnx_path
 
@@ -115,7 +115,7 @@ def model_view(sequence: UserSequence, max_len: int) -> tuple[UserSequence, int]
 class Explainer:
     """Leave-one-out attribution for one loaded model version (see the module docstring)."""
 
-    def __init__(self, session: EncoderSession, encoder_graph: bytes, table: np.ndarray) -> None:
+    def __init__(self, session: ServedModel, encoder_graph: bytes, table: np.ndarray) -> None:
         if table.shape != (session.config.hidden, len(session.vocab)):
             raise ModelError(f"item table {table.shape} does not fit the model ({session.config.hidden}, {len(session.vocab)})")
         self.session = session
@@ -125,7 +125,7 @@ class Explainer:
         self._pool = ThreadPoolExecutor(max_workers=session.shards - 1, thread_name_prefix="explain-shard") if session.shards > 1 else None
 
     @classmethod
-    def for_session(cls, session: EncoderSession) -> "Explainer":
+    def for_session(cls, session: ServedModel) -> "Explainer":
         """Read the graph ``session`` serves: its encoder part and its item table."""
         encoder_graph, table = split_graph(served_graph(session))
         return cls(session, encoder_graph, table)

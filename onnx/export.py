@@ -20,7 +20,7 @@ from torch import nn
 
 from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG, EncoderOnnxConfig
 from streamrec.models.encoder import SequenceEncoder, served_copy
-from streamrec.models.serving import user_vector_encoder
+from streamrec.models.export_graph import user_vector_graph
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class RankingHead(nn.Module):
     """Encoder + full-catalogue scoring + exclusion + TopK: the exported computation.
 
     ``newest_only`` (the served graph) computes the user vector through
-    :class:`~streamrec.models.serving.NewestPositionUserVector` where the
+    :class:`~streamrec.models.export_graph.NewestPositionUserVector` where the
     backbone allows; ``False`` is the trained model's full computation, the
     reference the parity check compares against.
     """
@@ -37,7 +37,7 @@ class RankingHead(nn.Module):
     def __init__(self, model: SequenceEncoder, *, newest_only: bool = True) -> None:
         super().__init__()
         self.model = model
-        self.user_vector = user_vector_encoder(model, newest_only=newest_only)
+        self.user_vector = user_vector_graph(model, newest_only=newest_only)
         reserved = torch.zeros(1, model.config.n_items, dtype=torch.bool)
         reserved[:, :FIRST_REAL_INDEX] = True
         self.register_buffer("reserved", reserved, persistent=False)

@@ -1,9 +1,9 @@
-"""ONNX Runtime session wrapper: the serving side of the encoder.
+"""The served model: an ONNX Runtime session over one artifact, answering ``recommend``.
 
-:class:`EncoderSession` loads a verified artifact, picks the execution
+:class:`ServedModel` loads a verified artifact, picks the execution
 provider (CUDA when a GPU is present, checked with ``get_providers()``; a
 fallback to CPU is logged as a WARNING), sets CPU threads explicitly, warms
-up, and answers :meth:`EncoderSession.recommend` — one batched call per
+up, and answers :meth:`ServedModel.recommend` — one batched call per
 micro-batch of user sequences.
 
 On CPU a batch is split into one shard per thread (rows sorted by length and
@@ -93,8 +93,8 @@ def gpu_present() -> bool:
     return count.value > 0
 
 
-def default_threads() -> int:
-    """Physical cores (ORT's own default), or logical cores when psutil cannot tell."""
+def serving_threads() -> int:
+    """CPU shards a served model uses when none are asked for: physical cores (ORT's own default), or logical cores when psutil cannot tell."""
     try:
         import psutil
 
@@ -115,7 +115,7 @@ def graph_feeds(features: FeatureBatch, exclude: np.ndarray) -> dict[str, np.nda
 
 
 def session_options() -> ort.SessionOptions:
-    """The options every encoder session is opened with (serving, parity check, benchmark).
+    """The options every ONNX Runtime session is opened with (serving, parity check, benchmark).
 
     Single-threaded runs: parallelism comes from shards (module docstring).
     Denormals flushed to zero: masked attention scores (the dtype minimum)
@@ -145,8 +145,8 @@ def _preload_cuda_libraries() -> None:
         log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system CUDA libraries", exc)
 
 
-class EncoderSession:
-    """A loaded model version ready to rank: ``recommend(sequences, k)``."""
+class ServedModel:
+    """One artifact version loaded in ONNX Runtime, ready to rank: ``recommend(sequences, k)``."""
 
     def __init__(
         self, artifact: Artifact, session: ort.InferenceSession, *, fp16: bool = False, shards: int = 1
@@ -177,7 +177,7 @@ class EncoderSession:
         threads: int = 0,
         fp16: bool = False,
         warmup: bool = True,
-    ) -> "EncoderSession":
+    ) -> "ServedModel":
         """Verify and open an artifact.
 
         ``device``: ``auto`` (CUDA if a GPU is present), ``cuda`` (fail if CUDA
@@ -202,7 +202,7 @@ class EncoderSession:
                 model_path = artifact.path / FP16_MODEL_FILE
 
         opts = session_options()
-        cpu_threads = threads or default_threads()
+        cpu_threads = threads or serving_threads()
         providers: list[Any] = [CPU]
         if want_cuda:
             _preload_cuda_libraries()
@@ -217,14 +217,14 @@ class EncoderSession:
             if device == "cuda":
                 raise ModelError(message)
             log.warning("!!! %s — serving on CPU !!!", message)
-        encoder = cls(artifact, session, fp16=fp16, shards=cpu_threads)
+        served = cls(artifact, session, fp16=fp16, shards=cpu_threads)
         log.info(
             "model v%d loaded from %s on %s (CPU shards=%d, fp16=%s)",
-            artifact.version, artifact.path, got, encoder.shards, fp16,
+            artifact.version, artifact.path, got, served.shards, fp16,
         )
         if warmup:
-            encoder.warmup()
-        return encoder
+            served.warmup()
+        return served
 
     # --- inference ------------------------------------------------------------------
     @property
@@ -322,3 +322,7 @@ class EncoderSession:
                 )
             )
         return out
+
+
+# The old name, kept only while bench/ still imports it (bench/encoder.py, bench/explain.py).
+EncoderSession = ServedModel

@@ -22,6 +22,7 @@ from streamrec.errors import ModelError
 from streamrec.models.config import ONNX_CONFIG, EncoderConfig
 from streamrec.models.content import ItemContent, content_config
 from streamrec.models.data import events_from_dicts
+from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence
 from streamrec.models.splits import leave_one_out
 from streamrec.models.train import TrainConfig, event_types_for, train
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def write_artifact(
-    model: Any,
+    model: SequenceEncoder,
     vocab: ItemVocab,
     root: Path,
     *,

@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Mapping, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
 from streamrec.models.features import ItemVocab
 from streamrec.models.splits import temporal_split
-from streamrec.models.train import TrainConfig, event_types_for, plot_curves, train
+from streamrec.models.train import TrainConfig, event_types_for, train
 from streamrec.models.warm_start import grow_vocab, warm_state
 from streamrec.onnx.artifact import load_artifact
 from streamrec.onnx.registry import ModelRegistry
@@ -103,7 +103,7 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
     live_holdout = evaluate_model(live_model, live.vocab, split.test) if live_model is not None else {}
 
     with tempfile.TemporaryDirectory(prefix="streamrec-retrain-") as tmp:
-        plot = _round_plot(result.history, candidate_holdout, live_holdout, Path(tmp) / "round.png", plot_curves)
+        plot = _round_plot(result.history, candidate_holdout, live_holdout, Path(tmp) / "round.png")
         metrics = {"holdout": candidate_holdout, "live_holdout": live_holdout, "split": split.summary(),
                    "events_read": read, "new_items": new_items, "warm_start": init_state is not None,
                    "train_seconds": round(result.train_seconds, 1)}
@@ -159,7 +159,9 @@ def judge(candidate_ndcg: float, live_ndcg: float | None, tolerance: float) -> t
     return True, f"holdout NDCG@10 {candidate_ndcg:.4f} vs live {live_ndcg:.4f}"
 
 
-def _round_plot(history: list, candidate: dict, live: dict, path: Path, plot_curves: Any) -> Path:
+def _round_plot(
+    history: Sequence[Mapping[str, float]], candidate: Mapping[str, float], live: Mapping[str, float], path: Path
+) -> Path:
     """Training curves beside the candidate-versus-live holdout comparison."""
     import matplotlib
 

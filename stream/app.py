@@ -1,4 +1,4 @@
-"""The Faust app: topics, the ingest and forget agents, rebalance hooks and web endpoints. Wiring only.
+"""The Faust app: topics, the ingest and forget agents, rebalance hooks, timers, tasks and web endpoints. Wiring only.
 
 The work is in :class:`streamrec.stream.processor.BatchProcessor`. Records
 arrive in micro-batches (:func:`streamrec.stream.batching.micro_batches`) and
@@ -25,15 +25,21 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn
 
 import faust
+import mode.loop
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings
+from streamrec.errors import ModelError, StateStoreError
+from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
 from streamrec.stream.forget import Forgetter
 from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
+from streamrec.stream.model_updates import watch_announcements
+from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
 from streamrec.stream.processor import BatchInFlight, BatchProcessor, ShadowHook, SourceRecord
+from streamrec.stream.shadow import ShadowSlot
 from streamrec.stream.state.base import WindowStore
 from streamrec.stream.transport import Transport
 
@@ -144,6 +150,100 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         # No Faust tables: all state is in Cassandra, so no changelog topics.
         store="memory://",
     )
+
+
+def live_model_path(settings: Settings) -> Path | None:
+    """The registry's live version, if any."""
+    try:
+        return ModelRegistry.at(settings.models_path).live_path()
+    except (ModelError, OSError) as exc:
+        log.error("cannot read the model registry at %s: %s", settings.models_path, exc)
+        return None
+
+
+def shadow_pointer(settings: Settings) -> tuple[ShadowPointer | None, Path | None]:
+    """The registry's shadow version and its artifact path, if any (an unreadable pointer: none, logged)."""
+    try:
+        registry = ModelRegistry.at(settings.models_path)
+        pointer = registry.shadow()
+    except (ModelError, OSError) as exc:
+        log.error("cannot read the shadow pointer under %s: %s (no shadow)", settings.models_path, exc)
+        return None, None
+    return (pointer, registry.storage.artifact_path(pointer.version)) if pointer else (None, None)
+
+
+def follow_models(
+    app: faust.App, settings: Settings, models: ModelHolder, shadow_models: ModelHolder, shadow_slot: ShadowSlot
+) -> None:
+    """The hooks that keep the live and shadow models current: announcements, a registry poll, an idle swap."""
+
+    def consider(path: Path | None) -> None:
+        if path is not None and models.wants(path):
+            models.request(path)  # loads, verifies and warms in the background
+        shadow_slot.follow(*shadow_pointer(settings))
+
+    @app.task
+    async def follow_announcements() -> None:
+        async def on_announcement(message: object) -> None:
+            # An announcement only says "look again": the registry's LIVE pointer
+            # decides (a replayed announcement may name a rejected or rolled-back version).
+            consider(live_model_path(settings))
+
+        await watch_announcements(settings, on_announcement, asyncio.Event())
+
+    @app.timer(interval=5.0)
+    async def poll_registry() -> None:
+        # Safety net for a missed announcement: the registry's LIVE pointer is the truth.
+        consider(live_model_path(settings))
+
+    @app.timer(interval=1.0)
+    async def swap_when_idle() -> None:
+        # The agent swaps between batches; this covers a worker with no traffic.
+        await models.maybe_swap()
+        await shadow_models.maybe_swap()
+
+
+async def flush_figures(tally: OnlineTally, figures: OnlineFiguresStore) -> None:
+    """Add this worker's online figures to the shared counters; kept for the next try if Cassandra fails."""
+    pending = tally.drain()
+    if not pending:
+        return
+    try:
+        await figures.add(pending)
+    except StateStoreError as exc:
+        tally.restore(pending)
+        log.warning("online figures not flushed (%s); kept for the next flush", exc)
+
+
+def share_online_figures(app: faust.App, tally: OnlineTally, figures: OnlineFiguresStore) -> None:
+    """The hook that adds this worker's online figures to the shared counters about once a second."""
+
+    @app.timer(interval=1.0)
+    async def flush_online_figures() -> None:
+        await flush_figures(tally, figures)
+
+
+def use_event_loop(settings: Settings) -> None:
+    """Select the event loop Faust will create (call before the app is built): libuv's by default.
+
+    The profile showed a quarter of the worker's CPU in asyncio's own scheduling.
+    """
+    if settings.event_loop == "uvloop":
+        mode.loop.use("uvloop")
+
+
+def run_faust_worker(app: faust.App, log_level: str) -> None:
+    """Run ``app`` in this process until it stops (the worker and the benchmark's passthrough alike).
+
+    faust's ``Worker`` draws a progress spinner and, for a level of WARNING
+    or above, sets the root logger to DEBUG so that the spinner sees every
+    record: every debug call of aiokafka, faust, mode and the Cassandra
+    driver (several per Kafka message) then builds a log record that no
+    handler prints. Without the spinner the root logger keeps ``log_level``.
+    """
+    worker = faust.Worker(app, loglevel=log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
 
 
 FAIL_STOP_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor (Kubernetes, systemd) restarts the worker

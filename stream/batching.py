@@ -80,8 +80,10 @@ async def micro_batches(stream: faust.StreamT, max_events: int, linger_s: float)
                     await stream.wait_for_stopped(full, timeout=linger_s)  # type: ignore[arg-type]
             # Behind (records still wait in the stream's channel): let them into this batch, up
             # to the maximum, so a backlog is worked off in large batches, not in many small ones.
+            # A plain sleep: ``wait_for_stopped`` costs four tasks per call, and this loop may turn
+            # many times per batch under a backlog.
             while len(buffered[0]) < max_events and _backlog(stream) and not stream.should_stop:
-                await stream.wait_for_stopped(full, timeout=BACKLOG_POLL_S)  # type: ignore[arg-type]
+                await asyncio.sleep(BACKLOG_POLL_S)
             batch, buffered[0] = buffered[0], []
             has_events.clear()
             full.clear()

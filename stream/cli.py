@@ -137,12 +137,12 @@ def tail(
         pass
 
 
-def _pretty(rec: "object") -> str:
-    items = ", ".join(f"{it.item_id}({it.score:.2f})" for it in rec.items)  # type: ignore[attr-defined]
+def _pretty(rec: Recommendation) -> str:
+    items = ", ".join(f"{it.item_id}({it.score:.2f})" for it in rec.items)
     hit = ""
-    if rec.online is not None:  # type: ignore[attr-defined]
-        hit = f" prev-hit@10={'yes' if rec.online.hit else 'no'}"  # type: ignore[attr-defined]
-    return f"user {rec.user_id} after {rec.event_id} [model v{rec.model_version}]{hit}: {items}"  # type: ignore[attr-defined]
+    if rec.online is not None:
+        hit = f" prev-hit@10={'yes' if rec.online.hit else 'no'}"
+    return f"user {rec.user_id} after {rec.event_id} [model v{rec.model_version}]{hit}: {items}"
 
 
 # --------------------------------------------------------------------------- #

@@ -23,7 +23,7 @@ import orjson
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StreamrecError
 from streamrec.onnx.registry import ModelRegistry, resolve_artifact_dir
-from streamrec.stream.window import WindowEntry
+from streamrec.stream.window import WindowEntry, user_sequence
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,10 @@ def explain_user(
 ) -> UserExplanation:
     """Recompute the user's recommendation with the model at ``model_dir`` and attribute it to the window."""
     from streamrec.onnx.explain import Explainer  # ONNX Runtime: 0.3-0.5 s
-    from streamrec.onnx.runtime import EncoderSession
-    from streamrec.stream.window import user_sequence
+    from streamrec.onnx.runtime import ServedModel
 
     window = load_window(settings, user_id)
-    session = EncoderSession.load(model_dir, device="cpu", threads=1, warmup=False)
+    session = ServedModel.load(model_dir, device="cpu", threads=1, warmup=False)
     try:
         sequence = user_sequence(window)
         top = session.recommend([sequence], k=min(k, session.n_recommendable), exclude_seen=settings.exclude_seen)[0]

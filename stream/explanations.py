@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from streamrec.config import Settings
 from streamrec.onnx.explain import Explainer
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.stream.window import WindowEntry, user_sequence
 
 log = logging.getLogger(__name__)
@@ -31,24 +31,24 @@ class Explanations:
         self.top = settings.explain_top
         self._explainer: Explainer | None = None
 
-    def _explainer_for(self, encoder: EncoderSession) -> Explainer:
-        if self._explainer is None or self._explainer.session is not encoder:
+    def _explainer_for(self, model: ServedModel) -> Explainer:
+        if self._explainer is None or self._explainer.session is not model:
             if self._explainer is not None:
                 self._explainer.close()
-            self._explainer = Explainer.for_session(encoder)  # once per model version (reads its graph)
+            self._explainer = Explainer.for_session(model)  # once per model version (reads its graph)
         return self._explainer
 
-    def because(self, encoder: object, windows: Sequence[Sequence[WindowEntry]], items: Sequence[Sequence[str]]) -> Because | None:
+    def because(self, model: object, windows: Sequence[Sequence[WindowEntry]], items: Sequence[Sequence[str]]) -> Because | None:
         """Top contributing event ids per user and item, or None when this model cannot be explained now."""
-        if not isinstance(encoder, EncoderSession) or not windows:
+        if not isinstance(model, ServedModel) or not windows:
             return None
         try:
-            attributions = self._explainer_for(encoder).attribute(
+            attributions = self._explainer_for(model).attribute(
                 [user_sequence(w) for w in windows], items, max_events=self.max_events
             )
         except Exception as exc:  # noqa: BLE001 - a failed explanation must not cost the user the recommendation
             log.error("explaining a batch of %d users with model v%s failed (%s: %s); sent without explanations",
-                      len(windows), encoder.version, type(exc).__name__, exc)
+                      len(windows), model.version, type(exc).__name__, exc)
             return None
         return [
             [tuple(window[p].event_id for p in top) for top in attribution.top_positions(self.top)]

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import orjson
@@ -31,7 +31,10 @@ from streamrec.config import Settings
 from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
 from streamrec.onnx.content_head import ContentHead, load_content_head
-from streamrec.onnx.runtime import EncoderSession, TopK
+from streamrec.onnx.runtime import ServedModel, TopK
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +166,10 @@ class NewItemTable:
 EMPTY_TABLE = NewItemTable(-1, (), np.zeros((0, 0), np.float32), {})
 
 
-class ContentAwareSession(EncoderSession):
-    """An :class:`EncoderSession` that also ranks items that appeared after its version was trained.
+class ContentAwareSession(ServedModel):
+    """An :class:`ServedModel` that also ranks items that appeared after its version was trained.
 
-    Built with :meth:`EncoderSession.load` and then :meth:`attach`; without a
+    Built with :meth:`ServedModel.load` and then :meth:`attach`; without a
     content head in the artifact, or with no new items, :meth:`recommend` is
     the plain graph call.
     """
@@ -294,3 +297,11 @@ async def follow_item_vectors(settings: Settings, live_items: LiveItems, stop: a
                         log.error("skipping item vector at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
     finally:
         await consumer.stop()
+
+
+def follow_new_items(app: "faust.App", settings: Settings, live_items: LiveItems) -> None:
+    """Register the worker's task that keeps ``live_items`` in step with the item-vectors topic."""
+
+    @app.task
+    async def follow_item_vectors_task() -> None:
+        await follow_item_vectors(settings, live_items, asyncio.Event())

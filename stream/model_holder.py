@@ -1,4 +1,4 @@
-"""The encoder a worker serves, and the switch to a new one between micro-batches.
+"""The model holder: the served model a worker answers with, and the switch to a new one between micro-batches.
 
 A new version is loaded, verified (checksum, smoke inference at the
 configured top-K) and warmed in a background thread; the agent calls
@@ -19,11 +19,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Protocol, Sequence
 
 from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel, TopK
 from streamrec.stream.item_vectors import LiveItems, load_content_aware
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,19 @@ RETRY_FIRST_S = 30.0
 RETRY_MAX_S = 600.0
 
 
-def load_encoder(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveItems | None = None) -> Any:
+class Recommender(Protocol):
+    """What the worker needs of a served model: :class:`~streamrec.onnx.runtime.ServedModel`, or a test's stand-in.
+
+    The holder also reads ``artifact.path`` and calls ``close()`` when a model
+    has them (a stand-in need not).
+    """
+
+    version: int
+
+    def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]: ...
+
+
+def load_served_model(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveItems | None = None) -> ServedModel:
     """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason.
 
     With ``live_items``, a version that ships a content head also ranks the
@@ -40,25 +52,29 @@ def load_encoder(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveI
     """
     try:
         if live_items is None:
-            encoder = EncoderSession.load(path, threads=threads)
+            model = ServedModel.load(path, threads=threads)
         else:
-            encoder = load_content_aware(path, live_items, threads=threads)
+            model = load_content_aware(path, live_items, threads=threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (Fail, InvalidGraph, ...) derive from Exception
         raise ModelError(f"model at {path} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    if top_k > encoder.n_recommendable:
+    if top_k > model.n_recommendable:
         raise ModelError(
-            f"model at {path} can recommend {encoder.n_recommendable} items, fewer than STREAMREC_TOP_K={top_k}"
+            f"model at {path} can recommend {model.n_recommendable} items, fewer than STREAMREC_TOP_K={top_k}"
         )
     try:
         # Smoke inference at the served top-K: a user the model has never seen, with an unknown item.
-        smoke = encoder.recommend([UserSequence(["__smoke_unknown_item__"], ["view"], [0])], k=top_k)
+        smoke = model.recommend([UserSequence(["__smoke_unknown_item__"], ["view"], [0])], k=top_k)
     except Exception as exc:  # noqa: BLE001 - same: whatever the runtime raises is a refusal
         raise ModelError(f"model at {path} failed the smoke inference: {type(exc).__name__}: {exc}") from exc
     if len(smoke) != 1:
         raise ModelError(f"model at {path} failed the smoke inference")
-    return encoder
+    return model
+
+
+# The old name, kept only while bench/incremental.py still imports it.
+load_encoder = load_served_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +88,11 @@ class Refusal:
 
 
 class ModelHolder:
-    """Holds the serving encoder (``current``) and a pending replacement."""
+    """Holds the live served model (``current``) and a pending replacement."""
 
     def __init__(
         self,
-        loader: Callable[[Path], Any] | None = None,
+        loader: Callable[[Path], Recommender] | None = None,
         *,
         threads: int = 0,
         top_k: int = 1,
@@ -84,11 +100,12 @@ class ModelHolder:
         on_refused: Callable[[Refusal], None] = lambda refusal: None,
         live_items: LiveItems | None = None,
     ) -> None:
-        self._loader = loader or (lambda path: load_encoder(path, threads=threads, top_k=top_k, live_items=live_items))
+        self._loader: Callable[[Path], Recommender] = loader or (
+            lambda path: load_served_model(path, threads=threads, top_k=top_k, live_items=live_items))
         self._clock = clock
         self._on_refused = on_refused
-        self.current: Any | None = None
-        self._pending: Future | None = None
+        self.current: Recommender | None = None
+        self._pending: Future[Recommender] | None = None
         self._pending_path: Path | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self.refused: dict[str, Refusal] = {}
@@ -147,16 +164,16 @@ class ModelHolder:
             return False
         self._pending = None
         try:
-            encoder = pending.result()
+            model = pending.result()
         except Exception as exc:  # noqa: BLE001 - every failure of a model is a refusal
             if self._pending_path is not None:
                 self._refuse(self._pending_path, exc)
             return False
         previous = self.version
-        # The old encoder is not closed here: the idle-swap timer can run while a
+        # The old model is not closed here: the idle-swap timer can run while a
         # batch is still encoding on it. Dropping the last reference is enough
         # (its shard threads exit when it is garbage-collected).
-        self.current = encoder
+        self.current = model
         self.refused.pop(str(self._pending_path), None)
         self.last_refusal = None
         log.warning("switched model version %s -> %s", previous, self.version)
@@ -186,7 +203,7 @@ class ModelHolder:
         _close(self.current)
 
 
-def _close(encoder: Any | None) -> None:
-    close = getattr(encoder, "close", None)
+def _close(model: Recommender | None) -> None:
+    close = getattr(model, "close", None)
     if close is not None:
         close()

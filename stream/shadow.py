@@ -29,10 +29,9 @@ from typing import Sequence
 from streamrec.onnx.registry import ShadowPointer
 from streamrec.stream.events import Event
 from streamrec.stream.metrics import WorkerMetrics
-from streamrec.stream.model_holder import ModelHolder
+from streamrec.stream.model_holder import ModelHolder, Recommender
 from streamrec.stream.online_figures import OnlineTally, Role
 from streamrec.stream.online import OnlineScores, score_previous
-from streamrec.stream.processor import Encoder
 from streamrec.stream.window import user_sequence
 from streamrec.stream.state.base import StoredWindow
 
@@ -51,9 +50,9 @@ def in_sample(user_id: str, fraction: float) -> bool:
 
 @dataclass(frozen=True)
 class ActiveShadow:
-    """The shadow encoder to score this batch with, and its user fraction."""
+    """The shadow model to score this batch with, and its user fraction."""
 
-    encoder: Encoder
+    model: Recommender
     fraction: float
 
 
@@ -80,10 +79,10 @@ class ShadowSlot:
 
     def active(self) -> ActiveShadow | None:
         """The shadow to score with, once the pointed-at version is loaded (never a stale one)."""
-        pointer, encoder = self.pointer, self.holder.current
-        if pointer is None or encoder is None or int(getattr(encoder, "version", 0)) != pointer.version:
+        pointer, model = self.pointer, self.holder.current
+        if pointer is None or model is None or int(getattr(model, "version", 0)) != pointer.version:
             return None
-        return ActiveShadow(encoder, pointer.fraction)
+        return ActiveShadow(model, pointer.fraction)
 
 
 class ShadowScorer:
@@ -137,7 +136,7 @@ class ShadowScorer:
                 self._version = 0
                 self.metrics.shadow_version.set(0)
             return
-        version = int(active.encoder.version)
+        version = int(active.model.version)
         if version != self._version:
             # Lists of another shadow version must not be scored as this one's.
             self.previous.clear()
@@ -147,7 +146,7 @@ class ShadowScorer:
         if not sample:
             return
         self._score_previous(version, sample, by_user, live_previous)
-        self._encode(active.encoder, sample, windows)
+        self._encode(active.model, sample, windows)
 
     def _score_previous(
         self, version: int, sample: list[str], by_user: dict[str, list[Event]],
@@ -172,11 +171,11 @@ class ShadowScorer:
             self.metrics.shadow_ndcg.labels(label).inc(scores.ndcg)
             self.tally.add(version, role, scores.evaluated, scores.hits, scores.ndcg)
 
-    def _encode(self, encoder: Encoder, sample: list[str], windows: dict[str, StoredWindow]) -> None:
+    def _encode(self, model: Recommender, sample: list[str], windows: dict[str, StoredWindow]) -> None:
         sequences = [user_sequence(windows[u].entries) for u in sample]
         t0 = time.perf_counter()
         try:
-            results = encoder.recommend(sequences, k=self._top_k, exclude_seen=self._exclude_seen)
+            results = model.recommend(sequences, k=self._top_k, exclude_seen=self._exclude_seen)
         except Exception as exc:  # noqa: BLE001 - a failing shadow is reported, serving goes on
             for user_id in sample:  # their lists would be a batch old: not the same events as live's
                 self.previous.pop(user_id, None)

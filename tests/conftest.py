@@ -8,6 +8,7 @@ or starts them itself; if they cannot be reached the tests fail, never skip.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,19 @@ def infra(base_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def isolated(infra: Settings) -> Settings:
-    """Settings with a fresh topic prefix, keyspace and group, so tests never see each other's data."""
+def isolated(infra: Settings) -> Iterator[Settings]:
+    """Settings with a fresh topic prefix, keyspace and group, so tests never see each other's data.
+
+    At teardown the keyspace and the topics are dropped, so the servers do not
+    collect one keyspace per test run.
+    """
+    from tests.integration.helpers import drop_test_data  # confluent-kafka, the Cassandra driver
+
     tag = uuid.uuid4().hex[:10]
-    return infra.with_overrides(
+    settings = infra.with_overrides(
         topic_prefix=f"t{tag}",
         cassandra_keyspace=f"t{tag}",
         consumer_group=f"g{tag}",
     )
+    yield settings
+    drop_test_data(settings)

@@ -1,4 +1,13 @@
-"""Helpers for integration tests: real worker processes, an independent Kafka client, state reads."""
+"""Helpers for integration tests: real worker processes, an independent Kafka client, state reads.
+
+Tests wait for what they need, never for a fixed time: :func:`wait_until` polls
+an observable state (:func:`wait_for_assignment` the worker group's partitions,
+:func:`wait_for_group` any consumer group's membership, :func:`wait_for_metric`
+a counter on ``/metrics``, :func:`committed_lag` the committed offsets,
+:func:`wait_for_windows` rows in Cassandra). A fixed sleep is left only where
+the time itself is the test (an outage's length, a window in which nothing
+may happen), and says so. Ports come from :func:`free_port`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +24,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streamrec.config import Settings
 from streamrec.stream.window import WindowEntry, decode_window
@@ -32,6 +42,7 @@ def synthetic(n_events: int, n_users: int, seed: int = 7) -> list[dict]:
 
 
 def free_port() -> int:
+    """A TCP port free on this host now (the OS picks it), for a server a test starts."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -132,6 +143,35 @@ def metric_total(workers: Sequence["WorkerProcess"], name: str) -> float:
     return sum(metric_values(worker.metrics()).get(name, 0.0) for worker in workers)
 
 
+def wait_for_metric(workers: Sequence["WorkerProcess"], name: str, at_least: float, timeout: float = 60.0) -> float:
+    """Until the workers' summed counter ``name`` reaches ``at_least``; returns the value seen."""
+    seen = [0.0]
+
+    def reached() -> bool:
+        seen[0] = metric_total(workers, name)
+        return seen[0] >= at_least
+
+    wait_until(reached, timeout, lambda: f"{name} >= {at_least:g} on /metrics (last seen {seen[0]:g})")
+    return seen[0]
+
+
+def wait_for_group(bootstrap: str, group: str, members: int, timeout: float = 90.0) -> None:
+    """Until consumer group ``group`` is stable with ``members`` members (a rebalance finished)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    state: list[str] = ["unknown"]
+
+    def stable() -> bool:
+        try:
+            description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+        except KafkaException as exc:
+            state[0] = str(exc)
+            return False
+        state[0] = f"{description.state}, {len(description.members)} member(s)"
+        return description.state == ConsumerGroupState.STABLE and len(description.members) == members
+
+    wait_until(stable, timeout, lambda: f"group {group} stable with {members} members (last seen: {state[0]})")
+
+
 def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]], topic: str | None = None,
             *, partitioner: str = "murmur2_random") -> int:
     """Produce (key, value) pairs with confluent-kafka (librdkafka): a client independent of ours.
@@ -171,12 +211,13 @@ def paced_producer(settings: Settings, events: Sequence[dict], per_second: float
     return thread
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` otherwise."""
+def wait_until(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` (a text, or a function giving it) otherwise."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for: {described}")
         time.sleep(0.5)
 
 
@@ -341,3 +382,38 @@ def committed_lag(settings: Settings) -> int:
         return lag
     finally:
         consumer.close()
+
+
+def drop_test_data(settings: Settings, timeout: float = 60.0) -> None:
+    """Drop a test's keyspace and delete its topics (its prefix, and the Faust group's internal ones).
+
+    Without this every test left a keyspace behind, and a Cassandra holding
+    hundreds of them made connecting slow. Best effort: a server a fault test
+    left restarting must not turn a passed test into an error, so a failure is
+    printed, not raised.
+    """
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    try:
+        cluster = Cluster(settings.cassandra_contact_points, port=settings.cassandra_port, protocol_version=5,
+                          load_balancing_policy=RoundRobinPolicy(), schema_metadata_enabled=False,
+                          token_metadata_enabled=False, connect_timeout=15)
+        try:
+            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=timeout)
+        finally:
+            cluster.shutdown()
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        print(f"could not drop keyspace {settings.cassandra_keyspace}: {type(exc).__name__}: {exc}")
+    delete_topics(settings.kafka_bootstrap, (f"{settings.topic_prefix}.", f"{settings.consumer_group}-"), timeout)
+
+
+def delete_topics(bootstrap: str, prefixes: Sequence[str], timeout: float = 60.0) -> None:
+    """Delete every topic whose name starts with one of ``prefixes`` (best effort, like :func:`drop_test_data`)."""
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
+        for future in (admin.delete_topics(names, operation_timeout=timeout).values() if names else ()):
+            future.result(timeout)
+    except Exception as exc:  # noqa: BLE001 - best effort
+        print(f"could not delete topics {list(prefixes)}: {type(exc).__name__}: {exc}")

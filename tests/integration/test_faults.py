@@ -23,6 +23,8 @@ from tests.integration.helpers import (
     paced_producer,
     read_topic,
     synthetic,
+    wait_for_assignment,
+    wait_for_metric,
     wait_for_windows,
     wait_until,
 )
@@ -60,10 +62,14 @@ def test_sigkill_of_one_of_two_workers_mid_replay(settings: Settings, tmp_path: 
     first = WorkerProcess(settings, tmp_path / "w1.log", worker_id="w1").start()
     second = WorkerProcess(settings, tmp_path / "w2.log", worker_id="w2").start()
     try:
-        time.sleep(5)  # both in the group
+        wait_for_assignment([first, second], settings.topic_partitions)  # both in the group
         produce(settings, events_as_records(events[:4000]))
-        time.sleep(1.0)
-        first.kill()  # mid-replay
+        # Mid-replay, once the first worker has committed on one of its partitions: a commit
+        # follows the delivery of the batch's recommendations, so some of them are its own.
+        owned = first.health().get("partitions") or []
+        wait_until(lambda: any(committed_offsets(settings).get(p, 0) > 0 for p in owned), 60,
+                   f"a commit by the first worker on its partitions {owned}")
+        first.kill()
         killed_at = time.monotonic()
         produce(settings, events_as_records(events[4000:]))
         expected = expected_windows(events, WHOLE)
@@ -86,9 +92,9 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events[:2000]))
-        time.sleep(1.0)
+        wait_for_metric([worker], "streamrec_events_total", 1)  # mid-stream
         local.stop(settings, "kafka")
-        time.sleep(5.0)
+        time.sleep(5.0)  # the outage itself: its length is the test, not a wait for anything
         local.start(settings, "kafka")
         restarted_at = time.monotonic()
         produce(settings, events_as_records(events[2000:]))
@@ -109,7 +115,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
     events = synthetic(3000, 150, seed=41)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     producing = paced_producer(settings, events, per_second=1000)
-    time.sleep(2.0)  # mid-stream
+    # Mid-stream: the worker has committed once and events are still arriving.
+    wait_until(lambda: sum(committed_offsets(settings).values()) > 0, 60, "a first commit by the worker")
     started = time.monotonic()
     code = worker.terminate(timeout=60)
     took = time.monotonic() - started
@@ -147,8 +154,7 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
     while failing.alive() and time.monotonic() < deadline:
         time.sleep(0.5)
     still_running = failing.alive()
-    failing.kill()
-    time.sleep(2.0)
+    failing.kill()  # waits for the process: nothing it did can change after this
 
     audit = audit_commits(settings, {e["user_id"] for e in events})
     print(f"FAULT agent-failure: committed {audit.committed} of {len(events)}, in state {audit.stored},"
@@ -186,12 +192,8 @@ def test_undeliverable_outputs_hold_the_batch_and_health_says_so(settings: Setti
         _set_topic_config(settings, settings.recommendations_topic, "max.message.bytes", "64")
         events = synthetic(400, 40, seed=61)
         produce(settings, events_as_records(events))
-        deadline = time.monotonic() + 60
-        while worker.health().get("delivery", True) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        health = worker.health()
-        assert health.get("delivery") is False, f"/health did not report the failing deliveries: {health}"
-        time.sleep(3.0)  # several commit intervals
+        wait_until(lambda: worker.health().get("delivery") is False, 60, "/health reporting the failing deliveries")
+        time.sleep(3.0)  # a window of several commit intervals in which no offset may move
         assert sum(committed_offsets(settings).values()) == 0, "offsets committed while outputs were undelivered"
         assert worker.alive()
 

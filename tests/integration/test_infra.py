@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
+from tests.integration.helpers import delete_topics, free_port, wait_for_group
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -61,7 +62,10 @@ def test_kafka_round_trip_with_aiokafka(infra: Settings) -> None:
             await producer.stop()
         return await _consume(infra.kafka_bootstrap, topic, 100, timeout=30)
 
-    got = asyncio.run(run())
+    try:
+        got = asyncio.run(run())
+    finally:
+        delete_topics(infra.kafka_bootstrap, [topic])
     assert sorted(v for _, v in got) == sorted(f"m{i}".encode() for i in range(100))
 
 
@@ -128,7 +132,7 @@ def test_faust_agent_through_our_broker_with_rebalance(infra: Settings, tmp_path
         asyncio.run(produce(0, 200))
         assert len(outputs(200)) == 200, "first worker did not echo every message"
         second = _start_echo_worker(env, "w2", tmp_path)
-        time.sleep(8)  # let the group rebalance onto two members
+        wait_for_group(infra.kafka_bootstrap, env["ECHO_APP_ID"], members=2)  # the rebalance onto both
         asyncio.run(produce(200, 200))
         seen = outputs(400)
         assert set(seen) == set(range(400))
@@ -145,6 +149,7 @@ def test_faust_agent_through_our_broker_with_rebalance(infra: Settings, tmp_path
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        delete_topics(infra.kafka_bootstrap, [env["ECHO_IN"], env["ECHO_OUT"], f"{env['ECHO_APP_ID']}-"])
         for name in ("w1", "w2"):
             log = tmp_path / f"{name}.log"
             if log.exists():
@@ -153,10 +158,11 @@ def test_faust_agent_through_our_broker_with_rebalance(infra: Settings, tmp_path
 
 def test_infra_status_up_and_down(base_settings: Settings, tmp_path: Path) -> None:
     """A second, private Kafka on other ports: status reports it up, down stops exactly it."""
+    port = free_port()
     settings = base_settings.with_overrides(
         state_dir=tmp_path / "state", artifacts_dir=base_settings.lib_path,
-        kafka_port=19092, kafka_controller_port=19093, kafka_heap="256m",
-        kafka_bootstrap="localhost:19092",
+        kafka_port=port, kafka_controller_port=free_port(), kafka_heap="256m",
+        kafka_bootstrap=f"localhost:{port}",
     )
     assert local.status(settings, "kafka").healthy is False
     local.up(settings, ("kafka",))

@@ -27,13 +27,15 @@ from tests.integration.helpers import (
     produce,
     read_topic,
     synthetic,
+    wait_for_metric,
     wait_for_windows,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
-WHOLE = 1000  # a window larger than any user's events in these tests: every event is checked
+WHOLE = 1000
+SAVES = "streamrec_cassandra_seconds_count{op=save}"  # batches' saves finished (the histogram's count)  # a window larger than any user's events in these tests: every event is checked
 
 
 @pytest.fixture
@@ -61,10 +63,7 @@ def test_windows_hold_last_n_in_time_order_and_replay_changes_nothing(settings: 
 
         # Replaying the same events (as after a crash) changes no window.
         produce(settings, events_as_records(events))
-        deadline = time.monotonic() + 60
-        while committed_lag(settings) > 0 and time.monotonic() < deadline:
-            time.sleep(1)
-        assert committed_lag(settings) == 0
+        wait_until(lambda: committed_lag(settings) == 0, 60, "the replay consumed and committed")
         assert wait_for_windows(settings, expected, timeout=10) == expected
         assert "streamrec_events_total 6000.0" in worker.metrics()
         assert worker.alive()
@@ -125,7 +124,8 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
     rarely = settings.with_overrides(kafka_commit_interval_s=60.0)
     worker = WorkerProcess(rarely, tmp_path / "worker1.log", worker_id="w1").start()
     producing = paced_producer(settings, events, per_second=1000)
-    time.sleep(3.0)  # mid-stream: batches stored and more arriving
+    # Mid-stream: batches stored (none committed: the interval is a minute) and more arriving.
+    wait_for_metric([worker], SAVES, 3)
     worker.kill()
     audit = audit_commits(settings, {e["user_id"] for e in events})
     assert not audit.committed_not_stored, f"{len(audit.committed_not_stored)} events committed before they were stored"
@@ -160,13 +160,15 @@ def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Pat
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events[:2000]))
-        time.sleep(1.0)
+        wait_for_metric([worker], SAVES, 1)  # some batches stored before the outage
         local.stop(settings, "cassandra")
         stopped_at = time.monotonic()
         produce(settings, events_as_records(events[2000:]))
-        time.sleep(3.0)  # the commit of batches stored before the stop has run
+        wait_until(lambda: worker.health().get("cassandra") is False, 30, "/health reporting the outage")
+        # A window of commit intervals: the commit of batches stored before the stop has run.
+        time.sleep(3.0)
         committed_early = committed_offsets(settings)
-        time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped_at)))
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - stopped_at)))  # the outage's length is the test
         assert worker.alive(), "the worker must ride out the outage"
         assert worker.health().get("cassandra") is False, "/health must report the outage"
         assert worker.health_status() == 503

@@ -25,6 +25,7 @@ from tests.integration.helpers import (
     produce,
     read_topic,
     wait_for_windows,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -67,10 +68,7 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
         assert result.outcome == "published", result.reason
         assert result.candidate_version == 2 and result.new_items > 0
         producer.join(timeout=120)
-        deadline = time.monotonic() + 60
-        while worker.health().get("model_version") != 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert worker.health()["model_version"] == 2
+        wait_until(lambda: worker.health().get("model_version") == 2, 60, "the worker serving version 2")
 
         all_events = phase1 + phase2
         expected = expected_windows(all_events, WINDOW)
@@ -88,16 +86,13 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
         done = subprocess.run([sys.executable, "-m", "streamrec", "model", "rollback"], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        deadline = time.monotonic() + 60
-        while worker.health().get("model_version") != 1 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert worker.health()["model_version"] == 1
+        wait_until(lambda: worker.health().get("model_version") == 1, 60, "the worker back on version 1")
 
         # ... and stays there when a stale announcement of version 2 comes along (replayed from
         # the compacted topic, say): the registry's LIVE pointer decides, not the announcement.
         registry = ModelRegistry.at(settings.models_path)
         asyncio.run(announce(settings, 2, registry.record(2).checksum, "published"))
-        time.sleep(6.0)  # past an announcement's delivery and a registry poll (5 s)
+        time.sleep(6.0)  # nothing may happen: a window past the announcement's delivery and a registry poll (5 s)
         seen = len(read_topic(settings, settings.recommendations_topic, timeout=30, idle=2.0))
         produced_at_ms = time.time() * 1000
         produce(settings, events_as_records(stream(4, 200, "d-")))
@@ -122,7 +117,7 @@ def test_a_corrupted_version_is_refused_and_the_worker_keeps_serving(settings: S
         # Forced live behind the registry's back (the registry itself refuses to publish it).
         registry.storage.replace_text("LIVE", "2\n")
         asyncio.run(announce(settings, 2, "bogus", "forced"))
-        time.sleep(8)
+        wait_until(lambda: worker.health().get("model_refused") is not None, 60, "the worker refusing version 2")
         produce(settings, events_as_records(stream(3, 300, "c-")))
         recs = [Recommendation.from_json(v) for _, v in read_topic(settings, settings.recommendations_topic, min_messages=10)]
         assert recs and {r.model_version for r in recs} == {1}
@@ -145,10 +140,8 @@ def test_a_version_published_without_an_announcement_is_picked_up_by_the_registr
         result = retrain_round(settings, epochs=2, announce=False)
         assert result.outcome == "published", result.reason
         assert ModelRegistry.at(settings.models_path).live_version() == result.candidate_version
-        deadline = time.monotonic() + 60
-        while worker.health().get("model_version") != result.candidate_version and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert worker.health()["model_version"] == result.candidate_version
+        wait_until(lambda: worker.health().get("model_version") == result.candidate_version, 60,
+                   "the worker serving the version the registry poll found")
         assert worker.alive()
     finally:
         worker.kill()

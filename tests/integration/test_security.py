@@ -15,7 +15,7 @@ from streamrec.errors import StreamrecError
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.topics import ensure_topics
-from tests.integration.helpers import WorkerProcess, expected_windows, wait_for_windows
+from tests.integration.helpers import WorkerProcess, expected_windows, free_port, wait_for_windows
 
 pytestmark = pytest.mark.integration
 PASSWORD = "s3cret-Pa55-do-not-log"
@@ -25,19 +25,20 @@ PASSWORD = "s3cret-Pa55-do-not-log"
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A private Kafka with a SASL/PLAIN listener (users: streamrec, admin)."""
     base = Settings()
+    port = free_port()
     broker = base.with_overrides(
         state_dir=tmp_path_factory.mktemp("sasl-kafka"), artifacts_dir=base.lib_path,
-        kafka_port=19292, kafka_controller_port=19293, kafka_sasl_port=19294, kafka_heap="256m",
-        kafka_bootstrap="localhost:19292", kafka_sasl_users=f"streamrec:{PASSWORD},admin:adm1n-pw",
+        kafka_port=port, kafka_controller_port=free_port(), kafka_sasl_port=free_port(), kafka_heap="256m",
+        kafka_bootstrap=f"localhost:{port}", kafka_sasl_users=f"streamrec:{PASSWORD},admin:adm1n-pw",
     )
     local.up(broker, ("kafka",))
     yield broker
     local.down(broker, ("kafka",))
 
 
-def client_settings(isolated: Settings, tmp_path: Path, password: str) -> Settings:
+def client_settings(broker: Settings, isolated: Settings, tmp_path: Path, password: str) -> Settings:
     return isolated.with_overrides(
-        kafka_bootstrap="localhost:19294", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
+        kafka_bootstrap=f"localhost:{broker.kafka_sasl_port}", kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="PLAIN",
         kafka_sasl_username="streamrec", kafka_sasl_password=password, model_dir=tmp_path / "no-models",
         window_size=10,
     )
@@ -51,7 +52,7 @@ async def _produce(settings: Settings, events: list[dict]) -> None:
 
 
 def test_worker_and_producer_over_sasl_plain(sasl_broker: Settings, isolated: Settings, tmp_path: Path) -> None:
-    settings = client_settings(isolated, tmp_path, PASSWORD)
+    settings = client_settings(sasl_broker, isolated, tmp_path, PASSWORD)
     asyncio.run(ensure_topics(settings))
     events = list(generate_events(SyntheticConfig(num_users=40, num_items=100, num_events=500, seed=3)))
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
@@ -68,7 +69,7 @@ def test_wrong_password_is_refused_without_echoing_it(
     sasl_broker: Settings, isolated: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = "wrong-Pa55word-xyz"
-    settings = client_settings(isolated, tmp_path, wrong)
+    settings = client_settings(sasl_broker, isolated, tmp_path, wrong)
     with caplog.at_level(logging.ERROR), pytest.raises((KafkaError, StreamrecError, OSError)) as info:
         asyncio.run(_produce(settings, [{"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "ts": 1}]))
     chain = list(_causes(info.value))

@@ -18,7 +18,7 @@ from streamrec.config import Settings
 from streamrec.stream.events import load_schema
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.recommendation import Recommendation
-from tests.integration.helpers import WorkerProcess, events_as_records, produce, read_topic
+from tests.integration.helpers import WorkerProcess, events_as_records, free_port, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ def test_unknown_user_and_unknown_items_are_served(settings: Settings, tmp_path:
 
 def test_demo_runs_to_completion(infra: Settings, tmp_path: Path) -> None:
     env = {**os.environ, **infra.to_env(), "STREAMREC_STATE_DIR": str(tmp_path / "state"),
-           "STREAMREC_ARTIFACTS_DIR": str(infra.lib_path), "STREAMREC_WEB_PORT": "6091"}
+           "STREAMREC_ARTIFACTS_DIR": str(infra.lib_path), "STREAMREC_WEB_PORT": str(free_port())}
     proc = subprocess.run(
         [sys.executable, "-m", "streamrec", "demo", "--events", "4000", "--users", "200", "--items", "300",
          "--epochs", "2", "--rate", "0", "--bad-records", "7", "--idle-timeout", "60"],

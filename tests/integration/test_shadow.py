@@ -8,7 +8,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,15 @@ from streamrec.retrain.gate import shadow_figures
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.online_figures import OnlineFiguresStore
 from streamrec.stream.recommendation import Recommendation
-from tests.integration.helpers import WorkerProcess, events_as_records, paced_producer, produce, read_topic, wait_until
+from tests.integration.helpers import (
+    WorkerProcess,
+    committed_lag,
+    events_as_records,
+    paced_producer,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 WINDOW = 20
@@ -92,6 +99,12 @@ def test_a_shadow_is_never_served_and_the_online_gate_promotes_the_better_and_re
         figures_store = OnlineFiguresStore.open(settings)
         try:
             wait_until(lambda: shadow_figures(figures_store, 2)[0].evaluated >= 100, 60, "100 events scored for the shadow")
+            # The worker adds the three roles' counters one row at a time while events flow: read
+            # them once the stream is consumed and the last batch's figures are written.
+            producer.join(timeout=60)
+            wait_until(lambda: committed_lag(settings) == 0, 60, "the stream consumed")
+            wait_until(lambda: len({f.evaluated for f in shadow_figures(figures_store, 2)}) == 1, 30,
+                       "the shadow's, live's and popularity's figures written for the same events")
         finally:
             figures_store.close()
         figures = model_list(settings)

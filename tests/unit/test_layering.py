@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 # Function-level imports kept on purpose, with the start-up cost they spare
-# (bench/common.py is imported by every `streamrec` start through bench/cli.py).
+# (bench/artifacts.py is imported by every `streamrec` start through bench/cli.py).
 MEASURED = {
-    ("streamrec.bench.common", "streamrec.onnx.writer"): "torch, 3-6.5 s; only a bench that trains needs it",
+    ("streamrec.bench.artifacts", "streamrec.onnx.writer"): "torch, 3-6.5 s; only a bench that trains needs it",
 }
 
 

@@ -21,7 +21,7 @@ from streamrec.models.features import ItemVocab, UserSequence, featurize
 from streamrec.models.splits import EvalCase, leave_one_out
 from streamrec.models.train import TrainConfig, train
 from streamrec.onnx.artifact import load_artifact
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.onnx.writer import write_artifact
 
 TINY = EncoderConfig(n_items=0, event_types=("view",), max_len=8, hidden=16, layers=1, heads=2, dropout=0.0, emb_dropout=0.0)
@@ -115,7 +115,7 @@ def test_multi_view_export_serves_the_same_scores_as_torch(trained: tuple[Sequen
     path = write_artifact(model, vocab, tmp_path / "models", real_sequences=[history], include_fp16=False)
     artifact = load_artifact(path)
     assert artifact.parity["passed"] and artifact.config.item_content  # parity: multi-view torch vs served graph
-    session = EncoderSession.load(path, device="cpu", threads=1)
+    session = ServedModel.load(path, device="cpu", threads=1)
     top = session.recommend([history], k=5)[0]
     with torch.no_grad():
         scores = model.full_sort_scores(EncoderInput.from_features(featurize([history], vocab, model.config)))[0]

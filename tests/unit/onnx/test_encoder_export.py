@@ -17,7 +17,7 @@ from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence, featurize
 from streamrec.onnx.artifact import list_versions, load_artifact
 from streamrec.onnx.writer import write_artifact
-from streamrec.onnx.runtime import EncoderSession, TopK
+from streamrec.onnx.runtime import ServedModel, TopK
 
 TINY = EncoderConfig(n_items=0, event_types=("view", "click"), max_len=8, hidden=16, layers=1, heads=2)
 N_ITEMS = 30
@@ -156,7 +156,7 @@ def test_incomplete_artifact_is_refused(artifact, tmp_path):
 
 def test_session_matches_torch_and_honours_the_contract(artifact, tiny_model):
     model, vocab = tiny_model
-    session = EncoderSession.load(artifact, device="cpu", threads=1)
+    session = ServedModel.load(artifact, device="cpu", threads=1)
     assert session.version == 1 and session.providers[0] == "CPUExecutionProvider"
     seqs = [
         UserSequence(["i1", "i2", "brand-new-item"], ["view", "click", "purchase"], [0, 1000, 90_000]),
@@ -189,10 +189,10 @@ def test_session_matches_torch_and_honours_the_contract(artifact, tiny_model):
 
 def test_fp16_without_gpu_falls_back_to_fp32(artifact, caplog):
     with caplog.at_level("WARNING", logger="streamrec.onnx.runtime"):
-        session = EncoderSession.load(artifact, device="cpu", threads=1, fp16=True)
+        session = ServedModel.load(artifact, device="cpu", threads=1, fp16=True)
     assert not session.fp16 and "fp16 requested without a GPU" in caplog.text
     with pytest.raises(ModelError, match="unknown device"):
-        EncoderSession.load(artifact, device="tpu")
+        ServedModel.load(artifact, device="tpu")
 
 
 def test_train_from_events_writes_a_loadable_artifact(tmp_path):
@@ -202,7 +202,7 @@ def test_train_from_events_writes_a_loadable_artifact(tmp_path):
     art = load_artifact(path)
     assert art.metrics["epochs_run"] == 2 and "ndcg@10" in art.metrics["test"]
     assert art.vocab.index("i3") != OOV_INDEX
-    top = EncoderSession.load(path, device="cpu", threads=1).recommend(
+    top = ServedModel.load(path, device="cpu", threads=1).recommend(
         [UserSequence(["i3", "i4"], ["view", "click"], [0, 1000])], k=3)[0]
     assert len(top.item_ids) == 3
 
@@ -231,9 +231,9 @@ def test_backbone_is_configurable(tmp_path):
 
 
 def test_a_top_k_beyond_the_catalogue_is_refused_at_load(artifact):
-    from streamrec.stream.model_holder import load_encoder
+    from streamrec.stream.model_holder import load_served_model
 
-    assert load_encoder(artifact, top_k=5).version >= 1
+    assert load_served_model(artifact, top_k=5).version >= 1
     with pytest.raises(ModelError, match="fewer than STREAMREC_TOP_K=500"):
-        load_encoder(artifact, top_k=500)
+        load_served_model(artifact, top_k=500)
 

@@ -17,7 +17,7 @@ from streamrec.models.config import EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence
 from streamrec.onnx.explain import Explainer, without
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.onnx.writer import write_artifact
 from streamrec.stream.events import load_schema
 from streamrec.stream.processor import BatchProcessor, SourceRecord
@@ -30,12 +30,12 @@ MAX_LEN = 8
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory) -> EncoderSession:
+def session(tmp_path_factory) -> ServedModel:
     torch.manual_seed(3)
     vocab = ItemVocab([f"i{n}" for n in range(N_ITEMS)])
     model = SequenceEncoder(EncoderConfig(n_items=len(vocab), max_len=MAX_LEN, hidden=16, layers=2, heads=2)).eval()
     artifact = write_artifact(model, vocab, tmp_path_factory.mktemp("models"), include_fp16=False)
-    encoder = EncoderSession.load(artifact, device="cpu", threads=1)
+    encoder = ServedModel.load(artifact, device="cpu", threads=1)
     yield encoder
     encoder.close()
 
@@ -44,12 +44,12 @@ def sequence(items: list[int], start_ms: int = 0) -> UserSequence:
     return UserSequence([f"i{i}" for i in items], ["view"] * len(items), [start_ms + 7_000 * n for n in range(len(items))])
 
 
-def all_scores(session: EncoderSession, seq: UserSequence) -> dict[str, float]:
+def all_scores(session: ServedModel, seq: UserSequence) -> dict[str, float]:
     top = session.recommend([seq], k=session.n_recommendable, exclude_seen=False)[0]
     return dict(zip(top.item_ids, top.scores))
 
 
-def test_contribution_is_the_served_score_minus_the_score_without_the_event(session: EncoderSession) -> None:
+def test_contribution_is_the_served_score_minus_the_score_without_the_event(session: ServedModel) -> None:
     seq = sequence([3, 9, 4, 17, 9, 22])
     top = session.recommend([seq], k=4)[0]
     attribution = Explainer.for_session(session).attribute([seq], [top.item_ids])[0]
@@ -61,7 +61,7 @@ def test_contribution_is_the_served_score_minus_the_score_without_the_event(sess
         np.testing.assert_allclose(attribution.contributions[row], expected, atol=1e-4)
 
 
-def test_only_the_newest_events_the_model_reads_are_explained(session: EncoderSession) -> None:
+def test_only_the_newest_events_the_model_reads_are_explained(session: ServedModel) -> None:
     long = sequence(list(range(2, 14)))  # 12 events, the model reads the newest 8
     short = sequence([5, 6])
     explainer = Explainer.for_session(session)
@@ -75,7 +75,7 @@ def test_only_the_newest_events_the_model_reads_are_explained(session: EncoderSe
     np.testing.assert_allclose(bounded[0].contributions, full.contributions[-3:], atol=1e-4)
 
 
-def test_top_positions_keep_only_events_that_raised_the_score(session: EncoderSession) -> None:
+def test_top_positions_keep_only_events_that_raised_the_score(session: ServedModel) -> None:
     seq = sequence([3, 9, 4, 17])
     top = session.recommend([seq], k=3)[0]
     attribution = Explainer.for_session(session).attribute([seq], [top.item_ids])[0]
@@ -109,7 +109,7 @@ def test_a_bad_because_is_a_decode_error() -> None:
         Recommendation.from_dict(raw)
 
 
-def _process(session: EncoderSession, settings: Settings) -> list[Recommendation]:
+def _process(session: ServedModel, settings: Settings) -> list[Recommendation]:
     sink = RecordingSink()
     processor = BatchProcessor(settings, InMemoryStore(), sink, encoder=lambda: session, retry_max_delay_s=0.01)
     events = [{"event_id": f"e{n}", "user_id": f"u{n % 2}", "item_id": f"i{3 + n}", "event_type": "view",
@@ -119,7 +119,7 @@ def _process(session: EncoderSession, settings: Settings) -> list[Recommendation
     return [Recommendation.from_json(v) for _, v in sink.on(settings.recommendations_topic)]
 
 
-def test_the_worker_explains_with_event_ids_of_the_users_window_only_when_asked(session: EncoderSession) -> None:
+def test_the_worker_explains_with_event_ids_of_the_users_window_only_when_asked(session: ServedModel) -> None:
     base = Settings(window_size=4, top_k=3)
     plain = _process(session, base)
     assert all(item.because is None for rec in plain for item in rec.items)
@@ -135,7 +135,7 @@ def test_the_worker_explains_with_event_ids_of_the_users_window_only_when_asked(
     assert any(item.because for rec in explained for item in rec.items)
 
 
-def test_an_explanation_failure_still_sends_the_recommendation(session: EncoderSession, monkeypatch) -> None:
+def test_an_explanation_failure_still_sends_the_recommendation(session: ServedModel, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
@@ -151,7 +151,7 @@ def test_the_planted_predecessor_is_the_top_contributor(tmp_path: Path) -> None:
     world = PairWorld(users=300, seed=1)
     train, test = split_users(world.events())
     artifact = train_planted(tmp_path, train, epochs=8)
-    encoder = EncoderSession.load(artifact, device="cpu", threads=1)
+    encoder = ServedModel.load(artifact, device="cpu", threads=1)
     windows = pair_windows(test)
     recs = encoder.recommend(windows, k=5)
     attributions = Explainer.for_session(encoder).attribute(windows, [r.item_ids for r in recs])

@@ -19,7 +19,7 @@ from streamrec.models.text import MODEL_ZIP_SHA256
 from streamrec.models.train import TrainConfig, train
 from streamrec.onnx.artifact import load_artifact
 from streamrec.onnx.content_head import CONTENT_FILE, load_content_head
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 from streamrec.onnx.writer import train_from_events, write_artifact
 from streamrec.stream.item_embedder import ItemRecord, embed_records
 from streamrec.stream.item_vectors import ItemVector, LiveItems, load_content_aware
@@ -73,7 +73,7 @@ def test_an_id_only_artifact_has_no_content_head(tmp_path: Path) -> None:
     for item in vectors_of(NEW):
         live.put(item)
     session = load_content_aware(path, live, threads=1)
-    plain = EncoderSession.load(path, device="cpu", threads=1)
+    plain = ServedModel.load(path, device="cpu", threads=1)
     history = UserSequence(["i0", "i2"], ["view", "view"], [1000, 2000])
     assert session.new_item_table().item_ids == ()
     assert [r.item_ids for r in session.recommend([history], k=5)] == [r.item_ids for r in plain.recommend([history], k=5)]

@@ -15,7 +15,7 @@ class Fail(Exception):
     """Like onnxruntime's pybind11 exceptions: derives from Exception only (not RuntimeError)."""
 
 
-class FakeEncoder:
+class FakeModel:
     def __init__(self, path: Path) -> None:
         self.version = int(path.name[1:])
         self.artifact = type("A", (), {"path": path})()
@@ -46,10 +46,10 @@ def test_an_onnx_runtime_error_in_a_background_load_is_a_refusal_and_the_current
     broken = {"v2"}
     refusals: list[Refusal] = []
 
-    def loader(path: Path) -> FakeEncoder:
+    def loader(path: Path) -> FakeModel:
         if path.name in broken:
             raise Fail("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
-        return FakeEncoder(path)
+        return FakeModel(path)
 
     clock = Clock()
     holder = ModelHolder(loader, clock=clock, on_refused=refusals.append)
@@ -68,7 +68,7 @@ def test_an_onnx_runtime_error_in_a_background_load_is_a_refusal_and_the_current
 
 
 def test_backoff_grows_with_each_refusal_of_the_same_version() -> None:
-    def loader(path: Path) -> FakeEncoder:
+    def loader(path: Path) -> FakeModel:
         raise Fail("InvalidGraph")
 
     clock = Clock()
@@ -84,7 +84,7 @@ def test_backoff_grows_with_each_refusal_of_the_same_version() -> None:
 
 
 def test_a_failing_start_up_load_is_a_model_error_with_the_reason() -> None:
-    def loader(path: Path) -> FakeEncoder:
+    def loader(path: Path) -> FakeModel:
         raise Fail("InvalidProtobuf")
 
     holder = ModelHolder(loader)

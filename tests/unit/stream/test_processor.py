@@ -238,7 +238,7 @@ def test_owner_partition_is_the_java_clients_murmur2() -> None:
             assert owner_partition(key, partitions) == (signed & 0x7FFFFFFF) % partitions
 
 
-class FailingEncoder:
+class FailingModel:
     version = 4
 
     def recommend(self, sequences, k, exclude_seen=True):  # noqa: ANN001, ANN201
@@ -248,7 +248,7 @@ class FailingEncoder:
 def test_a_model_failing_on_a_batch_serves_the_popularity_fallback_and_says_so() -> None:
     store = InMemoryStore()
     sink = RecordingSink()
-    processor = BatchProcessor(SETTINGS, store, sink, encoder=lambda: FailingEncoder())
+    processor = BatchProcessor(SETTINGS, store, sink, encoder=lambda: FailingModel())
     report = run(processor, [record(event(i), i) for i in range(3)])
     assert report.events == 3 and len(report.recommendations) == 1
     assert report.recommendations[0].model_version == 0

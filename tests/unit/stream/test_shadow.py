@@ -34,7 +34,7 @@ class Ranked:
 
 
 @dataclass
-class FixedEncoder:
+class FixedModel:
     """Recommends the same items to everyone; records how many users it was asked about."""
 
     version: int
@@ -55,7 +55,7 @@ def record(n: int, user: str, item: str) -> SourceRecord:
     return SourceRecord("streamrec.events", 0, n, user.encode(), value, 1_700_000_000_000)
 
 
-def build(live: FixedEncoder, shadow: FixedEncoder | None, fraction: float = 1.0):
+def build(live: FixedModel, shadow: FixedModel | None, fraction: float = 1.0):
     metrics = WorkerMetrics()
     holder = ModelHolder(loader=lambda path: shadow)
     slot = ShadowSlot(holder)
@@ -75,8 +75,8 @@ def stream(users: int, rounds: int, item: Callable[[int, int], str] = lambda r, 
 
 
 def test_the_shadow_is_scored_beside_live_on_the_same_events_and_never_emitted() -> None:
-    live = FixedEncoder(1, ["bad1", "bad2", "bad3"])
-    shadow = FixedEncoder(2, ["good", "x", "y"])
+    live = FixedModel(1, ["bad1", "bad2", "bad3"])
+    shadow = FixedModel(2, ["good", "x", "y"])
     processor, sink, tally, metrics = build(live, shadow)
     for batch in stream(users=20, rounds=3):
         asyncio.run(processor.process(batch))
@@ -94,8 +94,8 @@ def test_the_shadow_is_scored_beside_live_on_the_same_events_and_never_emitted()
 
 def test_a_failing_shadow_leaves_serving_exactly_as_without_one() -> None:
     outputs = []
-    for shadow in (None, FixedEncoder(2, ["good"], fail=True)):
-        processor, sink, tally, metrics = build(FixedEncoder(1, ["a", "b", "c"]), shadow)
+    for shadow in (None, FixedModel(2, ["good"], fail=True)):
+        processor, sink, tally, metrics = build(FixedModel(1, ["a", "b", "c"]), shadow)
         for batch in stream(users=5, rounds=3):
             asyncio.run(processor.process(batch))
         outputs.append([(r.user_id, r.model_version, [i.item_id for i in r.items], r.online)
@@ -107,8 +107,8 @@ def test_a_failing_shadow_leaves_serving_exactly_as_without_one() -> None:
 
 
 def test_the_shadow_encodes_only_the_sampled_users() -> None:
-    shadow = FixedEncoder(2, ["good"])
-    processor, _, _, _ = build(FixedEncoder(1, ["a"]), shadow, fraction=0.25)
+    shadow = FixedModel(2, ["good"])
+    processor, _, _, _ = build(FixedModel(1, ["a"]), shadow, fraction=0.25)
     batch = stream(users=400, rounds=1)[0]
     asyncio.run(processor.process(batch))
     sampled = sum(in_sample(f"u{u}", 0.25) for u in range(400))
@@ -143,19 +143,19 @@ def test_judge_online(shadow: Figures, live: Figures, promoted: bool) -> None:
 
 
 def test_the_slot_scores_only_the_version_pointed_at_and_drops_it_when_the_pointer_goes() -> None:
-    encoders = {"v2": FixedEncoder(2, ["a"]), "v3": FixedEncoder(3, ["b"])}
-    holder = ModelHolder(loader=lambda path: encoders[path.name])
+    models = {"v2": FixedModel(2, ["a"]), "v3": FixedModel(3, ["b"])}
+    holder = ModelHolder(loader=lambda path: models[path.name])
     slot = ShadowSlot(holder)
     slot.follow(ShadowPointer(2, 0.5), Path("v2"))
     holder._pending.result(timeout=10)  # noqa: SLF001 - the background load, finished
     asyncio.run(holder.maybe_swap())
     active = slot.active()
-    assert active is not None and active.encoder.version == 2 and active.fraction == 0.5
+    assert active is not None and active.model.version == 2 and active.fraction == 0.5
     slot.follow(ShadowPointer(3, 0.5), Path("v3"))
     assert slot.active() is None, "version 2 must not be scored as version 3 while 3 loads"
     holder._pending.result(timeout=10)  # noqa: SLF001
     asyncio.run(holder.maybe_swap())
-    assert slot.active() is not None and slot.active().encoder.version == 3
+    assert slot.active() is not None and slot.active().model.version == 3
     slot.follow(None, None)
     assert slot.active() is None and holder.current is None
 

@@ -1,4 +1,4 @@
-"""The served computation: newest-position encoder and sharded ONNX Runtime runs match the full model."""
+"""The served computation: the export graph (newest position only) and sharded ONNX Runtime runs match the full model."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from streamrec.models.config import EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence
-from streamrec.models.serving import FullSequenceUserVector, NewestPositionUserVector, user_vector_encoder
+from streamrec.models.export_graph import FullSequenceUserVector, NewestPositionUserVector, user_vector_graph
 from streamrec.onnx.writer import write_artifact
-from streamrec.onnx.runtime import EncoderSession
+from streamrec.onnx.runtime import ServedModel
 
 N_ITEMS = 40
 
@@ -44,7 +44,7 @@ def test_newest_position_vector_equals_the_full_model(layers):
 def test_other_backbones_serve_through_the_full_computation():
     config = EncoderConfig(n_items=N_ITEMS, max_len=8, hidden=16, layers=1, heads=2, backbone="llama")
     model = SequenceEncoder(config).eval()
-    assert isinstance(user_vector_encoder(model), FullSequenceUserVector)
+    assert isinstance(user_vector_graph(model), FullSequenceUserVector)
     with pytest.raises(ValueError, match="GPT-2"):
         NewestPositionUserVector(model)
 
@@ -64,8 +64,8 @@ def test_sharded_runs_answer_like_one_run_in_order(artifact):
         n = int(rng.integers(1, 11))
         sequences.append(UserSequence([f"i{rng.integers(0, N_ITEMS)}" for _ in range(n)], ["view"] * n,
                                       list(range(0, 1000 * n, 1000))))
-    one = EncoderSession.load(artifact, device="cpu", threads=1)
-    sharded = EncoderSession.load(artifact, device="cpu", threads=3)
+    one = ServedModel.load(artifact, device="cpu", threads=1)
+    sharded = ServedModel.load(artifact, device="cpu", threads=3)
     try:
         assert sharded.shards == 3
         for a, b in zip(one.recommend(sequences, k=5), sharded.recommend(sequences, k=5), strict=True):
@@ -88,13 +88,13 @@ def test_a_closed_session_still_answers_and_a_dropped_one_leaves_no_threads(arti
     import time
 
     sequences = [UserSequence([f"i{n % N_ITEMS}", f"i{(n + 1) % N_ITEMS}"], ["view", "view"], [0, 1000]) for n in range(40)]
-    session = EncoderSession.load(artifact, device="cpu", threads=2)
+    session = ServedModel.load(artifact, device="cpu", threads=2)
     expected = [r.item_ids for r in session.recommend(sequences, k=3)]
     assert _shard_threads() >= 1
     # A hot swap can happen while a batch still encodes on the old version.
     session.close()
     assert [r.item_ids for r in session.recommend(sequences, k=3)] == expected
-    session = EncoderSession.load(artifact, device="cpu", threads=2)
+    session = ServedModel.load(artifact, device="cpu", threads=2)
     session.recommend(sequences, k=3)
     del session
     gc.collect()
@@ -104,12 +104,12 @@ def test_a_closed_session_still_answers_and_a_dropped_one_leaves_no_threads(arti
     assert _shard_threads() == 0  # swapped-out versions do not leak threads
 
 
-def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
+def test_a_swap_does_not_close_the_model_a_batch_may_still_use():
     import asyncio
 
     from streamrec.stream.model_holder import ModelHolder
 
-    class FakeEncoder:
+    class FakeModel:
         def __init__(self, version: int) -> None:
             self.version = version
             self.closed = False
@@ -117,7 +117,7 @@ def test_a_swap_does_not_close_the_encoder_a_batch_may_still_use():
         def close(self) -> None:
             self.closed = True
 
-    old, new = FakeEncoder(1), FakeEncoder(2)
+    old, new = FakeModel(1), FakeModel(2)
     holder = ModelHolder(loader=lambda path: new)
     holder.current = old
     holder.request(Path("/models/v000002"))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.models.metrics import mean_std, metrics_from_ranks, target_ranks
+from streamrec.models.ranking_metrics import mean_std, metrics_from_ranks, target_ranks
 
 
 def test_target_ranks_counts_strictly_better_items():

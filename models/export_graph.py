@@ -1,4 +1,4 @@
-"""The serving computation of the encoder: the user vector at the newest position only.
+"""The user-vector part of the export graph (what `onnx/export.py` traces): the newest position only.
 
 Training needs a hidden state at every position (a loss at each). Serving
 needs one vector per user, the newest position's. In a causal decoder the
@@ -10,7 +10,7 @@ which the export parity check proves against the full model on every export.
 
 This is written against GPT-2's block structure and reuses the trained
 submodules (no weight copies). Other backbones serve through the full
-backbone call: :func:`user_vector_encoder` picks.
+backbone call: :func:`user_vector_graph` picks.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def supports_newest_position(model: SequenceEncoder) -> bool:
     )
 
 
-def user_vector_encoder(model: SequenceEncoder, *, newest_only: bool = True) -> nn.Module:
+def user_vector_graph(model: SequenceEncoder, *, newest_only: bool = True) -> nn.Module:
     """The module that maps a left-padded batch to ``(batch, dim)`` user vectors for serving."""
     if newest_only and supports_newest_position(model):
         return NewestPositionUserVector(model)

@@ -7,109 +7,109 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.bench import common
+from streamrec.bench import isolation, load, profiling, report, stats
 
 
 def test_percentiles_match_numpy_linear_interpolation() -> None:
     values = [5.0, 1.0, 3.0, 2.0, 4.0, 100.0, 7.5]
-    got = common.percentiles(values, (50, 95, 99))
+    got = stats.percentiles(values, (50, 95, 99))
     for q in (50, 95, 99):
         assert got[f"p{q}"] == pytest.approx(float(np.percentile(values, q)))
 
 
 def test_percentiles_of_nothing_are_none_and_single_value_is_itself() -> None:
-    assert common.percentiles([], (50, 99)) == {"p50": None, "p99": None}
-    assert common.percentiles([7.0], (50, 99.9)) == {"p50": 7.0, "p99.9": 7.0}
+    assert stats.percentiles([], (50, 99)) == {"p50": None, "p99": None}
+    assert stats.percentiles([7.0], (50, 99.9)) == {"p50": 7.0, "p99.9": 7.0}
 
 
 def test_latency_summary_rounds_and_counts() -> None:
-    summary = common.latency_summary([1.0, 2.0, 3.0, 4.0])
+    summary = stats.latency_summary([1.0, 2.0, 3.0, 4.0])
     assert summary["count"] == 4 and summary["max_ms"] == 4.0 and summary["mean_ms"] == 2.5
     assert summary["p50_ms"] == 2.5
-    assert common.latency_summary([])["p99_ms"] is None
+    assert stats.latency_summary([])["p99_ms"] is None
 
 
 def test_pacing_deadlines_and_due_counts() -> None:
-    assert common.send_deadline(0, 1000.0, 10.0) == 10.0
-    assert common.send_deadline(500, 1000.0, 10.0) == pytest.approx(10.5)
-    assert common.due_count(1000.0, 10.0, 9.0, 5000) == 0  # not started
-    assert common.due_count(1000.0, 10.0, 10.0, 5000) == 1  # event 0 is due at the start
-    assert common.due_count(1000.0, 10.0, 10.2505, 5000) == 251
-    assert common.due_count(1000.0, 10.0, 100.0, 5000) == 5000  # capped
-    assert common.due_count(0.0, 10.0, 10.0, 42) == 42  # rate 0 = as fast as possible
+    assert stats.send_deadline(0, 1000.0, 10.0) == 10.0
+    assert stats.send_deadline(500, 1000.0, 10.0) == pytest.approx(10.5)
+    assert stats.due_count(1000.0, 10.0, 9.0, 5000) == 0  # not started
+    assert stats.due_count(1000.0, 10.0, 10.0, 5000) == 1  # event 0 is due at the start
+    assert stats.due_count(1000.0, 10.0, 10.2505, 5000) == 251
+    assert stats.due_count(1000.0, 10.0, 100.0, 5000) == 5000  # capped
+    assert stats.due_count(0.0, 10.0, 10.0, 42) == 42  # rate 0 = as fast as possible
 
 
 def test_sustained_rate_ignores_startup_and_tail() -> None:
     # 5 s of start-up with nothing, then 1,000 events/s for 10 s, then a slow tail.
     samples = [(float(t), 0.0) for t in range(6)] + [(5.0 + s, 1000.0 * s) for s in range(1, 11)] + [(30.0, 10_000.0)]
-    assert common.sustained_rate(samples, 10_000) == pytest.approx(1000.0)
+    assert stats.sustained_rate(samples, 10_000) == pytest.approx(1000.0)
 
 
 def test_sustained_rate_interpolates_and_reports_unfinished_runs() -> None:
     samples = [(0.0, 0.0), (1.0, 50.0), (2.0, 100.0)]
-    assert common.sustained_rate(samples, 100) == pytest.approx(50.0)
-    assert common.sustained_rate([(0.0, 0.0), (1.0, 10.0)], 100) is None
-    assert common.sustained_rate([], 100) is None
+    assert stats.sustained_rate(samples, 100) == pytest.approx(50.0)
+    assert stats.sustained_rate([(0.0, 0.0), (1.0, 10.0)], 100) is None
+    assert stats.sustained_rate([], 100) is None
 
 
 def test_cumulative_sorts_times() -> None:
-    assert common.cumulative([3.0, 1.0, 2.0]) == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
+    assert stats.cumulative([3.0, 1.0, 2.0]) == [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
 
 
 def test_answered_times_credit_a_users_earlier_events_of_the_batch() -> None:
     sent = {"a1": 1.0, "a2": 1.1, "b1": 1.2, "a3": 2.0}
     users = {"a1": "a", "a2": "a", "b1": "b", "a3": "a"}
     arrivals = {"a2": 1.5, "a3": 2.4}  # one message for a1+a2 (carries a2), one for a3; b1 never answered
-    answered = common.answered_times(sent, users, arrivals)
+    answered = load.answered_times(sent, users, arrivals)
     assert answered == {"a1": 1.5, "a2": 1.5, "a3": 2.4}
 
 
 def test_answered_times_take_the_earliest_covering_arrival() -> None:
     # A replayed/late message for a1 must not make a1 look slower than a2's earlier answer.
-    answered = common.answered_times({"a1": 1.0, "a2": 1.1}, {"a1": "a", "a2": "a"}, {"a1": 9.0, "a2": 1.3})
+    answered = load.answered_times({"a1": 1.0, "a2": 1.1}, {"a1": "a", "a2": "a"}, {"a1": 9.0, "a2": 1.3})
     assert answered["a1"] == 1.3
 
 
 def test_per_second_buckets() -> None:
-    rows = common.per_second([(0.1, 10.0), (0.9, 20.0), (1.5, 5.0)], qs=(50,))
+    rows = stats.per_second([(0.1, 10.0), (0.9, 20.0), (1.5, 5.0)], qs=(50,))
     assert rows == [{"second": 0, "count": 2, "p50_ms": 15.0}, {"second": 1, "count": 1, "p50_ms": 5.0}]
 
 
 def test_resource_summary_window_and_fallback() -> None:
     samples = [{"t": 1.0, "cpu_pct": 50.0, "rss_mb": 100.0}, {"t": 2.0, "cpu_pct": 150.0, "rss_mb": 120.0},
                {"t": 3.0, "cpu_pct": 10.0, "rss_mb": 90.0}]
-    s = common.resource_summary(samples, 1.5, 2.5)
+    s = stats.resource_summary(samples, 1.5, 2.5)
     assert s == {"cpu_mean_pct": 150.0, "cpu_max_pct": 150.0, "rss_max_mb": 120.0, "samples": 1}
-    assert common.resource_summary(samples, 10.0, 11.0)["samples"] == 3  # empty window: all samples
-    assert common.resource_summary([])["cpu_mean_pct"] is None
+    assert stats.resource_summary(samples, 10.0, 11.0)["samples"] == 3  # empty window: all samples
+    assert stats.resource_summary([])["cpu_mean_pct"] is None
 
 
 def test_ratio_median_and_target_check() -> None:
-    assert common.ratio(2500.0, 5000.0) == 0.5
-    assert common.ratio(None, 5000.0) is None and common.ratio(1.0, 0.0) is None
-    assert common.median([3.0, None, 1.0, 2.0]) == 2.0
-    assert common.median([4.0, 1.0, 2.0, 3.0]) == 2.5
-    assert common.median([None]) is None
-    assert common.target_check(5200.0, 5000.0) == "met"
-    assert common.target_check(60.0, 50.0, higher_is_better=False) == "NOT met"
-    assert common.target_check(None, 1.0) == "not measured"
+    assert stats.ratio(2500.0, 5000.0) == 0.5
+    assert stats.ratio(None, 5000.0) is None and stats.ratio(1.0, 0.0) is None
+    assert stats.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert stats.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert stats.median([None]) is None
+    assert report.target_check(5200.0, 5000.0) == "met"
+    assert report.target_check(60.0, 50.0, higher_is_better=False) == "NOT met"
+    assert report.target_check(None, 1.0) == "not measured"
 
 
 def test_format_table_aligns_columns() -> None:
-    text = common.format_table([("worker", 5123.4, None), ("passthrough", 9.87, 3)], ("run", "events/s", "n"))
+    text = report.format_table([("worker", 5123.4, None), ("passthrough", 9.87, 3)], ("run", "events/s", "n"))
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1
     assert "5,123" in lines[2] and "9.87" in lines[3] and lines[2].rstrip().endswith("-")
 
 
 def test_assemble_report_collects_headlines_and_errors() -> None:
-    report = common.assemble_report(
+    combined = report.assemble_report(
         {"e2e": {"headline": {"worker_events_per_s": 1.0}, "x": 1}, "scale": None},
         {"cpus": 2}, errors={"scale": "boom"},
     )
-    assert report["headlines"] == {"e2e": {"worker_events_per_s": 1.0}}
-    assert set(report["results"]) == {"e2e"}
-    assert report["errors"] == {"scale": "boom"} and report["machine"] == {"cpus": 2}
+    assert combined["headlines"] == {"e2e": {"worker_events_per_s": 1.0}}
+    assert set(combined["results"]) == {"e2e"}
+    assert combined["errors"] == {"scale": "boom"} and combined["machine"] == {"cpus": 2}
 
 
 def test_summarise_collapsed_categories() -> None:
@@ -118,7 +118,7 @@ def test_summarise_collapsed_categories() -> None:
         "<module> (streamrec/__main__.py:1);send (aiokafka/producer.py:5) 30",
         "<module> (streamrec/__main__.py:1);decode (json/decoder.py:1) 10",
     ]
-    summary = common.summarise_collapsed(lines)
+    summary = profiling.summarise_collapsed(lines)
     assert summary["samples"] == 100
     assert summary["categories_pct"]["ONNX Runtime (encoder run)"] == 60.0
     assert summary["categories_pct"]["Kafka client (aiokafka)"] == 30.0
@@ -130,8 +130,8 @@ def test_isolated_settings_do_not_collide() -> None:
     from streamrec.config import Settings
 
     base = Settings()
-    a = common.isolated_settings(base, "e2e", "1")
-    b = common.isolated_settings(base, "e2e", "2")
+    a = isolation.isolated_settings(base, "e2e", "1")
+    b = isolation.isolated_settings(base, "e2e", "2")
     assert a.topic_prefix != b.topic_prefix and a.cassandra_keyspace != b.cassandra_keyspace
     assert a.consumer_group != b.consumer_group and a.events_topic.startswith("bench-e2e-1")
 
@@ -142,7 +142,7 @@ def test_the_bench_reads_the_cassandra_labels_the_processor_emits() -> None:
 
     import orjson
 
-    from streamrec.bench.common import summarise_worker_metrics
+    from streamrec.bench.phases import summarise_worker_metrics
     from streamrec.config import Settings
     from streamrec.stream.metrics import metric_values
     from streamrec.stream.processor import BatchProcessor, SourceRecord
