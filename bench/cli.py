@@ -75,6 +75,49 @@ def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None
     _write(result, out)
 
 
+@bench.command("new-items")
+@click.option("--epochs", default=20, show_default=True, help="Training epochs of the multi-view model.")
+@click.option("--seed", default=21, show_default=True, help="Seed of the synthetic stream.")
+@click.option("--rate", default=150.0, show_default=True, help="Events per second after the items appear.")
+@click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items.json"), show_default=True)
+@click.pass_obj
+def new_items(settings: Settings, epochs: int, seed: int, rate: float, keep: bool, out: Path) -> None:
+    """Items that appear mid-stream: seconds from the item record to a recommendation containing it (needs streamrec[content])."""
+    import tempfile
+
+    from streamrec.bench.new_items import run_new_items_bench  # torch, transformers
+
+    with tempfile.TemporaryDirectory(prefix="bench-new-items-") as work:
+        result = run_new_items_bench(settings, Path(work), epochs=epochs, seed=seed, per_second=rate, keep=keep)
+    for key in ("record_to_vector_s", "record_to_first_recommendation_s", "hot_cluster_share_offered_new",
+                "hot_cluster_new_items_per_recommendation",
+                "other_share_offered_new", "model_versions", "dead_letters"):
+        click.echo(f"{key}: {result[key]}")
+    _write(result, out)
+
+
+@bench.command("new-items-cost")
+@click.option("--batch", default=64, show_default=True, help="Users per recommend() call.")
+@click.option("--repeats", default=60, show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/new_items_cost.json"), show_default=True)
+@click.pass_obj
+def new_items_cost(settings: Settings, batch: int, repeats: int, threads: int, out: Path) -> None:
+    """Per-event serving cost of a multi-view version with 0..1000 new items merged, against the plain graph call."""
+    import tempfile
+
+    from streamrec.bench.new_items import serving_cost  # torch, transformers
+
+    with tempfile.TemporaryDirectory(prefix="bench-new-items-cost-") as work:
+        result = serving_cost(Path(work), settings.state_dir / "text-encoder", batch=batch, repeats=repeats,
+                              threads=threads)
+    for row in result["rows"]:
+        click.echo(f"{row['new_items']!s:>32}: {row['us_per_event']:8.1f} us/event  x{row['ratio']:.3f}"
+                   f"  (new items' own part: {row['merge_us_per_event']:.2f} us/event)")
+    _write(result, out)
+
+
 @bench.command("quality")
 @click.option("--data", default="ml-100k", show_default=True, help="Interaction log path or 'ml-100k'.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")

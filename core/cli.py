@@ -13,9 +13,9 @@ from streamrec.config import load_settings
 from streamrec.demo import demo
 from streamrec.deploy.cli import infra
 from streamrec.errors import StreamrecError
-from streamrec.onnx.cli import eval_, train
+from streamrec.onnx.cli import eval_, train, use_item_content_reader
 from streamrec.retrain.cli import model, retrain, retrainer
-from streamrec.stream.cli import cassandra, forget, inspect, items, produce, tail, topics, worker
+from streamrec.stream.cli import cassandra, forget, inspect, items, produce, read_item_content, tail, topics, worker
 from streamrec.stream.explain_cli import explain
 
 
@@ -38,6 +38,8 @@ def _register_commands() -> None:
     # import: each imports torch, ONNX Runtime, Faust or the Cassandra driver
     # inside the command that needs it, so `streamrec infra status` does not.
     bench.add_command(incremental)
+    # `train --items` reads item records, the stream room's contract, which the onnx room may not import.
+    use_item_content_reader(read_item_content)
     for command in (infra, worker, produce, tail, inspect, forget, explain, items, topics, cassandra, train, eval_, retrain, retrainer, model, bench, demo):
         cli.add_command(command)
 

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     explain_top: int = Field(3, ge=1, le=100)
     # Share of users a shadow model is scored for (`streamrec model shadow --fraction` overrides it per shadow).
     shadow_fraction: float = Field(1.0, gt=0, le=1)
+    # Follow <prefix>.item-vectors, so a multi-view version also recommends items that appeared
+    # after it was trained (README "Items described by their content"); 1.5 KiB per item per worker.
+    live_items: bool = True
 
     # --- Retrainer -------------------------------------------------------------
     retrain_horizon_hours: float = Field(24 * 7, gt=0)  # train on events appended within this horizon
@@ -198,6 +201,11 @@ class Settings(BaseSettings):
     def items_topic(self) -> str:
         """The item catalogue (compacted, keyed by item id; see ``streamrec items load``)."""
         return self.topic("items")
+
+    @property
+    def item_vectors_topic(self) -> str:
+        """Text vectors of the catalogue's items (compacted, keyed by item id; ``streamrec items embedder``)."""
+        return self.topic("item-vectors")
 
     def with_overrides(self, **overrides: object) -> "Settings":
         """A copy with the given (non-None) fields replaced, validated again."""

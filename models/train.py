@@ -157,12 +157,14 @@ def train(
     config = model_config.__class__(**{**asdict(model_config), "n_items": len(vocab)})
     examples = build_examples(split.train.values(), vocab, config)
     model = SequenceEncoder(config)
+    if init_state is not None:  # warm start (the retrainer grows embedding tables before passing them)
+        model.load_state_dict(init_state)
     if config.item_content:
         if item_content is None:
             raise ModelError("the content view is on (item_content) but no item content was given")
+        # After the warm start: the content buffers describe this vocabulary's items (a warm
+        # state carries the live version's, with empty rows for items new since).
         attach_content(model, vocab, item_content, (i for seq in split.train.values() for i in seq.item_ids))
-    if init_state is not None:  # warm start (the retrainer grows embedding tables before passing them)
-        model.load_state_dict(init_state)
     optim = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     rng = np.random.default_rng(train_config.seed)
     log.info(

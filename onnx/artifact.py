@@ -9,6 +9,8 @@ Layout of ``<root>/v000007/``::
     parity.json     ONNX Runtime vs PyTorch check result
     weights.pt      torch state dict (warm starts, torch-side evaluation)
     model_fp16.onnx optional half-precision graph for the CUDA provider
+    content.npz     multi-view versions only: the content head (text projection, category
+                    table) that turns a new item's content into its vector (onnx/content_head.py)
     manifest.json   version, created time, sha256 + size of every file above
 
 A version directory appears atomically (written under a temporary name, then

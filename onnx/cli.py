@@ -13,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -24,7 +24,21 @@ from streamrec.models.splits import Split, leave_one_out, temporal_split
 from streamrec.onnx.artifact import latest_artifact, load_artifact
 from streamrec.onnx.registry import resolve_artifact_dir
 
+if TYPE_CHECKING:
+    from streamrec.models.content import ItemContent
+
 log = logging.getLogger(__name__)
+
+# How `train --items SOURCE` reads item content. Item records are the stream room's contract,
+# which this room may not import: the root CLI installs the reader (core/cli.py).
+ItemContentReader = Callable[[Settings, str], "ItemContent"]
+_item_content_reader: list[ItemContentReader] = []
+
+
+def use_item_content_reader(reader: ItemContentReader) -> None:
+    """Install how ``train --items SOURCE`` turns SOURCE into item content (called by the root CLI)."""
+    _item_content_reader[:] = [reader]
+
 
 DATA_HELP = "Interaction log path, or 'ml-100k' for MovieLens-100k (fetched into the cache once)."
 FORMATS = ["auto", "jsonl", "csv", "parquet", "movielens", "inter"]
@@ -71,11 +85,16 @@ def _emit(result: dict[str, Any], out: Path | None) -> None:
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Also save the training-curve PNG here.")
 @click.option("--metrics-out", type=click.Path(path_type=Path), default=None, help="Write the summary JSON here too.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--items", "items_source", default=None,
+              help="Train multi-view (id + text + categories) on these item records: 'topic' (the items topic), "
+                   "'ml-100k', a RecBole .item, JSONL or CSV file (needs streamrec[content]).")
+@click.option("--id-dropout", default=0.5, show_default=True, help="With --items: share of item ids dropped per step.")
 @click.pass_obj
 def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
           batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
           layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: LossKind, num_negatives: int,
-          event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool) -> None:
+          event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool,
+          items_source: str | None, id_dropout: float) -> None:
     """Train the encoder offline and write a verified ONNX model artifact (next version)."""
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves  # torch
     from streamrec.models.train import train as run_train
@@ -89,9 +108,17 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
         num_negatives=num_negatives, use_event_types=event_types, use_time_gaps=time_gaps,
     )
     config = replace(config, event_types=event_types_for(split.train.values(), config.event_types))
+    content = None
+    if items_source is not None:
+        from streamrec.models.content import content_config  # torch, already imported above
+
+        if not _item_content_reader:
+            raise click.UsageError("--items needs the streamrec CLI (the item reader is installed by its root)")
+        content = _item_content_reader[0](settings, items_source)
+        config = content_config(config, content, id_dropout=id_dropout)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                        seed=seed, threads=threads, progress=progress)
-    result = run_train(split, config, tcfg)
+    result = run_train(split, config, tcfg, item_content=content)
     root = out or settings.models_path
     with tempfile.TemporaryDirectory(prefix="streamrec-train-") as tmp:
         curve = plot_curves(result.history, Path(tmp) / "training_curves.png")
@@ -102,7 +129,7 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
         if plot is not None:
             plot.parent.mkdir(parents=True, exist_ok=True)
             plot.write_bytes(curve.read_bytes())
-    summary = {"artifact": str(artifact), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+    summary = {"artifact": str(artifact), "multi_view": content is not None, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "train_seconds": round(result.train_seconds, 1), "valid": result.best_valid, "test": result.test}
     _emit(summary, metrics_out)
 

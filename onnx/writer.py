@@ -20,6 +20,7 @@ import torch
 
 from streamrec.errors import ModelError
 from streamrec.models.config import ONNX_CONFIG, EncoderConfig
+from streamrec.models.content import ItemContent, content_config
 from streamrec.models.data import events_from_dicts
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.features import ItemVocab, UserSequence
@@ -37,6 +38,8 @@ from streamrec.onnx.artifact import (
     version_dir_name,
     write_json,
 )
+from streamrec.models.text import MODEL_ZIP_SHA256
+from streamrec.onnx.content_head import CONTENT_FILE, ContentHead, save_content_head
 from streamrec.onnx.export import export_onnx
 from streamrec.onnx.parity import FP16_TOLERANCE, check_parity
 
@@ -94,6 +97,11 @@ def write_artifact(
         write_json(tmp / "metrics.json", metrics or {})
         write_json(tmp / "parity.json", parity_doc)
         torch.save(model.state_dict(), tmp / "weights.pt")
+        if config.item_content:
+            # What a worker needs to serve items that appear after this version (README "Items
+            # described by their content"): the graph only holds the items trained with.
+            save_content_head(tmp / CONTENT_FILE, content_head(model))
+            optional.append(CONTENT_FILE)
         extra = dict(extra_files or {})
         for name, source in extra.items():
             if name in (*REQUIRED_FILES, *optional, FP16_MODEL_FILE, MANIFEST) or "/" in name:
@@ -125,6 +133,19 @@ def write_artifact(
     return final
 
 
+def content_head(model: Any) -> ContentHead:
+    """The projection weights of a multi-view model, as :class:`ContentHead` (numpy, no torch at serving)."""
+    config: EncoderConfig = model.config
+    return ContentHead(
+        text_proj=model.text_proj.weight.detach().cpu().float().numpy(),
+        category_emb=model.category_emb.weight.detach().cpu().float().numpy(),
+        categories=tuple(config.item_categories),
+        max_item_categories=config.max_item_categories,
+        # The training text vectors come from the pinned packaged encoder (streamrec.models.text).
+        text_encoder_sha256=MODEL_ZIP_SHA256,
+    )
+
+
 def train_from_events(
     events: Iterable[Mapping[str, Any]],
     out_dir: Path,
@@ -134,18 +155,25 @@ def train_from_events(
     model_config: EncoderConfig | None = None,
     event_types: Sequence[str] | None = None,
     progress: bool = False,
+    item_content: ItemContent | None = None,
+    id_dropout: float = 0.5,
 ) -> Path:
     """Train a model from event dicts and write a verified artifact under ``out_dir``; return its path.
 
     Small and quick on purpose (the demo and tests call it): leave-one-out
     split when users have at least 3 events, the next artifact version in
-    ``out_dir``.
+    ``out_dir``. With ``item_content`` the model is multi-view (id + text +
+    categories, ``id_dropout`` of the ids dropped per step) and the artifact
+    ships its content head, so items that appear later can be served.
     """
     log_ = events_from_dicts(events)
     split = leave_one_out(log_)
     base = model_config or EncoderConfig(n_items=0)
     types = event_types_for(split.train.values(), event_types if event_types is not None else base.event_types)
     config = base.__class__(**{**asdict(base), "event_types": types})
-    result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress))
+    if item_content is not None:
+        config = content_config(config, item_content, id_dropout=id_dropout)
+    result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress),
+                   item_content=item_content)
     real = [c.history for c in split.test] or list(split.train.values())
     return write_artifact(result.model, result.vocab, out_dir, metrics=result.metrics(), real_sequences=real)

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 
 from streamrec.config import Settings
-from streamrec.errors import ModelError
+from streamrec.errors import DataError, ModelError
 from streamrec.models.config import EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
@@ -26,6 +26,7 @@ from streamrec.onnx.writer import write_artifact
 from streamrec.retrain.gate import online_gate
 from streamrec.retrain.publish import publish_and_announce
 from streamrec.retrain.recent import recent_event_log
+from streamrec.stream.catalogue_content import TOPIC_SOURCE, catalogue_content, items_from_source
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,16 @@ def retrain_round(settings: Settings, *, epochs: int | None = None, announce: bo
         live_model.load_state_dict(live_state)
         live_model.eval()
 
+    content = None
+    if config.item_content:
+        # A multi-view live version: the candidate reads the catalogue as it is now (the items topic).
+        try:
+            content = catalogue_content(items_from_source(settings, TOPIC_SOURCE), settings.state_dir / "text-encoder")
+        except DataError as exc:
+            return RoundResult("skipped", f"the live model is multi-view but the catalogue is unreadable: {exc}",
+                               events=read, duration_s=time.monotonic() - started)
     tcfg = TrainConfig(epochs=epochs or settings.retrain_epochs, patience=3, seed=0, progress=True)
-    result = train(split, config, tcfg, vocab=vocab, init_state=init_state)
+    result = train(split, config, tcfg, vocab=vocab, init_state=init_state, item_content=content)
     candidate_holdout = result.test
     live_holdout = evaluate_model(live_model, live.vocab, split.test) if live_model is not None else {}
 

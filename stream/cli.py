@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -14,6 +15,9 @@ import orjson
 from streamrec.config import Settings
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.recommendation import Recommendation
+
+if TYPE_CHECKING:
+    from streamrec.models.content import ItemContent
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +325,39 @@ def items_load(settings: Settings, source: str, fmt: str) -> None:
     if report.dead_lettered:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.reasons.items()))
         click.echo(f"dead-lettered {report.dead_lettered} bad records to {settings.dlq_topic} ({reasons})")
+
+
+@items.command("embedder")
+@click.option("--worker-id", default="item-embedder", show_default=True, help="Id in the dead letters it writes.")
+@click.pass_obj
+def items_embedder(settings: Settings, worker_id: str) -> None:
+    """Compute each item record's text vector once and publish it for the workers (needs streamrec[content]).
+
+    Reads the items topic in its own consumer group, dead-letters bad records,
+    and writes the compacted item-vectors topic that every worker follows, so
+    a new item is recommendable without a retrain. Runs until SIGINT/SIGTERM.
+    """
+    import signal
+
+    from streamrec.stream.item_embedder import run_embedder  # torch + transformers: 2-4 s
+    from streamrec.stream.topics import ensure_topics_sync
+
+    ensure_topics_sync(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_embedder(settings, stop, worker_id=worker_id)
+
+    asyncio.run(main())
+
+
+def read_item_content(settings: Settings, source: str) -> "ItemContent":
+    """Item content for ``streamrec train --items SOURCE`` (installed into the onnx room's command by the root CLI)."""
+    from streamrec.stream.catalogue_content import catalogue_content, items_from_source  # torch + transformers: 3-6.5 s
+
+    items = items_from_source(settings, source)
+    click.echo(f"{len(items)} item records from {source}; encoding their text (cached by content)", err=True)
+    return catalogue_content(items, settings.state_dir / "text-encoder", progress=True)

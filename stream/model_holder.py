@@ -24,6 +24,7 @@ from typing import Callable, Protocol, Sequence
 from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
 from streamrec.onnx.runtime import ServedModel, TopK
+from streamrec.stream.item_vectors import LiveItems, load_content_aware
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,17 @@ class Recommender(Protocol):
     def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]: ...
 
 
-def load_served_model(path: Path, threads: int = 0, top_k: int = 1) -> ServedModel:
-    """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason."""
+def load_served_model(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveItems | None = None) -> ServedModel:
+    """Load, verify and warm an artifact directory; any failure is a ModelError naming the reason.
+
+    With ``live_items``, a version that ships a content head also ranks the
+    items its graph does not know (:mod:`streamrec.stream.item_vectors`).
+    """
     try:
-        model = ServedModel.load(path, threads=threads)
+        if live_items is None:
+            model = ServedModel.load(path, threads=threads)
+        else:
+            model = load_content_aware(path, live_items, threads=threads)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (Fail, InvalidGraph, ...) derive from Exception
@@ -86,9 +94,10 @@ class ModelHolder:
         top_k: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_refused: Callable[[Refusal], None] = lambda refusal: None,
+        live_items: LiveItems | None = None,
     ) -> None:
         self._loader: Callable[[Path], Recommender] = loader or (
-            lambda path: load_served_model(path, threads=threads, top_k=top_k))
+            lambda path: load_served_model(path, threads=threads, top_k=top_k, live_items=live_items))
         self._clock = clock
         self._on_refused = on_refused
         self.current: Recommender | None = None

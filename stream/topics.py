@@ -40,7 +40,7 @@ def _durable(settings: Settings) -> dict[str, str]:
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
-    """events / recommendations / DLQ / items share the partition count; model-updates and items are compacted."""
+    """events / recommendations / DLQ / items share the partition count; model-updates, items and item-vectors are compacted."""
     p, r = settings.topic_partitions, settings.topic_replication
     durable = _durable(settings)
     return [
@@ -50,6 +50,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(settings.model_updates_topic, 1, r, topic_configs={"cleanup.policy": "compact", **durable}),
         # The item catalogue: compacted, so replaying it from the start yields each item's latest record.
         NewTopic(settings.items_topic, p, r, topic_configs={"cleanup.policy": "compact", **durable}),
+        # Their text vectors, computed once by the item embedder; every worker replays them.
+        NewTopic(settings.item_vectors_topic, p, r, topic_configs={"cleanup.policy": "compact", **durable}),
         # Kept forever: the record that each request was carried out holds a hash, not the id.
         NewTopic(settings.forget_audit_topic, 1, r, topic_configs={"retention.ms": "-1", **durable}),
     ]

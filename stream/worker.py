@@ -16,6 +16,7 @@ from streamrec.stream.app import (
     create_app, default_worker_id, follow_models, live_model_path, run_faust_worker, shadow_pointer,
     share_online_figures, use_event_loop,
 )
+from streamrec.stream.item_vectors import LiveItems, follow_new_items
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
@@ -47,9 +48,11 @@ def run_worker(settings: Settings) -> None:
     store = open_store_with_retry(settings)
     ensure_topics_sync(settings)
     metrics = WorkerMetrics()
+    # Items that appear after the served version was trained (multi-view versions rank them from content).
+    live_items = LiveItems() if settings.live_items else None
     models = ModelHolder(
         threads=settings.onnx_threads, top_k=settings.top_k,
-        on_refused=lambda refusal: metrics.model_refusals.inc(),
+        on_refused=lambda refusal: metrics.model_refusals.inc(), live_items=live_items,
     )
     path = live_model_path(settings)
     if path is None:
@@ -81,6 +84,8 @@ def run_worker(settings: Settings) -> None:
 
     follow_models(app, settings, models, shadow_models, slot)
     share_online_figures(app, tally, figures)
+    if live_items is not None:
+        follow_new_items(app, settings, live_items)
 
     try:
         run_faust_worker(app, settings.log_level)

@@ -132,3 +132,29 @@ def test_multi_view_export_serves_the_same_scores_as_torch(trained: tuple[Sequen
     # The weights keep the content tower, so a new item's vector can be computed later from content alone.
     state = torch.load(path / "weights.pt")
     assert {"text_proj.weight", "category_emb.weight", "item_text", "item_has_id"} <= set(state)
+
+
+def test_a_warm_started_multi_view_model_keeps_the_content_of_items_new_since(
+    trained: tuple[SequenceEncoder, ItemVocab]
+) -> None:
+    # The retrainer's path: the live weights grown to a vocabulary with new items, then trained on.
+    from streamrec.models.warm_start import grow_vocab, warm_state
+
+    model, vocab = trained
+    new = [f"i{n}" for n in range(N_ITEMS - 8, N_ITEMS)]
+    events = cluster_events(n_users=10, seed=3) + [
+        {"user_id": f"n{j}", "item_id": item, "event_type": "view", "ts": 1000 * (k + 1)}
+        for j, item in enumerate(new) for k, item in enumerate(["i0", "i2", item, "i4"])
+    ]
+    split = leave_one_out(events_from_dicts(events))
+    grown_vocab, _ = grow_vocab(vocab, list(events_from_dicts(events).item_ids))
+    config = dataclasses.replace(model.config, n_items=len(grown_vocab))
+    init = warm_state(model.state_dict(), SequenceEncoder(config).state_dict())
+    content = content_for(list(grown_vocab.ids[2:]))
+    result = train(split, config, TrainConfig(epochs=1, patience=1, progress=False), vocab=grown_vocab,
+                   init_state=init, item_content=content)
+    rows = grown_vocab.lookup(new)
+    # The new items' text is theirs, not the empty rows of the grown live state.
+    expected = content.text_vectors[[content.rows()[i] for i in new]]
+    np.testing.assert_allclose(result.model.item_text[rows].numpy(), expected, atol=1e-6)
+    assert float(result.model.item_text[rows].abs().sum()) > 0

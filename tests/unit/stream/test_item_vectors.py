@@ -1,0 +1,158 @@
+"""New items served without a retrain: the content head, item vectors, the merged top-K, the embedder's batch logic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from streamrec.config import Settings
+from streamrec.models.content import add_items, content_config, content_tensors
+from streamrec.models.data import events_from_dicts
+from streamrec.models.encoder import EncoderInput, SequenceEncoder
+from streamrec.models.features import ItemVocab, UserSequence, featurize
+from streamrec.models.splits import leave_one_out
+from streamrec.models.text import MODEL_ZIP_SHA256
+from streamrec.models.train import TrainConfig, train
+from streamrec.onnx.artifact import load_artifact
+from streamrec.onnx.content_head import CONTENT_FILE, load_content_head
+from streamrec.onnx.runtime import ServedModel
+from streamrec.onnx.writer import train_from_events, write_artifact
+from streamrec.stream.item_embedder import ItemRecord, embed_records
+from streamrec.stream.item_vectors import ItemVector, LiveItems, load_content_aware
+from tests.unit.models.test_multiview import N_ITEMS, TINY, cluster_events, content_for
+
+NEW = [f"i{n}" for n in range(N_ITEMS - 8, N_ITEMS)]  # never in any training sequence
+EVEN_USER = UserSequence([f"i{2 * n}" for n in range(6)], ["view"] * 6, [1000 * (n + 1) for n in range(6)])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[SequenceEncoder, ItemVocab]:
+    split = leave_one_out(events_from_dicts(cluster_events()))
+    seen = sorted({i for s in split.train.values() for i in s.item_ids} | {c.target for c in split.test + split.valid})
+    content = content_for(seen)
+    result = train(split, content_config(TINY, content, id_dropout=0.5),
+                   TrainConfig(epochs=15, patience=15, progress=False, seed=0), item_content=content)
+    return result.model, result.vocab
+
+
+@pytest.fixture(scope="module")
+def artifact(trained: tuple[SequenceEncoder, ItemVocab], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, vocab = trained
+    return write_artifact(model, vocab, tmp_path_factory.mktemp("models"), real_sequences=[EVEN_USER], include_fp16=False)
+
+
+def vectors_of(items: list[str], sha: str = MODEL_ZIP_SHA256) -> list[ItemVector]:
+    content = content_for(items)
+    return [ItemVector(i, content.text_vectors[r], tuple(content.categories[r]), sha, 1, 2) for r, i in enumerate(items)]
+
+
+def test_a_multi_view_artifact_ships_its_content_head_and_it_matches_torch(
+    trained: tuple[SequenceEncoder, ItemVocab], artifact: Path
+) -> None:
+    model, _ = trained
+    assert CONTENT_FILE in orjson.loads((artifact / "manifest.json").read_bytes())["files"]  # checksummed with the rest
+    head = load_content_head(load_artifact(artifact).path)
+    assert head is not None and head.text_encoder_sha256 == MODEL_ZIP_SHA256
+    content = content_for(NEW + ["i0"])
+    cats = [list(c) + ["never-seen-category"] for c in content.categories]  # unknown names: the OOV row, as in torch
+    content = type(content)(content.item_ids, content.text_vectors, cats)
+    with torch.no_grad():
+        expected = model.content_vectors(*content_tensors(content.item_ids, content, model.config)).numpy()
+    np.testing.assert_allclose(head.vectors(content.text_vectors, content.categories), expected, atol=1e-5)
+
+
+def test_an_id_only_artifact_has_no_content_head(tmp_path: Path) -> None:
+    path = train_from_events(cluster_events(n_users=6, n_events=5), tmp_path, epochs=1,
+                             model_config=TINY)
+    assert load_content_head(path) is None and not (path / CONTENT_FILE).exists()
+    live = LiveItems()
+    for item in vectors_of(NEW):
+        live.put(item)
+    session = load_content_aware(path, live, threads=1)
+    plain = ServedModel.load(path, device="cpu", threads=1)
+    history = UserSequence(["i0", "i2"], ["view", "view"], [1000, 2000])
+    assert session.new_item_table().item_ids == ()
+    assert [r.item_ids for r in session.recommend([history], k=5)] == [r.item_ids for r in plain.recommend([history], k=5)]
+
+
+def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them(
+    trained: tuple[SequenceEncoder, ItemVocab], artifact: Path
+) -> None:
+    model, vocab = trained
+    live = LiveItems()
+    session = load_content_aware(artifact, live, threads=1)
+    before = session.recommend([EVEN_USER], k=8)[0]
+    assert not set(before.item_ids) & set(NEW)
+
+    for item in vectors_of(NEW):
+        live.put(item)
+    after = session.recommend([EVEN_USER], k=8)[0]
+    # The same ranking as the model grown offline by add_items (content alone, no retrain).
+    grown, grown_vocab = add_items(model, vocab, content_for(NEW))
+    with torch.no_grad():
+        scores = grown.full_sort_scores(EncoderInput.from_features(featurize([EVEN_USER], grown_vocab, grown.config)))[0]
+    scores[grown_vocab.lookup(EVEN_USER.item_ids)] = float("-inf")
+    expected = [grown_vocab.item_id(int(i)) for i in torch.topk(scores, 8).indices]
+    assert after.item_ids == expected
+    np.testing.assert_allclose(after.scores, torch.topk(scores, 8).values.numpy(), atol=1e-4)
+    # A user of the even cluster is offered new even items, never the new odd ones.
+    offered = set(after.item_ids) & set(NEW)
+    assert offered and all(int(i[1:]) % 2 == 0 for i in offered)
+
+    # A new item the user already met is not offered again.
+    met = sorted(offered)[0]
+    again = session.recommend([UserSequence([*EVEN_USER.item_ids, met], ["view"] * 7, [*EVEN_USER.timestamps_ms, 7000])], k=8)[0]
+    assert met not in again.item_ids
+    # A tombstone takes an item out of serving.
+    live.remove(met)
+    assert met not in session.recommend([EVEN_USER], k=8)[0].item_ids
+
+
+def test_vectors_from_another_text_encoder_are_not_served(artifact: Path) -> None:
+    live = LiveItems()
+    for item in vectors_of(NEW, sha="0" * 64):
+        live.put(item)
+    session = load_content_aware(artifact, live, threads=1)
+    assert session.new_item_table().item_ids == ()
+    assert not set(session.recommend([EVEN_USER], k=8)[0].item_ids) & set(NEW)
+
+
+def test_item_vector_messages_round_trip_and_malformed_ones_are_refused() -> None:
+    item = vectors_of(["i1"])[0]
+    back = ItemVector.from_json(item.to_json())
+    assert back.item_id == "i1" and back.categories == item.categories
+    np.testing.assert_array_equal(back.vector, item.vector)
+    for raw in (b"not json", b'{"item_id": "x"}', orjson.dumps({**orjson.loads(item.to_json()), "vector": "!!"}),
+                orjson.dumps({**orjson.loads(item.to_json()), "v": 9})):
+        with pytest.raises(ValueError):
+            ItemVector.from_json(raw)
+
+
+def test_the_embedder_encodes_good_records_forwards_tombstones_and_dead_letters_bad_ones() -> None:
+    settings = Settings(topic_prefix="t")
+    encoded: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        encoded.append(texts)
+        return np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
+
+    records = [
+        ItemRecord(0, 10, b"a", b'{"item_id": "a", "title": "Old A"}', 111),
+        ItemRecord(0, 11, b"b", b'{"item_id": "b", "title": ""}', 112),
+        ItemRecord(1, 5, b"c", b"not json", 113),
+        ItemRecord(1, 6, b"d", None, 114),
+        ItemRecord(0, 12, b"a", b'{"item_id": "a", "title": "New A", "categories": ["x"]}', 115),
+    ]
+    out = embed_records(records, encode, settings=settings, text_encoder_sha256="sha", worker_id="emb")
+    assert encoded == [["New A. x"]]  # the latest record of an item only, encoded once
+    assert [k for k, _ in out.vectors] == [b"d", b"a"]
+    assert out.vectors[0][1] is None  # a tombstone stays a tombstone
+    message = ItemVector.from_json(out.vectors[1][1] or b"")
+    assert (message.item_id, message.categories, message.record_ts_ms) == ("a", ("x",), 115)
+    assert [(l.reason, l.source_topic, l.source_partition, l.source_offset, l.worker_id) for l in out.letters] == [
+        ("empty_field", "t.items", 0, 11, "emb"), ("malformed_json", "t.items", 1, 5, "emb"),
+    ]
