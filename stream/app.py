@@ -34,6 +34,7 @@ from streamrec.onnx.registry import ModelRegistry, ShadowPointer
 from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
 from streamrec.stream.forget import Forgetter
+from streamrec.stream.item_vectors import LiveItems, follow_item_vectors
 from streamrec.stream.metrics import BatchStage, WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.model_updates import watch_announcements
@@ -201,6 +202,14 @@ def follow_models(
         # The agent swaps between batches; this covers a worker with no traffic.
         await models.maybe_swap()
         await shadow_models.maybe_swap()
+
+
+def follow_new_items(app: faust.App, settings: Settings, live_items: LiveItems) -> None:
+    """The hook that keeps ``live_items`` in step with the item-vectors topic (new items served without a retrain)."""
+
+    @app.task
+    async def follow_item_vectors_task() -> None:
+        await follow_item_vectors(settings, live_items, asyncio.Event())
 
 
 async def flush_figures(tally: OnlineTally, figures: OnlineFiguresStore) -> None:

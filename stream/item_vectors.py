@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import orjson
@@ -32,9 +32,6 @@ from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
 from streamrec.onnx.content_head import ContentHead, load_content_head
 from streamrec.onnx.runtime import ServedModel, TopK
-
-if TYPE_CHECKING:
-    import faust
 
 log = logging.getLogger(__name__)
 
@@ -297,11 +294,3 @@ async def follow_item_vectors(settings: Settings, live_items: LiveItems, stop: a
                         log.error("skipping item vector at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
     finally:
         await consumer.stop()
-
-
-def follow_new_items(app: "faust.App", settings: Settings, live_items: LiveItems) -> None:
-    """Register the worker's task that keeps ``live_items`` in step with the item-vectors topic."""
-
-    @app.task
-    async def follow_item_vectors_task() -> None:
-        await follow_item_vectors(settings, live_items, asyncio.Event())

@@ -13,10 +13,10 @@ import time
 from streamrec.config import Settings
 from streamrec.errors import ModelError, StateStoreError
 from streamrec.stream.app import (
-    create_app, default_worker_id, follow_models, live_model_path, run_faust_worker, shadow_pointer,
+    create_app, default_worker_id, follow_models, follow_new_items, live_model_path, run_faust_worker, shadow_pointer,
     share_online_figures, use_event_loop,
 )
-from streamrec.stream.item_vectors import LiveItems, follow_new_items
+from streamrec.stream.item_vectors import LiveItems
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
