@@ -38,6 +38,16 @@ def _producer(bootstrap: str, *, latency: bool, partitioner: str = "murmur2_rand
     return Producer(conf)
 
 
+def _produce(producer: Any, topic: str, key: bytes, value: bytes, *, wait_s: float) -> None:
+    """Produce one record, serving delivery reports while librdkafka's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key)
+            return
+        except BufferError:
+            producer.poll(wait_s)
+
+
 def preproduce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]],
                partitioner: str = "murmur2_random") -> tuple[int, float]:
     """Produce (key, value) records as fast as possible (librdkafka, big batches); returns (count, seconds)."""
@@ -45,12 +55,7 @@ def preproduce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]
     started = time.perf_counter()
     count = 0
     for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        _produce(producer, topic, key, value, wait_s=0.05)
         count += 1
         if count % 10_000 == 0:
             producer.poll(0)
@@ -118,12 +123,7 @@ def produce_paced(bootstrap: str, topic: str, events: Iterable[dict[str, Any]], 
             key, value = encode_event(event)
             sent_at[event["event_id"]] = clock()
             users[event["event_id"]] = str(event["user_id"])
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
+            _produce(producer, topic, key, value, wait_s=0.01)
             sent += 1
         producer.poll(0)
     producer.flush(60)

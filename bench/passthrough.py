@@ -27,7 +27,7 @@ import faust
 from faust.web import Request, Response, View
 
 from streamrec.config import Settings, load_settings
-from streamrec.stream.app import new_worker_app, run_faust_worker, use_event_loop
+from streamrec.stream.app import fail_stop, new_worker_app, run_faust_worker, use_event_loop
 from streamrec.stream.acks import InOrderAcks
 from streamrec.stream.batching import micro_batches
 
@@ -49,12 +49,9 @@ def create_passthrough_app(settings: Settings, worker_id: str) -> faust.App:
             for event in batch:
                 await stream.ack(event)
 
-        def failed(exc: BaseException) -> None:
-            log.critical("passthrough delivery failed: %r", exc)
-            os._exit(70)
-
-        # As the worker: up to ``batches_in_flight`` batches delivered in the background, acked in order.
-        acks: InOrderAcks[list[Any]] = InOrderAcks(ack, limit=settings.batches_in_flight, on_error=failed)
+        # As the worker: up to ``batches_in_flight`` batches delivered in the background, acked in
+        # order; a failure stops the process with nothing more acknowledged, as the worker's does.
+        acks: InOrderAcks[list[Any]] = InOrderAcks(ack, limit=settings.batches_in_flight, on_error=fail_stop)
         linger_s = settings.batch_max_wait_ms / 1000.0
         async for batch in micro_batches(stream, settings.batch_max_events, linger_s=linger_s):
             deliveries = []
