@@ -31,7 +31,7 @@ from streamrec.testing.isolation import drop_isolated, drop_keyspace, isolated_s
 log = logging.getLogger(__name__)
 
 TARGET_EVENTS_PER_S = 5000.0
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.8  # worker / Faust passthrough on the same backlog (the real-time issue's target)
 
 
 def run_e2e(
