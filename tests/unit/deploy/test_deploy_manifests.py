@@ -9,6 +9,8 @@ queries on metrics the worker does not export.
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import re
 import shlex
@@ -223,6 +225,24 @@ def test_compose_partitions_agree() -> None:
     assert init[init.index("--partitions") + 1] == str(partitions)
 
 
+def command_words(args: list[str]) -> tuple[str, ...]:
+    """The CLI verb of an argument list: its words up to the first option (``items embedder --x`` → items, embedder)."""
+    return tuple(itertools.takewhile(lambda word: not word.startswith("-"), args))
+
+
+def test_the_item_embedder_runs_on_the_same_image_in_compose_and_kubernetes() -> None:
+    services = compose()["services"]
+    embedder = services["item-embedder"]
+    assert embedder["image"] == services["worker"]["image"] and embedder["command"] == ["items", "embedder"]
+    assert embedder["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    specs = {name: spec for name, spec in pod_specs() if "item-embedder" in name}
+    assert specs, "no Kubernetes Deployment runs `streamrec items embedder`"
+    (container,) = next(iter(specs.values()))["containers"]
+    assert container["args"] == ["items", "embedder"]
+    # The text encoder is an optional extra: the image must carry it for this verb.
+    assert "[content]" in DOCKERFILE.read_text()
+
+
 def test_cli_has_the_verbs_the_manifests_run() -> None:
     from streamrec import cli as cli_module
 
@@ -234,11 +254,11 @@ def test_cli_has_the_verbs_the_manifests_run() -> None:
                 for cmd in " ".join(service["command"]).split("&&"):
                     verbs.add(tuple(shlex.split(cmd)[1:3]))
             else:
-                verbs.add(tuple(service["command"][:1]))
+                verbs.add(command_words(service["command"]))
     for _, spec in pod_specs():
         for c in spec["containers"]:
             if c["command"] == ["streamrec"]:
-                verbs.add(tuple(c["args"][:1]))
+                verbs.add(command_words(c["args"]))
             else:
                 for cmd in " ".join(c["args"]).split("&&"):
                     verbs.add(tuple(shlex.split(cmd)[1:3]))
@@ -250,7 +270,7 @@ def test_cli_has_the_verbs_the_manifests_run() -> None:
                 missing.append(verb)
                 break
             group = group.commands[word]
-    assert {("worker",), ("topics", "create"), ("cassandra", "migrate")} <= verbs
+    assert {("worker",), ("retrainer",), ("items", "embedder"), ("topics", "create"), ("cassandra", "migrate")} <= verbs
     assert not missing, f"manifests run CLI verbs that do not exist: {missing}"
 
 
