@@ -148,3 +148,22 @@ def test_an_encoder_without_context_keys_has_no_context_table_and_ignores_contex
     assert not hasattr(model, "context_emb")
     assert torch.allclose(_encode(model, [{"device": "tv"}, None]), _encode(model, None))
     np.testing.assert_array_equal(sorted(model.state_dict()), sorted(k for k in model.state_dict() if "context" not in k))
+
+
+def test_a_warm_started_round_keeps_the_live_context_vocabulary_and_rows() -> None:
+    from streamrec.models.train import TrainConfig, train
+    from streamrec.models.warm_start import warm_state
+
+    events = [{"user_id": f"u{u}", "item_id": f"i{(u + n) % 5}", "ts": n, "context": {"device": ("tv", "car")[n % 2]}}
+              for u in range(6) for n in range(5)]
+    split = leave_one_out(events_from_dicts(events))
+    live_config = EncoderConfig(n_items=7, event_types=("view",), max_len=6, hidden=16, layers=1, heads=2,
+                                context_keys=("device",), context_values=(("tv", "phone"),))
+    torch.manual_seed(0)
+    live = SequenceEncoder(live_config)
+    vocab = ItemVocab([f"i{n}" for n in range(5)])
+    init = warm_state(live.state_dict(), SequenceEncoder(live_config).state_dict())
+    result = train(split, live_config, TrainConfig(epochs=1, patience=1, progress=False), vocab=vocab, init_state=init)
+    # "car" is new since the live version: OOV for the candidate, whose rows keep their meaning.
+    assert result.model.config.context_values == (("tv", "phone"),)
+    assert result.model.context_emb.weight.shape == live.context_emb.weight.shape
