@@ -26,6 +26,7 @@ from typing import Any
 from streamrec.bench import artifacts, isolation, load, phases, processes, profiling, report, stats
 from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
+from streamrec.testing.isolation import drop_isolated, drop_keyspace, isolated_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def run_e2e(
     progress: Any = print,
 ) -> dict[str, Any]:
     run_id = isolation.new_run_id()
-    settings = isolation.isolated_settings(base, "e2e", run_id, topic_partitions=partitions,
+    settings = isolated_settings(base, "bench-e2e", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"e2e-{run_id}" / "models")
     logs = base.state_dir / "bench" / f"e2e-{run_id}"
     pass_topic = output_topic(settings)
@@ -75,8 +76,8 @@ def run_e2e(
         runs: dict[str, list[dict[str, Any]]] = {"passthrough": [], "worker": []}
         for r in range(repeats):
             # Passthrough first (same backlog, its own group).
-            s_pass = settings.with_overrides(consumer_group=f"{settings.consumer_group}-pass-{r}", web_port=isolation.free_port())
-            proc = processes.BenchProcess.passthrough(s_pass, logs / f"passthrough-{r}.log")
+            s_pass = settings.with_overrides(consumer_group=f"{settings.consumer_group}-pass-{r}")
+            proc = processes.passthrough(s_pass, logs / f"passthrough-{r}.log")
             try:
                 res = phases.run_backlog_phase([proc], s_pass, pass_topic, need_model=False, timeout_s=timeout_s)
                 progress(f"[{r}] passthrough: {res['events_per_s']} events/s, cpu {res['process']['cpu_mean_pct']}%")
@@ -90,9 +91,9 @@ def run_e2e(
             keyspace = f"{settings.cassandra_keyspace}_{r}"
             keyspaces.append(keyspace)
             s_work = settings.with_overrides(consumer_group=f"{settings.consumer_group}-worker-{r}",
-                                             cassandra_keyspace=keyspace, web_port=isolation.free_port())
+                                             cassandra_keyspace=keyspace)
             isolation.prepare_schema(s_work)
-            proc = processes.BenchProcess.worker(s_work, logs / f"worker-{r}.log")
+            proc = processes.worker(s_work, logs / f"worker-{r}.log")
             profiler = None
             if profile_seconds > 0 and r == 0:
                 profiler = lambda pid: profiling.py_spy_profile(pid, out_dir, profile_seconds, name="profile-e2e")  # noqa: E731
@@ -109,9 +110,9 @@ def run_e2e(
             runs["worker"].append(res)
     finally:
         if not keep:
-            isolation.delete_topics(settings, isolation.all_topics(settings, [pass_topic]))
+            drop_isolated(settings)
             for keyspace in keyspaces:
-                isolation.drop_keyspace(settings, keyspace)
+                drop_keyspace(settings.with_overrides(cassandra_keyspace=keyspace))
 
     result = summarise(runs, machine=machine, events=events, users=users, items=items, partitions=partitions,
                        model=model_info, run_id=run_id, latency_rate=latency_rate)

@@ -34,17 +34,19 @@ import torch
 from streamrec.bench.report import plot_bars
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
-from streamrec.models.features import FeatureBatch, ItemVocab
+from streamrec.models.features import FeatureBatch
 from streamrec.onnx.artifact import FP16_MODEL_FILE, load_artifact
 from streamrec.onnx.export import RankingHead
 from streamrec.onnx.registry import resolve_artifact_dir
 from streamrec.onnx.runtime import ServedModel, graph_feeds, session_options
-from streamrec.onnx.writer import write_artifact
+from streamrec.testing.artifacts import random_artifact
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCHES = (1, 64, 256)
 ML100K_ITEMS = 1684  # ML-100k catalogue + padding + OOV
+# An untrained ML-100k-sized model: latency does not depend on training.
+ML100K_MODEL = EncoderConfig(n_items=ML100K_ITEMS)
 
 
 @dataclass
@@ -186,19 +188,10 @@ def _one_call_session(session: ServedModel, threads: int) -> Any:
     return ort.InferenceSession(str(model_path), opts, providers=session.session.get_providers())
 
 
-def random_artifact(out_dir: Path, config: EncoderConfig | None = None) -> Path:
-    """An untrained ML-100k-sized model written as an artifact (latency does not depend on training)."""
-    config = config or EncoderConfig(n_items=ML100K_ITEMS)
-    torch.manual_seed(0)
-    model = SequenceEncoder(config).eval()
-    vocab = ItemVocab([f"item{i}" for i in range(config.n_items - FIRST_REAL_INDEX)])
-    return write_artifact(model, vocab, out_dir, metrics={"note": "untrained model for benchmarking"})
-
-
 def run_encoder_bench(artifact_dir: Path | None, **kwargs: Any) -> dict[str, Any]:
     """Benchmark ``artifact_dir`` (or a fresh ML-100k-sized model); JSON-ready result."""
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
-        path = resolve_artifact_dir(Path(artifact_dir)) if artifact_dir else random_artifact(Path(tmp))
+        path = resolve_artifact_dir(Path(artifact_dir)) if artifact_dir else random_artifact(Path(tmp), ML100K_MODEL)
         config = load_artifact(path).config
         rows = bench_artifact(path, **kwargs)
     import platform

@@ -34,6 +34,8 @@ from streamrec.deploy import infra as local
 from streamrec.stream.metrics import metric_values
 from streamrec.stream.state.cassandra import connect
 from streamrec.stream.window import decode_window
+from streamrec.testing.isolation import drop_isolated, isolated_settings
+from streamrec.testing.process import ServiceProcess
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,11 @@ class Run:
 
     settings: Settings
     logs: Path
-    workers: list[processes.BenchProcess] = field(default_factory=list)
+    workers: list[ServiceProcess] = field(default_factory=list)
 
-    def worker(self, name: str, **overrides: Any) -> processes.BenchProcess:
-        settings = self.settings.with_overrides(web_port=isolation.free_port(), **overrides)
-        process = processes.BenchProcess.worker(settings, self.logs / f"{name}.log", worker_id=name).start()
+    def worker(self, name: str, **overrides: Any) -> ServiceProcess:
+        settings = self.settings.with_overrides(**overrides)
+        process = processes.worker(settings, self.logs / f"{name}.log", worker_id=name).start()
         self.workers.append(process)
         return process
 
@@ -210,7 +212,7 @@ def mixed_partitioners(run: Run, result: ScenarioResult, timeout_s: float) -> No
         time.sleep(0.3)
     settle(run.settings, events, timeout_s, result)
     result.detail["rerouted"] = sum(
-        metric_values(w.metrics_text()).get("streamrec_events_rerouted_total", 0.0) for w in run.workers
+        metric_values(w.metrics()).get("streamrec_events_rerouted_total", 0.0) for w in run.workers
     )
     result.note = f"{result.detail['rerouted']:.0f} events re-routed to their key's partition"
     result.workers_alive = all(w.alive() for w in run.workers)
@@ -249,7 +251,7 @@ def oversized_record(run: Run, result: ScenarioResult, timeout_s: float) -> None
     events = events_for(100, 20, seed=6)
     result.produced = produce(run.settings, events)
     settle(run.settings, events, timeout_s, result)
-    result.detail["dead_lettered"] = metric_values(run.workers[0].metrics_text()).get(
+    result.detail["dead_lettered"] = metric_values(run.workers[0].metrics()).get(
         "streamrec_events_rejected_total{reason=payload_too_large}", 0.0)
     result.note = f"{run.settings.topic_partitions} records with a 450 KB key and a 500 KB value, one per partition"
     result.workers_alive = run.workers[0].alive()
@@ -306,8 +308,8 @@ def run_faults(
             progress(f"[{number}/{len(scenarios)}] {name}: skipped ({result.skipped})")
             rows.append(result)
             continue
-        settings = isolation.isolated_settings(
-            base, "faults", f"{run_id}{number}", window_size=WHOLE, topic_partitions=4,
+        settings = isolated_settings(
+            base, "bench-faults", f"{run_id}{number}", window_size=WHOLE, topic_partitions=4,
             model_dir=out_logs / name / "models",
         )
         run = Run(settings, out_logs / name)
@@ -322,8 +324,7 @@ def run_faults(
         finally:
             run.stop_all()
             if not keep:
-                isolation.delete_topics(settings, isolation.all_topics(settings))
-                isolation.drop_keyspace(settings)
+                drop_isolated(settings)
                 shutil.rmtree(out_logs / name / "models", ignore_errors=True)
         result.detail["seconds"] = round(time.monotonic() - started, 1)
         progress(f"    produced {result.produced}, in state {result.in_state}, lost {result.lost}, "

@@ -64,11 +64,12 @@ def incremental(settings: Settings, model_dir: Path | None, histories: str, prob
     """Per-event cost with short and very long histories (the ratio should stay ≈ 1)."""
     import tempfile
 
-    from streamrec.bench.encoder import random_artifact  # torch
+    from streamrec.bench.encoder import ML100K_MODEL  # torch
+    from streamrec.testing.artifacts import random_artifact  # torch
     from streamrec.stream.model_holder import load_served_model  # ONNX Runtime
 
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = load_served_model(model_dir or random_artifact(Path(tmp)), threads=settings.onnx_threads)
+        encoder = load_served_model(model_dir or random_artifact(Path(tmp), ML100K_MODEL), threads=settings.onnx_threads)
         rows = []
         for history in [int(h) for h in histories.split(",")]:
             ms = asyncio.run(_per_event_ms(settings, encoder, history, probes))

@@ -1,8 +1,9 @@
-"""What a benchmark run owns, named after its run id: settings, ports, topics, keyspace and consumer offsets.
+"""A benchmark run's topics, schema and consumer offsets, beyond the harness's isolation.
 
-Everything a run creates carries its run id (topic prefix, keyspace, consumer
-groups, web ports), so benchmarks never collide with each other, with tests,
-or with the demo; topics and keyspaces are dropped afterwards unless ``keep``
+A run's settings come from :func:`streamrec.testing.isolation.isolated_settings`
+named ``bench-<benchmark>-<run id>``, so benchmarks never collide with each
+other, with tests, or with the demo; its topics and keyspaces are dropped
+afterwards (:func:`streamrec.testing.isolation.drop_isolated`) unless ``keep``
 is asked for.
 """
 
@@ -10,37 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from streamrec.config import Settings
-from streamrec.stream.state.cassandra import check_keyspace_name, connect, migrate
+from streamrec.stream.state.cassandra import connect, migrate
 from streamrec.stream.topics import ensure_topics_sync
 
 
 log = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def new_run_id() -> str:
     return f"{int(time.time()) % 10_000_000}{os.getpid() % 1000:03d}"
-
-
-def isolated_settings(base: Settings, bench: str, run_id: str, **overrides: Any) -> Settings:
-    """Settings with this run's own topic prefix, keyspace, consumer group and web port."""
-    return base.with_overrides(
-        topic_prefix=f"bench-{bench}-{run_id}",
-        cassandra_keyspace=f"bench_{bench}_{run_id}",
-        consumer_group=f"bench-{bench}-{run_id}",
-        web_port=free_port(),
-        **overrides,
-    )
 
 
 def create_topics(settings: Settings, extra: Sequence[str] = (), partitions: int | None = None) -> dict[str, int]:
@@ -64,38 +47,12 @@ def create_topics(settings: Settings, extra: Sequence[str] = (), partitions: int
     return counts
 
 
-def delete_topics(settings: Settings, topics: Sequence[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    for topic, fut in admin.delete_topics(list(topics), operation_timeout=30).items():
-        try:
-            fut.result(30)
-        except Exception as exc:  # best-effort clean-up
-            log.info("could not delete topic %s: %s", topic, exc)
-
-
-def all_topics(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
-    return [settings.events_topic, settings.recommendations_topic, settings.dlq_topic, settings.model_updates_topic, *extra]
-
-
 def prepare_schema(settings: Settings) -> None:
     """Create the run's keyspace and tables before any worker starts (no concurrent DDL from workers)."""
 
     cluster, session = connect(settings)
     try:
         migrate(session, settings)
-    finally:
-        cluster.shutdown()
-
-
-def drop_keyspace(settings: Settings, keyspace: str | None = None) -> None:
-
-    cluster, session = connect(settings, timeout_s=60)
-    try:
-        session.execute(f"DROP KEYSPACE IF EXISTS {check_keyspace_name(keyspace or settings.cassandra_keyspace)}", timeout=60)
-    except Exception as exc:  # best-effort clean-up
-        log.info("could not drop keyspace: %s", exc)
     finally:
         cluster.shutdown()
 

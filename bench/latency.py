@@ -27,6 +27,7 @@ from streamrec.bench.passthrough import output_topic
 from streamrec.config import Settings
 from streamrec.stream.metrics import BatchStage
 from streamrec.stream.metrics import metric_values
+from streamrec.testing.isolation import drop_isolated, isolated_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def run_latency(
     progress: Any = print,
 ) -> dict[str, Any]:
     run_id = isolation.new_run_id()
-    settings = isolation.isolated_settings(base, "lat", run_id, topic_partitions=partitions,
+    settings = isolated_settings(base, "bench-lat", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"lat-{run_id}" / "models", explain=explain)
     logs = base.state_dir / "bench" / f"lat-{run_id}"
     pass_topic = output_topic(settings)
@@ -73,13 +74,13 @@ def run_latency(
         isolation.prepare_schema(settings)
         kinds = (["bare", "passthrough"] if with_passthrough else []) + ["worker"]
         for kind in kinds:
-            s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}", web_port=isolation.free_port())
+            s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}")
             if kind == "worker":
-                proc, topic = processes.BenchProcess.worker(s, logs / "worker.log"), s.recommendations_topic
+                proc, topic = processes.worker(s, logs / "worker.log"), s.recommendations_topic
             elif kind == "bare":
-                proc, topic = processes.BenchProcess.bare_loop(s, logs / "bare.log"), pass_topic
+                proc, topic = processes.bare_loop(s, logs / "bare.log"), pass_topic
             else:
-                proc, topic = processes.BenchProcess.passthrough(s, logs / "passthrough.log"), pass_topic
+                proc, topic = processes.passthrough(s, logs / "passthrough.log"), pass_topic
             # Start from the end: nothing sent before this phase is this phase's work.
             isolation.skip_to_end(s)
             proc.start(need_model=kind == "worker" and bool(model_info.get("source")))
@@ -88,7 +89,7 @@ def run_latency(
             try:
                 phase = phases.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
                 if kind == "worker":
-                    phase["worker_metrics"] = phases.summarise_worker_metrics([metric_values(proc.metrics_text())])
+                    phase["worker_metrics"] = phases.summarise_worker_metrics([metric_values(proc.metrics())])
             finally:
                 sampler.stop()
                 proc.stop()
@@ -98,8 +99,7 @@ def run_latency(
             progress(f"{kind}: p50 {lat['p50_ms']} p99 {lat['p99_ms']} ms over {lat['count']} events")
     finally:
         if not keep:
-            isolation.delete_topics(settings, isolation.all_topics(settings, [pass_topic]))
-            isolation.drop_keyspace(settings)
+            drop_isolated(settings)
 
     worker = by_kind.get("worker", {}).get("latency", {})
     p99 = {kind: phase.get("latency", {}).get("p99_ms") for kind, phase in by_kind.items()}

@@ -29,15 +29,14 @@ from typing import Any, Callable
 import numpy as np
 import orjson
 
-from streamrec.bench.isolation import (
-    all_topics, create_topics, delete_topics, drop_keyspace, isolated_settings, new_run_id, prepare_schema,
-)
-from streamrec.bench.processes import BenchProcess
+from streamrec.bench.isolation import create_topics, new_run_id, prepare_schema
+from streamrec.bench.processes import worker as worker_process
 from streamrec.config import Settings
 from streamrec.models.content import ItemContent
 from streamrec.models.features import UserSequence
 from streamrec.models.text import MODEL_ZIP_SHA256, encode_texts_cached
 from streamrec.onnx.runtime import ServedModel
+from streamrec.testing.isolation import drop_isolated, isolated_settings
 from streamrec.onnx.writer import train_from_events
 from streamrec.stream.generator import SyntheticConfig, SyntheticWorld, build_world, generate_events, item_index
 from streamrec.stream.item_vectors import ContentAwareSession, ItemVector, LiveItems, load_content_aware, merge_new_items
@@ -246,7 +245,7 @@ def run_live(settings: Settings, scenario: Scenario, work_dir: Path, *, per_seco
     with open(work_dir / "embedder.log", "ab") as log_file:
         embedder = subprocess.Popen([sys.executable, "-m", "streamrec", "--log-level", "info", "items", "embedder"],
                                     env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    worker = BenchProcess.worker(settings, work_dir / "worker.log", worker_id="new-items-w1")
+    worker = worker_process(settings, work_dir / "worker.log", worker_id="new-items-w1")
     try:
         worker.start(need_model=True)
         # The catalogue's first items, as a deployment holds them before: once their vectors are
@@ -321,7 +320,7 @@ def run_new_items_bench(base: Settings, work_dir: Path, *, epochs: int = 20, see
     """``streamrec bench new-items``: the live scenario on this run's own topics and keyspace; the figures."""
     scenario = build_scenario(seed=seed)
     run_id = new_run_id()
-    settings = isolated_settings(base, "newitems", run_id, model_dir=work_dir / "models")
+    settings = isolated_settings(base, "bench-newitems", run_id, model_dir=work_dir / "models")
     started = time.monotonic()
     train_scenario_model(scenario, work_dir / "models", base.state_dir / "text-encoder", epochs=epochs)
     train_s = time.monotonic() - started
@@ -329,8 +328,7 @@ def run_new_items_bench(base: Settings, work_dir: Path, *, epochs: int = 20, see
         run = run_live(settings, scenario, work_dir, per_second=per_second)
     finally:
         if not keep:
-            delete_topics(settings, all_topics(settings, [settings.items_topic, settings.item_vectors_topic, settings.forget_topic, settings.forget_audit_topic]))
-            drop_keyspace(settings)
+            drop_isolated(settings)
     return {"benchmark": "new-items", "seed": seed, "epochs": epochs, "events_per_second": per_second,
             "train_seconds": round(train_s, 1), "hot_cluster": scenario.hot_cluster,
             "new_item_titles": [i.title for i in scenario.new_items], **run.summary(scenario)}

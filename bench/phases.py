@@ -9,14 +9,14 @@ from typing import Any, Callable, Iterator, Sequence
 from streamrec.bench.isolation import topic_size
 from streamrec.bench.load import answered_times, produce_paced
 from streamrec.bench.observe import OffsetWatcher, OutputCollector, ResourceSampler, infra_pids
-from streamrec.bench.processes import BenchProcess
+from streamrec.testing.process import ServiceProcess
 from streamrec.bench.stats import cumulative, histogram_mean, latency_summary, per_second, sustained_rate
 from streamrec.config import Settings
 from streamrec.stream.metrics import BatchStage, CassandraOp, metric_values
 
 
 def run_backlog_phase(
-    procs: Sequence[BenchProcess], settings: Settings, output_topic: str, *, need_model: bool, timeout_s: float,
+    procs: Sequence[ServiceProcess], settings: Settings, output_topic: str, *, need_model: bool, timeout_s: float,
     profile: Callable[[int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Start ``procs`` (one consumer group) on the events backlog; measure until every event is committed.
@@ -48,7 +48,7 @@ def run_backlog_phase(
             profile_result = profile(procs[0].pid)
         done = watcher.wait_for(total, timeout_s, alive=lambda: all(p.alive() for p in procs))
         finished = time.time()
-        worker_metrics = [metric_values(p.metrics_text()) for p in procs if p.name == "worker"]
+        worker_metrics = [metric_values(p.metrics()) for p in procs if p.name == "worker"]
     finally:
         watcher.stop()
         sampler.stop()

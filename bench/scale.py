@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from streamrec.bench import artifacts, isolation, load, phases, processes, report, stats
 from streamrec.config import Settings
+from streamrec.testing.isolation import drop_isolated, drop_keyspace, isolated_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def run_scale(
     if max(workers) > partitions:
         progress(f"note: {max(workers)} workers on {partitions} partitions: the extra workers idle")
     run_id = isolation.new_run_id()
-    settings = isolation.isolated_settings(base, "scale", run_id, topic_partitions=partitions,
+    settings = isolated_settings(base, "bench-scale", run_id, topic_partitions=partitions,
                                         model_dir=base.state_dir / "bench" / f"scale-{run_id}" / "models")
     logs = base.state_dir / "bench" / f"scale-{run_id}"
     machine = report.machine_info()
@@ -63,7 +64,7 @@ def run_scale(
             keyspaces.append(keyspace)
             s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{w}w", cassandra_keyspace=keyspace)
             isolation.prepare_schema(s)
-            procs = [processes.BenchProcess.worker(s.with_overrides(web_port=isolation.free_port()), logs / f"{w}w-{i}.log",
+            procs = [processes.worker(s, logs / f"{w}w-{i}.log",
                                                 worker_id=f"bench-{w}w-{i}") for i in range(w)]
             try:
                 res = phases.run_backlog_phase(procs, s, s.recommendations_topic,
@@ -75,9 +76,9 @@ def run_scale(
             trials.append(res)
     finally:
         if not keep:
-            isolation.delete_topics(settings, isolation.all_topics(settings))
+            drop_isolated(settings)
             for keyspace in keyspaces:
-                isolation.drop_keyspace(settings, keyspace)
+                drop_keyspace(settings.with_overrides(cassandra_keyspace=keyspace))
     base_rate = trials[0]["events_per_s"] if trials else None
     for t in trials:
         t["speedup"] = stats.ratio(t["events_per_s"], base_rate)

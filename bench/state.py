@@ -30,6 +30,7 @@ from streamrec.config import Settings
 from streamrec.stream.state.base import StoredWindow
 from streamrec.stream.state.cassandra import CassandraStore, await_response, check_keyspace_name
 from streamrec.stream.window import WindowEntry, encode_window, merge_window
+from streamrec.testing.isolation import drop_keyspace, isolated_settings
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def run_state(base: Settings, *, users: int = 5000, updates: int = 50_000, batch
               items: int = 20_000, single: int = 300, ttl_probe_users: int = 200, seed: int = 0, keep: bool = False,
               progress: Any = print) -> dict[str, Any]:
     run_id = isolation.new_run_id()
-    settings = isolation.isolated_settings(base, "state", run_id)
+    settings = isolated_settings(base, "bench-state", run_id)
     n = window or settings.window_size
     machine = report.machine_info()
     try:
@@ -244,7 +245,7 @@ def run_state(base: Settings, *, users: int = 5000, updates: int = 50_000, batch
                                      single=single, ttl_probe_users=ttl_probe_users, seed=seed, progress=progress))
     finally:
         if not keep:
-            isolation.drop_keyspace(settings)
+            drop_keyspace(settings)
     blob, rows = results["blob"], results["rows"]
     headline = {
         "blob_cold_updates_per_s": blob["cold"]["updates_per_s"],

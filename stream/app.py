@@ -41,7 +41,7 @@ from streamrec.stream.model_updates import watch_announcements
 from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
 from streamrec.stream.processor import BatchInFlight, BatchProcessor, ShadowHook, SourceRecord
 from streamrec.stream.shadow import ShadowSlot
-from streamrec.stream.state.base import WindowStore
+from streamrec.stream.state.base import StateStore
 from streamrec.stream.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def default_worker_id(settings: Settings) -> str:
 
 def create_app(
     settings: Settings,
-    store: WindowStore,
+    store: StateStore,
     models: ModelHolder,
     *,
     worker_id: str,

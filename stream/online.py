@@ -2,18 +2,20 @@
 
 :class:`PopularityModel` is both the no-model fallback and the baseline every
 recommendation is compared with; :class:`OnlineScores` sums a batch's hits and
-NDCG@10 so the metrics are published once per batch.
+NDCG@10 so the metrics are published once per batch; :class:`LastShown` keeps
+what each user was last shown, and scores it when their next event arrives.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 from streamrec.stream.metrics import WorkerMetrics
+from streamrec.stream.recommendation import OnlineEval
 
 ONLINE_K = 10
 
@@ -90,3 +92,52 @@ def score_previous(previous: Sequence[str], next_item: str, k: int = ONLINE_K) -
     except ValueError:
         return False, None, 0.0
     return True, rank, 1.0 / math.log2(rank + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a user was last shown: the served top-K, the popularity baseline's, and the event they answered."""
+
+    items: list[str]
+    baseline: list[str]
+    event_id: str
+
+
+class LastShown:
+    """Each user's last recommendation, bounded (least recently served out first), to score against their next event.
+
+    Worker-local: it is cleared on a rebalance (the user may have moved to
+    another worker) and when the user is forgotten.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._by_user: OrderedDict[str, Shown] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, user_id: str) -> Shown | None:
+        return self._by_user.get(user_id)
+
+    def remember(self, user_id: str, shown: Shown) -> None:
+        self._by_user[user_id] = shown
+        self._by_user.move_to_end(user_id)
+        while len(self._by_user) > self._capacity:
+            self._by_user.popitem(last=False)
+
+    def forget(self, user_id: str) -> None:
+        self._by_user.pop(user_id, None)
+
+    def clear(self) -> None:
+        self._by_user.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_user)
+
+    def score_next(self, user_id: str, next_item: str, scores: OnlineScores) -> OnlineEval | None:
+        """Score what ``user_id`` was last shown (and the baseline) against ``next_item``; None for a first event."""
+        shown = self._by_user.get(user_id)
+        if shown is None:
+            return None
+        hit, rank, ndcg = score_previous(shown.items, next_item)
+        base_hit, _, base_ndcg = score_previous(shown.baseline, next_item)
+        scores.add(hit, ndcg, base_hit, base_ndcg)
+        return OnlineEval(k=ONLINE_K, hit=hit, rank=rank, ndcg=ndcg, previous_event_id=shown.event_id)

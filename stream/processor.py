@@ -17,7 +17,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
@@ -32,9 +31,9 @@ from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
 from streamrec.stream.model_holder import Recommender, served_context_keys
-from streamrec.stream.online import ONLINE_K, OnlineScores, PopularityModel, score_previous
-from streamrec.stream.recommendation import OnlineEval, Recommendation
-from streamrec.stream.state.base import ForgetMark, StoredWindow, UserState, WindowStore, next_write_us
+from streamrec.stream.online import LastShown, OnlineScores, PopularityModel, Shown
+from streamrec.stream.recommendation import Recommendation
+from streamrec.stream.state.base import ForgetMark, StateStore, StoredWindow, UserState, next_write_us
 from streamrec.stream.state.cache import WindowCache
 from streamrec.stream.topics import owner_partition
 from streamrec.stream.window import WindowEntry, merge_window, user_sequence, window_context
@@ -78,7 +77,7 @@ class ShadowHook(Protocol):
 
     def score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
-        live_previous: "OrderedDict[str, tuple[list[str], list[str], str]]",
+        live_shown: LastShown,
     ) -> None: ...
 
     def record_live(self, version: int, scores: "OnlineScores") -> None: ...
@@ -131,7 +130,7 @@ class BatchProcessor:
     def __init__(
         self,
         settings: Settings,
-        store: WindowStore,
+        store: StateStore,
         sink: Sink,
         *,
         model: Callable[[], Recommender | None] = lambda: None,
@@ -157,9 +156,7 @@ class BatchProcessor:
         self.cache = WindowCache(cache_capacity)
         self.popularity = PopularityModel()
         self.forgotten = ForgottenUsers()
-        # The last recommendation per user, to score it against the user's next event.
-        self.previous: OrderedDict[str, tuple[list[str], list[str], str]] = OrderedDict()
-        self._previous_capacity = cache_capacity
+        self.last_shown = LastShown(cache_capacity)
         self._retry_max_delay_s = retry_max_delay_s
         self._max_age_ms = int(settings.window_max_age_days * 86_400_000)
         self._ttl_s = int(settings.window_max_age_days * 86_400)
@@ -178,7 +175,7 @@ class BatchProcessor:
         """Forget worker-local state about users: their partitions may have moved."""
         self.cache.clear()
         with self._recommend_lock:  # _recommend runs in the encoder thread
-            self.previous.clear()
+            self.last_shown.clear()
             if self.shadow is not None:
                 self.shadow.clear()
 
@@ -203,7 +200,7 @@ class BatchProcessor:
         self.forgotten.add(mark)
         self.cache.put(StoredWindow(user_id, written_us=mark.deleted_us))
         with self._recommend_lock:
-            self.previous.pop(user_id, None)
+            self.last_shown.forget(user_id)
             if self.shadow is not None:
                 self.shadow.forget_user(user_id)
         return mark
@@ -496,7 +493,7 @@ class BatchProcessor:
         self.metrics.model_version.set(version)
         if self.shadow is not None:
             # Before the loop below replaces each user's previous lists: the shadow is scored on the same events.
-            self.shadow.score_batch(users, by_user, windows, self.previous)
+            self.shadow.score_batch(users, by_user, windows, self.last_shown)
 
         now_ms = int(self.clock() * 1000)
         recommendations: list[Recommendation] = []
@@ -504,8 +501,7 @@ class BatchProcessor:
         states: list[UserState] = []
         scores_sum = OnlineScores()
         for row, (user_id, (items, scores, vector)) in enumerate(zip(users, ranked)):
-            events = by_user[user_id]
-            online = self._online_eval(user_id, events, windows[user_id], popular, scores_sum)
+            online = self.last_shown.score_next(user_id, by_user[user_id][0].item_id, scores_sum)
             # Labelled with the newest event of the window it was computed from, not the
             # last of this batch: a replay (whatever its batch boundaries) finds these
             # events already in the window and repeats the same (user_id, event_id).
@@ -526,7 +522,7 @@ class BatchProcessor:
                 states.append(UserState(user_id, version, vector, payload, last.event_id, now_ms, written_us))
             # The popularity baseline scored against the user's next event; in the fallback it is `items`.
             baseline = items if version == 0 else self._popular_for(windows[user_id], popular)[0]
-            self._remember(user_id, items, baseline, last.event_id)
+            self.last_shown.remember(user_id, Shown(items, baseline, last.event_id))
         scores_sum.publish(self.metrics)
         if self.shadow is not None:
             self.shadow.record_live(version, scores_sum)
@@ -557,27 +553,6 @@ class BatchProcessor:
         seen = {e.item_id for e in window.entries} if self.settings.exclude_seen else set()
         picked = [(item, float(count)) for item, count in popular if item not in seen][: self.settings.top_k]
         return [i for i, _ in picked], [s for _, s in picked], b""
-
-    def _remember(self, user_id: str, items: list[str], baseline: list[str], event_id: str) -> None:
-        self.previous[user_id] = (items, baseline, event_id)
-        self.previous.move_to_end(user_id)
-        while len(self.previous) > self._previous_capacity:
-            self.previous.popitem(last=False)
-
-    def _online_eval(
-        self, user_id: str, events: list[Event], window: StoredWindow, popular: list[tuple[str, int]],
-        scores: OnlineScores,
-    ) -> OnlineEval | None:
-        """Score the user's previous recommendation (and the popularity baseline) against the next event."""
-        previous = self.previous.get(user_id)
-        if previous is None:
-            return None
-        items, baseline, previous_event_id = previous
-        next_item = events[0].item_id
-        hit, rank, ndcg = score_previous(items, next_item)
-        base_hit, _, base_ndcg = score_previous(baseline, next_item)
-        scores.add(hit, ndcg, base_hit, base_ndcg)
-        return OnlineEval(k=ONLINE_K, hit=hit, rank=rank, ndcg=ndcg, previous_event_id=previous_event_id)
 
     # ------------------------------------------------------------------ #
     async def _timed(self, op: CassandraOp, call: Awaitable[T]) -> T:

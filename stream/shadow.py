@@ -31,7 +31,7 @@ from streamrec.stream.events import Event
 from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder, Recommender, served_context_keys
 from streamrec.stream.online_figures import OnlineTally, Role
-from streamrec.stream.online import OnlineScores, score_previous
+from streamrec.stream.online import LastShown, OnlineScores, score_previous
 from streamrec.stream.window import user_sequence
 from streamrec.stream.state.base import StoredWindow
 
@@ -122,17 +122,17 @@ class ShadowScorer:
 
     def score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
-        live_previous: "OrderedDict[str, tuple[list[str], list[str], str]]",
+        live_shown: LastShown,
     ) -> None:
         """Score the sampled users' previous shadow lists, then encode them with the shadow. Never raises."""
         try:
-            self._score_batch(users, by_user, windows, live_previous)
+            self._score_batch(users, by_user, windows, live_shown)
         except Exception as exc:  # noqa: BLE001 - the shadow must never hurt serving
             self._failed(len(users), exc)
 
     def _score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
-        live_previous: "OrderedDict[str, tuple[list[str], list[str], str]]",
+        live_shown: LastShown,
     ) -> None:
         active = self.slot.active()
         if active is None:
@@ -150,21 +150,20 @@ class ShadowScorer:
         sample = [u for u in users if in_sample(u, active.fraction)]
         if not sample:
             return
-        self._score_previous(version, sample, by_user, live_previous)
+        self._score_previous(version, sample, by_user, live_shown)
         self._encode(active.model, sample, windows)
 
     def _score_previous(
         self, version: int, sample: list[str], by_user: dict[str, list[Event]],
-        live_previous: "OrderedDict[str, tuple[list[str], list[str], str]]",
+        live_shown: LastShown,
     ) -> None:
         totals = {role: OnlineScores() for role in (Role.SHADOW, Role.SHADOW_LIVE, Role.SHADOW_POPULARITY)}
         for user_id in sample:
-            mine, theirs = self.previous.get(user_id), live_previous.get(user_id)
+            mine, theirs = self.previous.get(user_id), live_shown.get(user_id)
             if mine is None or theirs is None:
                 continue  # only events all three were asked about count
             next_item = by_user[user_id][0].item_id
-            live_items, baseline, _ = theirs
-            for role, items in ((Role.SHADOW, mine), (Role.SHADOW_LIVE, live_items), (Role.SHADOW_POPULARITY, baseline)):
+            for role, items in ((Role.SHADOW, mine), (Role.SHADOW_LIVE, theirs.items), (Role.SHADOW_POPULARITY, theirs.baseline)):
                 hit, _, ndcg = score_previous(items, next_item)
                 totals[role].add(hit, ndcg, False, 0.0)
         for role, scores in totals.items():

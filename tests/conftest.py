@@ -7,7 +7,6 @@ or starts them itself; if they cannot be reached the tests fail, never skip.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,13 +40,8 @@ def isolated(infra: Settings) -> Iterator[Settings]:
     At teardown the keyspace and the topics are dropped, so the servers do not
     collect one keyspace per test run.
     """
-    from tests.integration.helpers import drop_test_data  # confluent-kafka, the Cassandra driver
+    from streamrec.testing.isolation import drop_isolated, isolated_settings  # the Cassandra driver
 
-    tag = uuid.uuid4().hex[:10]
-    settings = infra.with_overrides(
-        topic_prefix=f"t{tag}",
-        cassandra_keyspace=f"t{tag}",
-        consumer_group=f"g{tag}",
-    )
+    settings = isolated_settings(infra, "test")
     yield settings
-    drop_test_data(settings)
+    drop_isolated(settings)

@@ -1,11 +1,11 @@
-"""The WindowStore contract, run against the in-memory twin (unit) and Cassandra (integration)."""
+"""The StateStore contract, run against the in-memory twin (unit) and Cassandra (integration)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from streamrec.stream.state.base import StoredWindow, UserState, WindowStore, next_write_us
+from streamrec.stream.state.base import StateStore, StoredWindow, UserState, next_write_us
 from streamrec.stream.window import WindowEntry
 
 T0_US = 1_700_000_000_000_000  # a fixed write timestamp, for checks that order writes by hand
@@ -23,10 +23,10 @@ def _now_us() -> int:
 class StoreContract:
     """Subclasses provide ``make_store`` (an async factory) and ``operator_delete``, and run every check."""
 
-    async def make_store(self) -> WindowStore:  # pragma: no cover - provided by subclasses
+    async def make_store(self) -> StateStore:  # pragma: no cover - provided by subclasses
         raise NotImplementedError
 
-    async def operator_delete(self, store: WindowStore, user_id: str) -> None:  # pragma: no cover
+    async def operator_delete(self, store: StateStore, user_id: str) -> None:  # pragma: no cover
         """Delete the user's rows the way an operator would (a plain DELETE at the wall clock)."""
         raise NotImplementedError
 

@@ -75,7 +75,7 @@ class ForgetMark:
 
 @dataclass(frozen=True, slots=True)
 class ForgetResult:
-    """What :meth:`WindowStore.forget_user` removed, and the write timestamp it deleted at."""
+    """What :meth:`StateStore.forget_user` removed, and the write timestamp it deleted at."""
 
     window_events: int
     had_state: bool
@@ -87,7 +87,7 @@ def next_write_us(previous_us: int, now_us: int) -> int:
     return max(now_us, previous_us + 1)
 
 
-class WindowStore(Protocol):
+class StateStore(Protocol):
     """Where windows and user states live. All methods may raise StateStoreError (callers retry)."""
 
     async def load_windows(self, user_ids: Sequence[str]) -> dict[str, StoredWindow]:

@@ -193,7 +193,7 @@ def _mark(row: Any) -> ForgetMark:
 
 
 class CassandraStore:
-    """:class:`~streamrec.stream.state.base.WindowStore` on Cassandra, async with bounded concurrency."""
+    """:class:`~streamrec.stream.state.base.StateStore` on Cassandra, async with bounded concurrency."""
 
     def __init__(self, settings: Settings, cluster: Cluster, session: Session) -> None:
         self._settings = settings

@@ -27,7 +27,7 @@ class _Cell(Generic[V]):
 
 
 class InMemoryStore:
-    """Dict-backed :class:`~streamrec.stream.state.base.WindowStore` that models what Cassandra does.
+    """Dict-backed :class:`~streamrec.stream.state.base.StateStore` that models what Cassandra does.
 
     What matters for correctness is modelled: last write wins by write
     timestamp (a write whose timestamp is not greater than the stored one is

@@ -6,21 +6,15 @@ an observable state (:func:`wait_for_assignment` the worker group's partitions,
 a counter on ``/metrics``, :func:`committed_lag` the committed offsets,
 :func:`wait_for_windows` rows in Cassandra). A fixed sleep is left only where
 the time itself is the test (an outage's length, a window in which nothing
-may happen), and says so. Ports come from :func:`free_port`.
+may happen), and says so. Workers, ports and isolated settings come from the
+harness in :mod:`streamrec.testing`, which the benchmarks use too.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import orjson
@@ -28,6 +22,7 @@ from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaExcep
 from confluent_kafka.admin import AdminClient
 
 from streamrec.config import Settings
+from streamrec.testing.process import ServiceProcess
 from streamrec.stream.window import WindowEntry, decode_window
 
 
@@ -41,88 +36,7 @@ def synthetic(n_events: int, n_users: int, seed: int = 7) -> list[dict]:
     return list(generate_events(SyntheticConfig(num_users=n_users, num_items=500, num_events=n_events, seed=seed)))
 
 
-def free_port() -> int:
-    """A TCP port free on this host now (the OS picks it), for a server a test starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class WorkerProcess:
-    """A real `streamrec worker` process."""
-
-    settings: Settings
-    log_path: Path
-    worker_id: str = "w1"
-    web_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    # Another entry point (a worker with an injected fault) and extra environment.
-    module: str = "streamrec"
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def start(self, wait_healthy: float = 90.0) -> "WorkerProcess":
-        env = {**os.environ, **self.settings.to_env(), "STREAMREC_WORKER_ID": self.worker_id,
-               "STREAMREC_WEB_PORT": str(self.web_port), **self.extra_env}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--log-level", os.environ.get("TEST_WORKER_LOGLEVEL", "info"), "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + wait_healthy
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.health().get("kafka"):
-                return self
-            time.sleep(0.5)
-        raise AssertionError(f"worker not healthy after {wait_healthy}s:\n{self.log_tail()}")
-
-    def health(self) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as resp:
-                return orjson.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return orjson.loads(exc.read())
-        except OSError:
-            return {}
-
-    def health_status(self) -> int:
-        """The HTTP status of /health (200 healthy, 503 not); 0 when it does not answer."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return 0
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-            return resp.read().decode()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(timeout=timeout)
-        return self.proc.returncode if self.proc else 0
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def wait_for_assignment(workers: Sequence["WorkerProcess"], partitions: int, timeout: float = 90.0) -> None:
+def wait_for_assignment(workers: Sequence[ServiceProcess], partitions: int, timeout: float = 90.0) -> None:
     """Until every worker reports ready and owns partitions, and together they own all of them (a stable group)."""
     deadline = time.monotonic() + timeout
     owned: list[list[int]] = []
@@ -136,14 +50,14 @@ def wait_for_assignment(workers: Sequence["WorkerProcess"], partitions: int, tim
     raise AssertionError(f"the group never settled: partitions owned per worker {owned}")
 
 
-def metric_total(workers: Sequence["WorkerProcess"], name: str) -> float:
+def metric_total(workers: Sequence[ServiceProcess], name: str) -> float:
     """Sum of an unlabelled counter over workers (as exposed on /metrics)."""
     from streamrec.stream.metrics import metric_values
 
     return sum(metric_values(worker.metrics()).get(name, 0.0) for worker in workers)
 
 
-def wait_for_metric(workers: Sequence["WorkerProcess"], name: str, at_least: float, timeout: float = 60.0) -> float:
+def wait_for_metric(workers: Sequence[ServiceProcess], name: str, at_least: float, timeout: float = 60.0) -> float:
     """Until the workers' summed counter ``name`` reaches ``at_least``; returns the value seen."""
     seen = [0.0]
 
@@ -384,36 +298,3 @@ def committed_lag(settings: Settings) -> int:
         consumer.close()
 
 
-def drop_test_data(settings: Settings, timeout: float = 60.0) -> None:
-    """Drop a test's keyspace and delete its topics (its prefix, and the Faust group's internal ones).
-
-    Without this every test left a keyspace behind, and a Cassandra holding
-    hundreds of them made connecting slow. Best effort: a server a fault test
-    left restarting must not turn a passed test into an error, so a failure is
-    printed, not raised.
-    """
-    from cassandra.cluster import Cluster
-    from cassandra.policies import RoundRobinPolicy
-
-    try:
-        cluster = Cluster(settings.cassandra_contact_points, port=settings.cassandra_port, protocol_version=5,
-                          load_balancing_policy=RoundRobinPolicy(), schema_metadata_enabled=False,
-                          token_metadata_enabled=False, connect_timeout=15)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=timeout)
-        finally:
-            cluster.shutdown()
-    except Exception as exc:  # noqa: BLE001 - best effort, see above
-        print(f"could not drop keyspace {settings.cassandra_keyspace}: {type(exc).__name__}: {exc}")
-    delete_topics(settings.kafka_bootstrap, (f"{settings.topic_prefix}.", f"{settings.consumer_group}-"), timeout)
-
-
-def delete_topics(bootstrap: str, prefixes: Sequence[str], timeout: float = 60.0) -> None:
-    """Delete every topic whose name starts with one of ``prefixes`` (best effort, like :func:`drop_test_data`)."""
-    try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
-        for future in (admin.delete_topics(names, operation_timeout=timeout).values() if names else ()):
-            future.result(timeout)
-    except Exception as exc:  # noqa: BLE001 - best effort
-        print(f"could not delete topics {list(prefixes)}: {type(exc).__name__}: {exc}")

@@ -15,7 +15,8 @@ from streamrec.bench.explain import PairWorld, split_users, train_planted
 from streamrec.config import Settings
 from streamrec.stream.events import load_schema
 from streamrec.stream.recommendation import Recommendation
-from tests.integration.helpers import WorkerProcess, events_as_records, produce, read_topic, read_windows
+from streamrec.testing.process import ServiceProcess
+from tests.integration.helpers import events_as_records, produce, read_topic, read_windows
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_messages_carry_the_top_events_and_the_cli_explains_the_stored_window(
 ) -> None:
     events = cut_after_last_a(world_events[1])
     users = {e["user_id"] for e in events}
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events))
         raw = read_topic(settings, settings.recommendations_topic, min_messages=len(users), timeout=180)

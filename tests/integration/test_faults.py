@@ -11,8 +11,8 @@ import pytest
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.recommendation import Recommendation
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
-    WorkerProcess,
     audit_commits,
     committed_lag,
     committed_offsets,
@@ -59,8 +59,8 @@ def assert_every_user_served(settings: Settings, events: list[dict]) -> list[Rec
 
 def test_sigkill_of_one_of_two_workers_mid_replay(settings: Settings, tmp_path: Path) -> None:
     events = synthetic(8000, 400, seed=31)
-    first = WorkerProcess(settings, tmp_path / "w1.log", worker_id="w1").start()
-    second = WorkerProcess(settings, tmp_path / "w2.log", worker_id="w2").start()
+    first = ServiceProcess.worker(settings, tmp_path / "w1.log", worker_id="w1").start()
+    second = ServiceProcess.worker(settings, tmp_path / "w2.log", worker_id="w2").start()
     try:
         wait_for_assignment([first, second], settings.topic_partitions)  # both in the group
         produce(settings, events_as_records(events[:4000]))
@@ -89,7 +89,7 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
     if local.running_pid(settings, "kafka") is None:
         pytest.fail("this test restarts Kafka, so it must have been started by `streamrec infra up`")
     events = synthetic(4000, 200, seed=37)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events[:2000]))
         wait_for_metric([worker], "streamrec_events_total", 1)  # mid-stream
@@ -113,7 +113,7 @@ def test_broker_restart_mid_stream(settings: Settings, tmp_path: Path) -> None:
 
 def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_path: Path) -> None:
     events = synthetic(3000, 150, seed=41)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     producing = paced_producer(settings, events, per_second=1000)
     # Mid-stream: the worker has committed once and events are still arriving.
     wait_until(lambda: sum(committed_offsets(settings).values()) > 0, 60, "a first commit by the worker")
@@ -130,7 +130,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(settings: Settings, tmp_pa
     assert audit.committed > 0
     producing.join()
     # The rest is consumed by the next worker.
-    restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
+    restarted = ServiceProcess.worker(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
         expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected) == expected
@@ -144,7 +144,7 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
     """A bug raised outside the batch's try once let Faust restart the agent and ack records it never processed."""
     settings = settings.with_overrides(batch_max_events=25)
     events = synthetic(3000, 60, seed=51)
-    failing = WorkerProcess(settings, tmp_path / "failing.log", worker_id="failing",
+    failing = ServiceProcess.worker(settings, tmp_path / "failing.log", worker_id="failing",
                             module="tests.integration.failing_worker", extra_env={"FAIL_AFTER_BATCHES": "60"}).start()
     # A paced stream: the worker commits several times before the failure, and work is in flight when it hits.
     for start in range(0, len(events), 100):
@@ -164,7 +164,7 @@ def test_a_failing_agent_commits_nothing_it_did_not_make_durable(settings: Setti
     assert not still_running and failing.proc.returncode == 70, "the worker must stop, not carry on acking"
     assert "injected failure" in failing.log_path.read_text()
 
-    worker = WorkerProcess(settings, tmp_path / "worker.log", worker_id="w2").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log", worker_id="w2").start()
     try:
         expected = expected_windows(events, WHOLE)
         assert wait_for_windows(settings, expected, timeout=120) == expected
@@ -187,7 +187,7 @@ def _set_topic_config(settings: Settings, topic: str, name: str, value: str | No
 
 def test_undeliverable_outputs_hold_the_batch_and_health_says_so(settings: Settings, tmp_path: Path) -> None:
     """The broker refuses every recommendation (max.message.bytes too small): nothing is acked, /health is 503."""
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         _set_topic_config(settings, settings.recommendations_topic, "max.message.bytes", "64")
         events = synthetic(400, 40, seed=61)

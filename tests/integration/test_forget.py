@@ -16,8 +16,9 @@ import pytest
 
 from streamrec.config import Settings
 from streamrec.stream.topics import owner_partition
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
-    WINDOW, WorkerProcess, committed_lag, events_as_records, produce, read_topic, read_windows, synthetic, wait_for_assignment,
+    WINDOW, committed_lag, events_as_records, produce, read_topic, read_windows, synthetic, wait_for_assignment,
     wait_until,
 )
 
@@ -69,7 +70,7 @@ def test_forget_removes_the_user_everywhere_and_a_returning_user_starts_fresh(se
 
     others = synthetic(300, 20)
     past = user_events(USER, 0, 5, int(time.time() * 1000) - 60_000)
-    worker = WorkerProcess(settings, tmp_path / "w1.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "w1.log").start()
     try:
         wait_for_assignment([worker], PARTITIONS)
         produce(settings, events_as_records(others + past))
@@ -122,7 +123,7 @@ def test_forget_removes_the_user_everywhere_and_a_returning_user_starts_fresh(se
     # the past stays forgotten, the request is recognised as done and not carried out again
     # (which would delete the new window), and the returning user's window is the same.
     replay = settings.with_overrides(consumer_group=settings.consumer_group + "-replay")
-    second = WorkerProcess(replay, tmp_path / "w2.log", worker_id="w2").start()
+    second = ServiceProcess.worker(replay, tmp_path / "w2.log", worker_id="w2").start()
     try:
         wait_for_assignment([second], PARTITIONS)
         wait_until(lambda: len(read_topic(settings, settings.forget_audit_topic, min_messages=2, timeout=5)) >= 2, 90,
@@ -138,7 +139,7 @@ def test_forget_removes_the_user_everywhere_and_a_returning_user_starts_fresh(se
 
 def test_refuse_policy_dead_letters_the_users_new_events(settings: Settings, tmp_path: Path) -> None:
     refusing = settings.with_overrides(forget_policy="refuse")
-    worker = WorkerProcess(refusing, tmp_path / "w.log").start()
+    worker = ServiceProcess.worker(refusing, tmp_path / "w.log").start()
     try:
         wait_for_assignment([worker], PARTITIONS)
         produce(refusing, events_as_records(user_events(USER, 0, 3, int(time.time() * 1000) - 60_000)))
@@ -158,7 +159,7 @@ def test_a_request_from_any_client_reaches_the_users_owner_and_bad_requests_are_
     settings: Settings, tmp_path: Path,
 ) -> None:
     """Two workers; an application produces requests with librdkafka's default partitioner (CRC32), some malformed."""
-    workers = [WorkerProcess(settings, tmp_path / f"w{n}.log", worker_id=f"w{n}").start() for n in (1, 2)]
+    workers = [ServiceProcess.worker(settings, tmp_path / f"w{n}.log", worker_id=f"w{n}").start() for n in (1, 2)]
     try:
         wait_for_assignment(workers, PARTITIONS)
         owner_of = {p: w.worker_id for w in workers for p in w.health()["partitions"]}

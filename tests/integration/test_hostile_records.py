@@ -10,9 +10,9 @@ from confluent_kafka import Producer
 
 from streamrec.config import Settings
 from streamrec.stream.events import DeadLetter
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
     WINDOW,
-    WorkerProcess,
     events_as_records,
     expected_windows,
     produce,
@@ -31,7 +31,7 @@ def settings(isolated: Settings, tmp_path: Path) -> Settings:
 
 def test_a_record_with_a_huge_key_is_dead_lettered_and_its_partition_goes_on(settings: Settings, tmp_path: Path) -> None:
     """A 450 KB key (alone, and with a 500 KB value) once made a dead letter too big to send: crash, restart, crash."""
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         huge_key = b"k" * 450_000
         poison = [(huge_key, b'{"event_id": "x"}'), (huge_key + b"2", b"{" * 500_000)]

@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
-from tests.integration.helpers import delete_topics, free_port, wait_for_group
+from streamrec.testing.isolation import delete_topics_named, free_port
+from tests.integration.helpers import wait_for_group
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -65,7 +66,7 @@ def test_kafka_round_trip_with_aiokafka(infra: Settings) -> None:
     try:
         got = asyncio.run(run())
     finally:
-        delete_topics(infra.kafka_bootstrap, [topic])
+        delete_topics_named(infra, [topic])
     assert sorted(v for _, v in got) == sorted(f"m{i}".encode() for i in range(100))
 
 
@@ -149,7 +150,7 @@ def test_faust_agent_through_our_broker_with_rebalance(infra: Settings, tmp_path
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        delete_topics(infra.kafka_bootstrap, [env["ECHO_IN"], env["ECHO_OUT"], f"{env['ECHO_APP_ID']}-"])
+        delete_topics_named(infra, [env["ECHO_IN"], env["ECHO_OUT"], f"{env['ECHO_APP_ID']}-"])
         for name in ("w1", "w2"):
             log = tmp_path / f"{name}.log"
             if log.exists():

@@ -12,10 +12,10 @@ import pytest
 from streamrec.config import Settings
 from streamrec.deploy import infra as local
 from streamrec.stream.events import DeadLetter
+from streamrec.testing.process import ServiceProcess
 from tests.corpus import BAD_RECORDS
 from tests.integration.helpers import (
     WINDOW,
-    WorkerProcess,
     audit_commits,
     committed_lag,
     committed_offsets,
@@ -53,7 +53,7 @@ def late_arrivals(events: list[dict], fraction: float, seed: int = 1) -> list[di
 
 def test_windows_hold_last_n_in_time_order_and_replay_changes_nothing(settings: Settings, tmp_path: Path) -> None:
     events = synthetic(3000, 200)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(late_arrivals(events, 0.1)))
         expected = expected_windows(events, WINDOW)
@@ -82,7 +82,7 @@ def test_bad_records_are_dead_lettered_and_valid_ones_stored(settings: Settings,
             if bad is not None:
                 records.append((b"some-key", bad[0]))
     records.extend((b"some-key", raw) for raw, _ in bad_iter)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, records)
         expected = expected_windows(valid, WINDOW)
@@ -106,7 +106,7 @@ def test_events_keyed_otherwise_are_repartitioned_by_user(settings: Settings, tm
     events = synthetic(400, 30, seed=5)
     # No key, or a key that is not the user: a producer that did not follow the contract.
     records = [(None if i % 2 else b"wrong-key", orjson.dumps(e)) for i, e in enumerate(events)]
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, records)
         expected = expected_windows(events, WINDOW)
@@ -122,7 +122,7 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
     # The killed worker commits rarely, so the kill surely lands on stored but uncommitted work;
     # that work must be consumed again (replayed) and merged without doubling.
     rarely = settings.with_overrides(kafka_commit_interval_s=60.0)
-    worker = WorkerProcess(rarely, tmp_path / "worker1.log", worker_id="w1").start()
+    worker = ServiceProcess.worker(rarely, tmp_path / "worker1.log", worker_id="w1").start()
     producing = paced_producer(settings, events, per_second=1000)
     # Mid-stream: batches stored (none committed: the interval is a minute) and more arriving.
     wait_for_metric([worker], SAVES, 3)
@@ -133,7 +133,7 @@ def test_worker_sigkill_mid_stream_loses_and_duplicates_nothing(settings: Settin
     stored_not_committed = audit.stored_not_committed
     assert stored_not_committed, "the kill must land on work that was stored but not committed"
     producing.join()
-    restarted = WorkerProcess(settings, tmp_path / "worker2.log", worker_id="w2").start()
+    restarted = ServiceProcess.worker(settings, tmp_path / "worker2.log", worker_id="w2").start()
     try:
         restarted_at = time.monotonic()
         expected = expected_windows(events, WHOLE)
@@ -157,7 +157,7 @@ def test_cassandra_outage_of_30s_loses_nothing(settings: Settings, tmp_path: Pat
         pytest.fail("this test stops and restarts Cassandra, so it must have been started by `streamrec infra up`")
     settings = settings.with_overrides(window_size=WHOLE)
     events = synthetic(4000, 200, seed=13)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events[:2000]))
         wait_for_metric([worker], SAVES, 1)  # some batches stored before the outage

@@ -15,7 +15,6 @@ import pytest
 from streamrec.bench.new_items import BAD_ITEM_RECORD, Scenario, build_scenario, run_live, train_scenario_model
 from streamrec.config import Settings
 from streamrec.onnx.artifact import load_artifact
-from tests.integration.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +36,7 @@ def models_dir(scenario: Scenario, infra: Settings, tmp_path_factory: pytest.Tem
 def test_new_items_are_recommended_to_users_of_the_matching_cluster_before_any_retrain(
     isolated: Settings, scenario: Scenario, models_dir: Path, tmp_path: Path
 ) -> None:
-    settings = isolated.with_overrides(model_dir=models_dir, web_port=free_port())
+    settings = isolated.with_overrides(model_dir=models_dir)
     trained_vocab = load_artifact(models_dir / "v000001").vocab
     new_ids = {i.item_id for i in scenario.new_items}
     assert not any(i in trained_vocab for i in new_ids)  # the model has never seen them

@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from streamrec.config import Settings
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
-    WorkerProcess,
     expected_windows,
     metric_total,
     produce,
@@ -38,7 +38,7 @@ def by_user(events: list[dict]) -> list[tuple[bytes, bytes]]:
 
 def test_librdkafka_and_java_partitioners_side_by_side_lose_nothing(settings: Settings, tmp_path: Path) -> None:
     """kcat/confluent-kafka hash keys with CRC32, aiokafka/Java with murmur2: a user's events land on two partitions."""
-    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log", worker_id=f"w{i}").start() for i in (1, 2)]
+    workers = [ServiceProcess.worker(settings, tmp_path / f"w{i}.log", worker_id=f"w{i}").start() for i in (1, 2)]
     try:
         wait_for_assignment(workers, settings.topic_partitions)
         events = synthetic(1200, 40, seed=41)
@@ -62,7 +62,7 @@ def test_librdkafka_and_java_partitioners_side_by_side_lose_nothing(settings: Se
 
 
 def test_partitions_added_to_a_live_topic_are_consumed_and_users_keep_one_owner(settings: Settings, tmp_path: Path) -> None:
-    workers = [WorkerProcess(settings, tmp_path / f"w{i}.log", worker_id=f"w{i}").start() for i in (1, 2)]
+    workers = [ServiceProcess.worker(settings, tmp_path / f"w{i}.log", worker_id=f"w{i}").start() for i in (1, 2)]
     try:
         wait_for_assignment(workers, settings.topic_partitions)
         events = synthetic(1600, 40, seed=43)

@@ -17,8 +17,8 @@ from streamrec.onnx.registry import ModelRegistry
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.model_updates import announce
 from streamrec.stream.recommendation import Recommendation
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
-    WorkerProcess,
     events_as_records,
     expected_windows,
     paced_producer,
@@ -58,7 +58,7 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
 
     phase1 = stream(1, 3000, "a-")[:1500]
     phase2 = stream(2, 3000, "b-")  # new items, first seen after v1
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         assert worker.health()["model_version"] == 1
         produce(settings, events_as_records(phase1 + phase2[:1500]))
@@ -108,7 +108,7 @@ def test_retrain_publishes_v2_workers_switch_between_batches_and_rollback_return
 def test_a_corrupted_version_is_refused_and_the_worker_keeps_serving(settings: Settings, tmp_path: Path) -> None:
     registry = ModelRegistry.at(settings.models_path)
     registry.publish(1)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         bad = registry.storage.artifact_path(2)
         shutil.copytree(registry.storage.artifact_path(1), bad)
@@ -133,7 +133,7 @@ def test_a_version_published_without_an_announcement_is_picked_up_by_the_registr
     """The announcement is only a hint: a worker that missed it still follows the registry's LIVE pointer."""
     from streamrec.retrain.round import retrain_round
 
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         assert worker.health()["model_version"] == 1
         produce(settings, events_as_records(stream(1, 3000, "a-")[:1500] + stream(2, 3000, "b-")[:1500]))

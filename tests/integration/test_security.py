@@ -15,7 +15,9 @@ from streamrec.errors import StreamrecError
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.topics import ensure_topics
-from tests.integration.helpers import WorkerProcess, expected_windows, free_port, wait_for_windows
+from streamrec.testing.isolation import free_port
+from streamrec.testing.process import ServiceProcess
+from tests.integration.helpers import expected_windows, wait_for_windows
 
 pytestmark = pytest.mark.integration
 PASSWORD = "s3cret-Pa55-do-not-log"
@@ -55,7 +57,7 @@ def test_worker_and_producer_over_sasl_plain(sasl_broker: Settings, isolated: Se
     settings = client_settings(sasl_broker, isolated, tmp_path, PASSWORD)
     asyncio.run(ensure_topics(settings))
     events = list(generate_events(SyntheticConfig(num_users=40, num_items=100, num_events=500, seed=3)))
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         asyncio.run(_produce(settings, events))
         expected = expected_windows(events, 10)

@@ -18,7 +18,9 @@ from streamrec.config import Settings
 from streamrec.stream.events import load_schema
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.recommendation import Recommendation
-from tests.integration.helpers import WorkerProcess, events_as_records, free_port, produce, read_topic
+from streamrec.testing.isolation import free_port
+from streamrec.testing.process import ServiceProcess
+from tests.integration.helpers import events_as_records, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +56,7 @@ def test_recommendations_follow_the_schema_one_per_user_per_batch(
     settings: Settings, planted_stream: list[dict], tmp_path: Path
 ) -> None:
     events = planted_stream[6000:7000]
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events))
         users = {e["user_id"] for e in events}
@@ -109,7 +111,7 @@ def test_planted_sequence_beats_popularity_by_a_wide_margin(
     # Small batches, as at live rates: with a whole backlog in one batch, only
     # a user's first event per batch is scored (mostly session starts).
     settings = settings.with_overrides(exclude_seen=False, batch_max_events=8)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events))
         recs = _recommendations(settings, min_messages=len({e["user_id"] for e in events}))
@@ -162,7 +164,7 @@ def test_unknown_user_and_unknown_items_are_served(settings: Settings, tmp_path:
          "event_type": "view", "ts": now + i}
         for i in range(3)
     ]
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events))
         recs = _recommendations(settings, min_messages=1)
@@ -197,7 +199,7 @@ def test_top_k_beyond_the_models_catalogue_is_a_refusal_not_a_crash_loop(setting
     """STREAMREC_TOP_K larger than what the model can recommend once passed the load check and failed every batch."""
     settings = settings.with_overrides(top_k=1000)  # the planted catalogue has 300 items
     events = synthetic_users_events(30)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(events))
         recs = _recommendations(settings, min_messages=len({e["user_id"] for e in events}))

@@ -18,8 +18,8 @@ from streamrec.retrain.gate import shadow_figures
 from streamrec.stream.generator import SyntheticConfig, generate_events
 from streamrec.stream.online_figures import OnlineFiguresStore
 from streamrec.stream.recommendation import Recommendation
+from streamrec.testing.process import ServiceProcess
 from tests.integration.helpers import (
-    WorkerProcess,
     committed_lag,
     events_as_records,
     paced_producer,
@@ -87,7 +87,7 @@ def settings(isolated: Settings, tmp_path: Path, trained: Path) -> Settings:
 def test_a_shadow_is_never_served_and_the_online_gate_promotes_the_better_and_rejects_the_worse(
     settings: Settings, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     # The structure the good model learnt, later events. Users come in bursts (sessions): only a user's
     # first event of a micro-batch is scored against the previous recommendation.
     live_stream = planted(1, 15_000, "s-")[3000:]
@@ -153,7 +153,7 @@ def test_a_broken_shadow_is_refused_and_serving_goes_on(settings: Settings, tmp_
     registry.start_shadow(2, 1.0)
     onnx_file = registry.storage.artifact_path(2) / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])  # truncated after the check
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records(planted(3, 600, "b-")))
         recs = [Recommendation.from_json(v)
@@ -172,7 +172,7 @@ def test_the_retrainer_with_the_online_gate_promotes_a_candidate_that_beats_live
 
     settings = settings.with_overrides(retrain_gate="online", retrain_gate_events=200, retrain_gate_timeout_s=120,
                                        retrain_min_events=100, retrain_horizon_hours=1, retrain_epochs=3)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     traffic = planted(1, 15_000, "r-")[3000:]
     try:
         produce(settings, events_as_records(traffic[:3000]))  # what the round trains on

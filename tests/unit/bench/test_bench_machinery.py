@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from streamrec.bench import isolation, load, profiling, report, stats
+from streamrec.bench import load, profiling, report, stats
 
 
 def test_percentiles_match_numpy_linear_interpolation() -> None:
@@ -124,16 +124,6 @@ def test_summarise_collapsed_categories() -> None:
     assert summary["categories_pct"]["Kafka client (aiokafka)"] == 30.0
     assert summary["categories_pct"]["other (interpreter, stdlib)"] == 10.0
     assert not math.isnan(sum(summary["top_self_pct"].values()))
-
-
-def test_isolated_settings_do_not_collide() -> None:
-    from streamrec.config import Settings
-
-    base = Settings()
-    a = isolation.isolated_settings(base, "e2e", "1")
-    b = isolation.isolated_settings(base, "e2e", "2")
-    assert a.topic_prefix != b.topic_prefix and a.cassandra_keyspace != b.cassandra_keyspace
-    assert a.consumer_group != b.consumer_group and a.events_topic.startswith("bench-e2e-1")
 
 
 def test_the_bench_reads_the_cassandra_labels_the_processor_emits() -> None:

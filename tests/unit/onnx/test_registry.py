@@ -14,7 +14,7 @@ from streamrec.onnx.registry import ModelRegistry, parse_version, resolve_artifa
 
 @pytest.fixture(scope="module")
 def one_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from streamrec.bench.encoder import random_artifact
+    from streamrec.testing.artifacts import random_artifact
 
     root = tmp_path_factory.mktemp("template")
     return random_artifact(root, EncoderConfig(n_items=30, hidden=16, layers=1, heads=1, max_len=8))

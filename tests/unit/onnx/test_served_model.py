@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.models.config import EncoderConfig
+from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.encoder import SequenceEncoder
-from streamrec.models.features import ItemVocab, UserSequence
+from streamrec.models.features import UserSequence
 from streamrec.models.export_graph import FullSequenceUserVector, NewestPositionUserVector, user_vector_graph
-from streamrec.onnx.writer import write_artifact
 from streamrec.onnx.runtime import ServedModel
+from streamrec.testing.artifacts import random_artifact
 
 N_ITEMS = 40
 
@@ -51,10 +51,8 @@ def test_other_backbones_serve_through_the_full_computation():
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vocab = ItemVocab([f"i{n}" for n in range(N_ITEMS)])
-    model = SequenceEncoder(EncoderConfig(n_items=len(vocab), max_len=10, hidden=16, layers=2, heads=2)).eval()
-    return write_artifact(model, vocab, tmp_path_factory.mktemp("models"), include_fp16=False)
+    config = EncoderConfig(n_items=N_ITEMS + FIRST_REAL_INDEX, max_len=10, hidden=16, layers=2, heads=2)
+    return random_artifact(tmp_path_factory.mktemp("models"), config, item_prefix="i", include_fp16=False)
 
 
 def test_sharded_runs_answer_like_one_run_in_order(artifact):
