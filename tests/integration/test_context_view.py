@@ -20,7 +20,8 @@ from streamrec.models.features import MAX_CONTEXT_VALUE_CHARS
 from streamrec.stream.events import DeadLetter
 from streamrec.stream.generator import ContextWorldConfig, context_events
 from streamrec.stream.recommendation import Recommendation
-from tests.integration.helpers import WorkerProcess, events_as_records, produce, read_topic, read_windows
+from streamrec.testing.process import ServiceProcess
+from tests.integration.helpers import events_as_records, produce, read_topic, read_windows
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def test_recommendations_follow_the_context_kept_in_the_window(isolated: Setting
     for n, (user, value) in enumerate(hostile.items()):
         events.append(_event(user, 0, "n3", {"device": value}, now + 2000 + n))
     bad_context = _event("bad-user", 0, "n3", "tv", now + 3000)  # not an object: breaks the contract
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = ServiceProcess.worker(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, events_as_records([*events, bad_context]))
         users = {e["user_id"] for e in events}

@@ -119,3 +119,10 @@ def test_a_model_trained_where_context_decides_the_next_item_follows_the_context
         top = served.recommend([UserSequence(["n3"], ["view"], [0], [{"device": device}])], k=4)[0].item_ids
         # The same item history, only the context differs: the device's own items, none of the other's.
         assert sum(i.startswith(f"{device}-") for i in top) >= 2 and not any(i.startswith(f"{other}-") for i in top), (device, top)
+
+
+def test_train_context_keys_option_parses_a_comma_list() -> None:
+    from streamrec.onnx.cli import parse_context_keys
+
+    assert parse_context_keys("") == ()
+    assert parse_context_keys(" device, channel,,device ") == ("device", "channel")
