@@ -73,7 +73,11 @@ class Sink(Protocol):
 
 
 class ShadowHook(Protocol):
-    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step."""
+    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step.
+
+    A hook may also have ``context_keys()`` (the context keys its model reads),
+    so windows keep them for the shadow too; stand-ins without it keep none.
+    """
 
     def score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
