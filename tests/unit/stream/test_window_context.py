@@ -118,3 +118,14 @@ def test_without_a_context_model_windows_keep_no_context() -> None:
     processor = BatchProcessor(Settings(window_size=10, top_k=2), store, RecordingSink(), retry_max_delay_s=0.01)
     asyncio.run(processor.process([_record(1, {"device": "tv"}, 0)]))
     assert store.windows["u1"].entries[0].context is None
+
+
+def test_produce_from_csv_folds_context_columns_into_the_context_object(tmp_path) -> None:
+    from streamrec.stream.producer import read_csv
+
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,user_id,item_id,event_type,ts,context.device,context.channel\n"
+                    "e1,u1,i1,view,1,tv,push\ne2,u1,i2,view,2,,\n")
+    events = list(read_csv(path))
+    assert events[0]["context"] == {"device": "tv", "channel": "push"} and "context.device" not in events[0]
+    assert "context" not in events[1]
