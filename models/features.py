@@ -210,15 +210,21 @@ def context_rows(contexts: Sequence[EventContext | None], config: EncoderConfig,
     out = np.empty((count, len(keys)), dtype=np.int64)
     for j, (key, offset) in enumerate(zip(keys, config.context_offsets)):
         values = config.context_values[j] if config.context_values else ()
-        table = {value: offset + CONTEXT_FIRST_VALUE + i for i, value in enumerate(values)}
+        table: dict[str | None, int] = {value: offset + CONTEXT_FIRST_VALUE + i for i, value in enumerate(values)}
         oov, missing = offset + CONTEXT_OOV, offset + CONTEXT_MISSING
+        table[None] = missing  # no key (or no context): one lookup, no branch per event
         get = table.get
-        out[:, j] = np.fromiter(
-            (missing if c is None or (v := c.get(key)) is None else get(v, oov) if type(v) is str else oov
-             for c in contexts),
-            dtype=np.int64, count=count,
-        )
+        try:
+            out[:, j] = [get((c or _NO_CONTEXT).get(key), oov) for c in contexts]
+        except TypeError:  # an unhashable value (not normalised by pick_context): OOV, the slow way
+            out[:, j] = [
+                missing if c is None or (v := c.get(key)) is None else get(v, oov) if type(v) is str else oov
+                for c in contexts
+            ]
     return out
+
+
+_NO_CONTEXT: dict[str, str] = {}
 
 
 def time_gap_buckets(timestamps_ms: Sequence[int] | np.ndarray, n_buckets: int) -> np.ndarray:
