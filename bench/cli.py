@@ -317,6 +317,26 @@ def scale(settings: Settings, workers: str, events: int, users: int, items: int,
     _print_and_write(result, scale_mod.format_result(result), out)
 
 
+@bench.command("catalogue")
+@click.option("--sizes", default="2000,20000,200000", show_default=True, help="Comma-separated catalogue sizes (items).")
+@click.option("--events", default=40_000, show_default=True, help="Events drained per size.")
+@click.option("--users", default=20_000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
+@click.option("--keep", is_flag=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/catalogue.json"), show_default=True)
+@click.pass_obj
+def catalogue(settings: Settings, sizes: str, events: int, users: int, seed: int, timeout_s: float, keep: bool,
+              out: Path) -> None:
+    """Per-event cost of one worker as the catalogue grows (target: 200k items <= 2x the cost of 2k)."""
+    from streamrec.bench.catalogue import format_result, run_catalogue  # torch (writes the models)
+
+    result = run_catalogue(settings, sizes=[int(s) for s in sizes.split(",") if s.strip()], events=events, users=users,
+                           seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
+                           progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)
+
+
 @bench.command("faults")
 @click.option("--scenario", "scenarios", multiple=True, help="Run only these (repeatable). [default: all]")
 @click.option("--timeout", "timeout_s", default=180.0, show_default=True, help="Seconds each scenario may take to settle.")

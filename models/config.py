@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from streamrec.config import DEFAULT_EVENT_TYPES, parse_event_types
+
 # Reserved indices shared by item, event-type and time-bucket vocabularies.
 PAD_INDEX = 0
 OOV_INDEX = 1
@@ -46,7 +48,8 @@ class EncoderConfig:
     """
 
     n_items: int
-    event_types: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+    # The worker's default event types (one spelling, in streamrec.config), in index order.
+    event_types: tuple[str, ...] = tuple(parse_event_types(DEFAULT_EVENT_TYPES))
     max_len: int = 50
     hidden: int = 64
     layers: int = 2

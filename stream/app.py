@@ -424,7 +424,7 @@ def create_app(
             report = {
                 "kafka": kafka_connected(app),
                 "cassandra": store_healthy(processor),
-                "delivery": processor.last_delivery_ok,
+                "delivery": processor.outputs.last_ok,
                 "model": models.current is not None,
                 "model_version": models.version,
                 # Degraded but serving (popularity fallback or the previous version): not a 503.
@@ -470,7 +470,7 @@ def assigned_partitions(app: faust.App, topic: str) -> list[int]:
 
 def store_healthy(processor: BatchProcessor) -> bool:
     """Cassandra is considered healthy unless the last store call failed."""
-    return processor.last_store_ok
+    return processor.store_calls.last_ok
 
 
 def consumer_lag(app: faust.App) -> int:

@@ -44,7 +44,8 @@ from streamrec.config import Settings
 from streamrec.errors import StreamrecError
 from streamrec.stream.events import Reason, Rejection
 from streamrec.stream.forgotten import user_hash
-from streamrec.stream.processor import BatchProcessor, Output, SourceRecord
+from streamrec.stream.delivery import Output
+from streamrec.stream.processor import BatchProcessor, SourceRecord
 from streamrec.stream.state.base import ForgetMark
 from streamrec.stream.topics import owner_partition
 
@@ -165,14 +166,14 @@ class Forgetter:
             max_id_length=self._settings.max_id_length,
         )
         if isinstance(request, Rejection):
-            await processor.deliver([await processor.dead_letter(record, request)])
+            await processor.outputs.deliver([await processor.dead_letter(record, request)])
             metrics.forget_requests.labels("invalid").inc()
             return None
         key = request.user_id.encode()
         owner = self._owner(key)
         if owner is not None and (record.key != key or record.partition != owner):
             # The owner of the user's events must carry it out: it holds the user's cached window.
-            await processor.deliver([await processor.send(Output(self._settings.forget_topic, key, record.value, owner))])
+            await processor.outputs.deliver([await processor.outputs.send(Output(self._settings.forget_topic, key, record.value, owner))])
             metrics.forget_requests.labels("rerouted").inc()
             return None
 
@@ -181,7 +182,7 @@ class Forgetter:
         # Never in the future: that would drop the user's new events until then.
         forgotten_at = min(requested_at, now_ms)
         hashed = user_hash(request.user_id)
-        done = await processor.retry("forget check", lambda: processor.store.forget_mark(hashed))
+        done = await processor.store_calls.retry("forget check", lambda: processor.store.forget_mark(hashed))
         repeated = done is not None and done.request_id == request.request_id
         if repeated and done is not None:
             # A replay of a request carried out before (its mark is stored last): doing it again would
@@ -192,9 +193,9 @@ class Forgetter:
             mark = ForgetMark(hashed, forgotten_at, 0, request.request_id)
             async with processor.between_batches:
                 mark = processor.forget_now(request.user_id, mark)
-                tombstone = await processor.send(Output(self._settings.recommendations_topic, key, None))
-            await processor.deliver([tombstone])
-            result = await processor.retry("forget", lambda: processor.store.forget_user(request.user_id, mark))
+                tombstone = await processor.outputs.send(Output(self._settings.recommendations_topic, key, None))
+            await processor.outputs.deliver([tombstone])
+            result = await processor.store_calls.retry("forget", lambda: processor.store.forget_user(request.user_id, mark))
             processor.forgotten_at(request.user_id, replace(mark, deleted_us=result.deleted_us))
             removed = RemovedData(result.window_events, result.had_state)
             metrics.forget_requests.labels("done").inc()
@@ -202,8 +203,8 @@ class Forgetter:
             request.request_id, hashed, request.requested_by, requested_at, forgotten_at, int(self._clock() * 1000),
             self._worker_id, self._settings.forget_policy, removed, repeated=repeated,
         )
-        audited = await processor.send(Output(self._settings.forget_audit_topic, request.request_id.encode(), audit.to_json()))
-        await processor.deliver([audited])
+        audited = await processor.outputs.send(Output(self._settings.forget_audit_topic, request.request_id.encode(), audit.to_json()))
+        await processor.outputs.deliver([audited])
         return audit
 
     def _owner(self, key: bytes) -> int | None:

@@ -19,13 +19,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
 
 from streamrec.config import Settings
-from streamrec.errors import StateStoreError
+from streamrec.stream.delivery import Outputs, Output, Pending, Sink, StoreCalls
 from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, ValidationRules, parse_event
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
@@ -51,25 +51,6 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record the processor produces (a recommendation, a dead letter, a re-routed event)."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None  # None: a tombstone
-    partition: int | None = None
-
-
-Pending = tuple[Output, "Awaitable[Any]"]
-
-
-class Sink(Protocol):
-    """Where the processor's Kafka output goes; ``send`` returns an awaitable delivery."""
-
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Awaitable[Any]: ...
 
 
 class ShadowHook(Protocol):
@@ -149,7 +130,6 @@ class BatchProcessor:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.sink = sink
         self.current_model = model
         self.shadow = shadow
         self.partition_count = partition_count
@@ -161,12 +141,10 @@ class BatchProcessor:
         self.popularity = PopularityModel()
         self.forgotten = ForgottenUsers()
         self.last_shown = LastShown(cache_capacity)
-        self._retry_max_delay_s = retry_max_delay_s
+        self.outputs = Outputs(sink, self.metrics, retry_max_delay_s)
+        self.store_calls = StoreCalls(self.metrics, retry_max_delay_s)
         self._max_age_ms = int(settings.window_max_age_days * 86_400_000)
         self._ttl_s = int(settings.window_max_age_days * 86_400)
-        self.stopping = False
-        self.last_store_ok = True
-        self.last_delivery_ok = True
         self.encoder_error: str | None = None  # the model's last failure, until it serves a batch again
         self._encode_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._recommend_lock = threading.Lock()
@@ -305,13 +283,13 @@ class BatchProcessor:
             if record.key != user_key:
                 # Another key would put the user's events on several partitions
                 # (and workers): re-key by user and let the owner handle it.
-                deliveries.append(await self.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
+                deliveries.append(await self.outputs.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.repartitioned += 1
             elif owner is not None and record.partition != owner:
                 # The right key on the wrong partition (a CRC32 producer, or partitions
                 # added since it was produced): merging it here would give the user two
                 # owners racing on one window. Move it to the owner's partition.
-                deliveries.append(await self.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
+                deliveries.append(await self.outputs.send(Output(self.settings.events_topic, user_key, record.value or b"", owner)))
                 report.rerouted += 1
             elif (action := forgotten_action(self.forgotten.get(parsed.user_id), parsed.ts_ms,
                                              self.settings.forget_policy)) is not None:
@@ -332,7 +310,7 @@ class BatchProcessor:
 
     async def _merge(self, by_user: dict[str, list[Event]], report: BatchReport) -> tuple[dict[str, StoredWindow], list[StoredWindow]]:
         """Step 3: every user's window after this batch (cache, else store), and the ones that changed."""
-        windows, changed, report.duplicates = await self.retry("window read", lambda: self._merge_windows(by_user))
+        windows, changed, report.duplicates = await self.store_calls.retry("window read", lambda: self._merge_windows(by_user))
         self.metrics.duplicates.inc(report.duplicates)
         # Ahead of the store (see begin's docstring): the next batch must see these events.
         for user_id in by_user:
@@ -342,12 +320,12 @@ class BatchProcessor:
     async def _emit(self, recommendations: list[Recommendation], payloads: list[bytes]) -> list[Pending]:
         """Step 5: one recommendation per user handed to the producer."""
         topic = self.settings.recommendations_topic
-        return [await self.send(Output(topic, rec.user_id.encode(), payload)) for rec, payload in zip(recommendations, payloads)]
+        return [await self.outputs.send(Output(topic, rec.user_id.encode(), payload)) for rec, payload in zip(recommendations, payloads)]
 
     def _start_save(self, changed: list[StoredWindow], states: list[UserState]) -> Awaitable[None]:
         """Step 5's store half: the changed windows and new states, written in the background (awaited by _finish)."""
         return asyncio.ensure_future(
-            self.retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
+            self.store_calls.retry("state write", lambda: self._timed(CassandraOp.SAVE, self.store.save(changed, states, self._ttl_s)))
         )
 
     async def _finish(
@@ -358,7 +336,7 @@ class BatchProcessor:
         try:
             if save is not None:
                 await save
-            await self.deliver(deliveries)
+            await self.outputs.deliver(deliveries)
         except BaseException:
             if isinstance(save, asyncio.Future):
                 save.cancel()
@@ -374,44 +352,6 @@ class BatchProcessor:
         return report
 
     # ------------------------------------------------------------------ #
-    async def send(self, output: Output) -> Pending:
-        """Hand ``output`` to the producer; a refusal at send time becomes a failed delivery (retried)."""
-        try:
-            return output, await self.sink.send(output.topic, output.key, output.value, output.partition)
-        except Exception as exc:  # noqa: BLE001 - any producer refusal is retried by _deliver, never skipped
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return output, failed
-
-    async def deliver(self, pending: list[Pending]) -> None:
-        """Wait until every output is delivered, re-sending failed ones with backoff (the batch stays unacked).
-
-        Output is at-least-once, so a re-send is safe. While deliveries fail,
-        ``last_delivery_ok`` is false and ``/health`` says so.
-        """
-        delay = 0.1
-        failures = 0
-        while pending:
-            results = await asyncio.gather(*(delivery for _, delivery in pending), return_exceptions=True)
-            # BaseException: a cancelled delivery future is not a delivered one.
-            failed = [(out, r) for (out, _), r in zip(pending, results) if isinstance(r, BaseException)]
-            if not failed:
-                self.last_delivery_ok = True
-                if failures:
-                    log.warning("Kafka deliveries succeeded after %d failed attempts", failures)
-                return
-            failures += 1
-            self.last_delivery_ok = False
-            self.metrics.delivery_errors.inc(len(failed))
-            first_output, first_error = failed[0]
-            log.warning(
-                "%d of %d outputs not delivered (e.g. to %s: %r); re-sending in %.2fs (batch not acknowledged)",
-                len(failed), len(pending), first_output.topic, first_error, delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._retry_max_delay_s)
-            pending = [await self.send(out) for out, _ in failed]
-
     async def dead_letter(self, record: SourceRecord, rejection: Rejection) -> Pending:
         """Hand the dead letter of ``record`` to the producer (delivered with the batch's other outputs)."""
         self.metrics.rejected.labels(str(rejection.reason)).inc()
@@ -421,7 +361,7 @@ class BatchProcessor:
             rejected_at_ms=int(self.clock() * 1000),
         )
         log.debug("dead-lettering %s@%s:%s: %s", record.topic, record.partition, record.offset, rejection.reason)
-        return await self.send(Output(self.settings.dlq_topic, letter.kafka_key(), letter.to_json()))
+        return await self.outputs.send(Output(self.settings.dlq_topic, letter.kafka_key(), letter.to_json()))
 
     async def _merge_windows(
         self, by_user: dict[str, list[Event]]
@@ -565,24 +505,3 @@ class BatchProcessor:
             return await call
         finally:
             self.metrics.cassandra_latency.labels(op).observe(time.perf_counter() - started)
-
-    async def retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` until it succeeds, backing off on store failures (never drops the batch)."""
-        delay = 0.05
-        failures = 0
-        while True:
-            try:
-                result = await attempt()
-                self.last_store_ok = True
-                if failures:
-                    log.warning("%s succeeded after %d failed attempts", what, failures)
-                return result
-            except StateStoreError as exc:
-                failures += 1
-                self.last_store_ok = False
-                self.metrics.cassandra_errors.inc()
-                if self.stopping:
-                    raise
-                log.warning("%s failed (%s); retrying in %.2fs (batch not acknowledged)", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_delay_s)

@@ -149,3 +149,22 @@ def test_the_bench_reads_the_cassandra_labels_the_processor_emits() -> None:
     asyncio.run(processor.process([SourceRecord("t", 0, 0, b"u1", orjson.dumps(event))]))
     summary = summarise_worker_metrics([metric_values(processor.metrics.render().decode())])
     assert summary["cassandra_load_windows_ms"] is not None and summary["cassandra_save_ms"] is not None
+
+
+def test_the_catalogue_rows_put_the_encode_step_beside_the_other_steps() -> None:
+    from streamrec.bench.catalogue import catalogue_rows, headline
+
+    def trial(items: int, rate: float, cpu_pct: float, encoder_ms: float) -> dict:
+        return {"catalogue_items": items, "events_per_s": rate, "process": {"cpu_mean_pct": cpu_pct},
+                "worker_metrics": {"encoder_ms_per_batch": encoder_ms, "mean_batch_records": 100.0,
+                                   "stage_ms": {"queued": 500.0, "validate": 2.0, "load": 5.0, "encode": encoder_ms,
+                                                "produce": 3.0, "durable": 40.0}}}
+
+    rows = catalogue_rows([trial(2_000, 2_000.0, 80.0, 10.0), trial(200_000, 1_000.0, 90.0, 60.0)])
+    small, large = rows
+    assert small["cpu_ms_per_event"] == 0.4 and small["encode_ms_per_event"] == 0.1
+    assert small["other_steps_ms_per_event"] == 0.1  # validate + load + produce; not queueing, not the store
+    assert large["cpu_ms_per_event"] == 0.9 and large["encode_ms_per_event"] == 0.6
+    assert large["cpu_ms_per_event_ratio"] == 2.25 and large["encode_ms_per_event_ratio"] == 6.0
+    assert large["other_steps_ms_per_event_ratio"] == 1.0  # only the model grew with the catalogue
+    assert headline(rows)["target"] == "<= 2x: NOT met"

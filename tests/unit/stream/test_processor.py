@@ -198,7 +198,7 @@ def test_failed_deliveries_are_re_sent_until_delivered_and_reported_meanwhile() 
     async def scenario() -> None:
         task = asyncio.ensure_future(processor.process([record(b"{oops", 0), record(event(1), 1), record(event(2, user="u2"), 2)]))
         while not task.done():
-            seen_unhealthy.append(not processor.last_delivery_ok)
+            seen_unhealthy.append(not processor.outputs.last_ok)
             await asyncio.sleep(0.005)
         await task
 
@@ -206,7 +206,7 @@ def test_failed_deliveries_are_re_sent_until_delivered_and_reported_meanwhile() 
     # Every output delivered exactly once in the end: one dead letter and two recommendations.
     assert len(sink.on(SETTINGS.dlq_topic)) == 1
     assert sorted(Recommendation.from_json(v).user_id for _, v in sink.on(SETTINGS.recommendations_topic)) == ["u1", "u2"]
-    assert any(seen_unhealthy) and processor.last_delivery_ok
+    assert any(seen_unhealthy) and processor.outputs.last_ok
     assert processor.metrics.delivery_errors._value.get() >= 5
 
 
