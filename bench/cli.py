@@ -75,6 +75,26 @@ def explain_bench(epochs: int, k: int, users: int, seed: int, out: Path) -> None
     _write(result, out)
 
 
+@bench.command("context")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic context world and of training.")
+@click.option("--epochs", default=40, show_default=True)
+@click.option("--patience", default=8, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="Serving threads of the cost measurement.")
+@click.option("--repeats", default=100, show_default=True, help="Interleaved recommend() calls per model.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/context.json"), show_default=True)
+def context_bench(seed: int, epochs: int, patience: int, threads: int, repeats: int, out: Path) -> None:
+    """The context view: NDCG@10 with vs without it on a stream whose next item depends on the device, and its serving cost."""
+    import tempfile
+
+    from streamrec.bench.context import format_table, run_context_bench  # torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-context-") as work:
+        result = run_context_bench(Path(work), seed=seed, epochs=epochs, patience=patience, threads=threads,
+                                   repeats=repeats)
+    click.echo(format_table(result))
+    _write(result, out)
+
+
 @bench.command("new-items")
 @click.option("--epochs", default=20, show_default=True, help="Training epochs of the multi-view model.")
 @click.option("--seed", default=21, show_default=True, help="Seed of the synthetic stream.")

@@ -21,6 +21,14 @@ OOV_INDEX = 1
 FIRST_REAL_INDEX = 2
 
 CONTENT_FIELDS = ("item_content", "text_dim", "item_categories", "max_item_categories", "id_dropout")
+CONTEXT_FIELDS = ("context_keys", "context_values")
+
+# The context view's per-key local indices (see EncoderConfig.context_offsets): 0 is padding
+# (shared by all keys: one global row 0), 1 a value never seen at training (OOV), 2 an event
+# that does not carry the key at all (its own bucket: "no device sent" is not "an unknown device").
+CONTEXT_OOV = 1
+CONTEXT_MISSING = 2
+CONTEXT_FIRST_VALUE = 3
 
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
@@ -70,6 +78,39 @@ class EncoderConfig:
     # Share of items whose id embedding is dropped at each training step, so the content
     # views alone learn to place an item (a new item has no trained id embedding).
     id_dropout: float = 0.0
+    # --- the context view (the event's own ``context`` object; off = no context input) ----
+    # Named keys of the event's ``context`` (e.g. ``device``), each a categorical feature
+    # whose embedding is summed into the input. ``context_values[j]`` is key j's vocabulary
+    # learned at training (the values in index order); anything else is OOV at serving.
+    context_keys: tuple[str, ...] = ()
+    context_values: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(set(self.context_keys)) != len(self.context_keys):
+            raise ValueError(f"context keys repeat: {self.context_keys}")
+        if self.context_values and len(self.context_values) != len(self.context_keys):
+            raise ValueError(f"{len(self.context_keys)} context keys but {len(self.context_values)} value lists")
+
+    @property
+    def context_offsets(self) -> tuple[int, ...]:
+        """Global row of each context key's local index 0 in the one shared context table.
+
+        Row 0 is padding; key j owns rows ``offset_j + 1 ..`` (OOV, missing, its values),
+        so a key's local index ``l >= 1`` is global row ``offset_j + l``.
+        """
+        offsets, start = [], 0
+        for j in range(len(self.context_keys)):
+            offsets.append(start)
+            start += CONTEXT_FIRST_VALUE - 1 + len(self.context_values[j] if self.context_values else ())
+        return tuple(offsets)
+
+    @property
+    def n_context_rows(self) -> int:
+        """Rows of the shared context table (padding + per key: OOV, missing, values); 0 when off."""
+        if not self.context_keys:
+            return 0
+        values = self.context_values or tuple(() for _ in self.context_keys)
+        return 1 + sum(CONTEXT_FIRST_VALUE - 1 + len(v) for v in values)
 
     @property
     def n_event_types(self) -> int:
@@ -90,6 +131,13 @@ class EncoderConfig:
                 data.pop(name)
         else:
             data["item_categories"] = list(self.item_categories)
+        if not self.context_keys:
+            # Likewise a model without the context view keeps its config.json as before.
+            for name in CONTEXT_FIELDS:
+                data.pop(name)
+        else:
+            data["context_keys"] = list(self.context_keys)
+            data["context_values"] = [list(v) for v in self.context_values]
         return data
 
     @classmethod
@@ -98,6 +146,8 @@ class EncoderConfig:
         values = {k: v for k, v in data.items() if k in known}
         values["event_types"] = tuple(values.get("event_types", ()))
         values["item_categories"] = tuple(values.get("item_categories", ()))
+        values["context_keys"] = tuple(values.get("context_keys", ()))
+        values["context_values"] = tuple(tuple(v) for v in values.get("context_values", ()))
         return cls(**values)
 
     def save(self, path: Path) -> None:
@@ -121,6 +171,13 @@ class EncoderOnnxConfig:
     opset: int = 17
     inputs: tuple[str, ...] = ("item_idx", "event_type", "time_bucket", "attention_mask", "exclude", "k")
     outputs: tuple[str, ...] = ("user_vector", "topk_indices", "topk_scores")
+    # With the context view on, one more input, last (so a graph without it keeps its exact
+    # inputs): ``(batch, seq, n_keys)`` int64 global rows of the context table, 0 = padding.
+    context_input: str = "context"
+
+    def inputs_for(self, config: EncoderConfig) -> tuple[str, ...]:
+        """The graph inputs of a model with this config (the context input only when it has context keys)."""
+        return (*self.inputs, self.context_input) if config.context_keys else self.inputs
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -131,6 +188,7 @@ class EncoderOnnxConfig:
             "time_bucket": seq_axes,
             "attention_mask": seq_axes,
             "exclude": {0: "batch", 1: "n_exclude"},
+            self.context_input: seq_axes,
             "user_vector": {0: "batch"},
             "topk_indices": {0: "batch", 1: "k"},
             "topk_scores": {0: "batch", 1: "k"},

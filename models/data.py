@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from streamrec.errors import DataError
-from streamrec.models.features import UserSequence
+from streamrec.models.features import UserSequence, pick_context
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +35,33 @@ ML100K_ITEM_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.item"
 
 @dataclass
 class EventLog:
-    """Columnar interaction log; row order is the file order."""
+    """Columnar interaction log; row order is the file order.
+
+    ``contexts``: each event's ``context`` (normalised by
+    :func:`~streamrec.models.features.pick_context`, ``None`` when absent);
+    what the context view trains on.
+    """
 
     user_ids: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
     event_types: list[str] = field(default_factory=list)
     ts_ms: list[int] = field(default_factory=list)
+    contexts: list[dict[str, str] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
-    def append(self, user_id: str, item_id: str, event_type: str, ts_ms: int) -> None:
+    def append(self, user_id: str, item_id: str, event_type: str, ts_ms: int, context: dict[str, str] | None = None) -> None:
         self.user_ids.append(user_id)
         self.item_ids.append(item_id)
         self.event_types.append(event_type)
         self.ts_ms.append(ts_ms)
+        self.contexts.append(context)
+
+    @property
+    def has_context(self) -> bool:
+        """Whether any event carries a context."""
+        return any(c is not None for c in self.contexts)
 
     def user_sequences(self) -> dict[str, UserSequence]:
         """Each user's events ordered by time (stable: equal timestamps keep file order)."""
@@ -58,11 +70,13 @@ class EventLog:
         rows: dict[str, list[int]] = {}
         for i in order.tolist():
             rows.setdefault(self.user_ids[i], []).append(i)
+        contexts = self.contexts if self.has_context else None  # a log without any context costs nothing
         return {
             user: UserSequence(
                 item_ids=[self.item_ids[i] for i in idx],
                 event_types=[self.event_types[i] for i in idx],
                 timestamps_ms=[self.ts_ms[i] for i in idx],
+                contexts=[contexts[i] for i in idx] if contexts is not None else None,
             )
             for user, idx in rows.items()
         }
@@ -90,7 +104,12 @@ def parse_ts_ms(value: Any) -> int:
 def events_from_dicts(
     events: Iterable[Mapping[str, Any]], *, default_event_type: str = DEFAULT_EVENT_TYPE, source: str = "events"
 ) -> EventLog:
-    """Build a log from event dicts with ``user_id``, ``item_id``, ``ts`` and optional ``event_type``."""
+    """Build a log from event dicts with ``user_id``, ``item_id``, ``ts`` and optional ``event_type`` and ``context``.
+
+    ``context`` is the event contract's object; a JSON string holding one (a
+    Parquet string column) or flat ``context.<key>`` fields (CSV columns) are
+    read as well. Values are normalised as the worker does (:func:`pick_context`).
+    """
     out = EventLog()
     for n, event in enumerate(events, start=1):
         try:
@@ -99,12 +118,30 @@ def events_from_dicts(
                 str(event["item_id"]),
                 str(event.get("event_type") or default_event_type),
                 parse_ts_ms(event["ts"]),
+                pick_context(_raw_context(event)),
             )
         except KeyError as exc:
             raise DataError(f"{source}: record {n} has no field {exc.args[0]!r}") from exc
         except (TypeError, ValueError) as exc:
             raise DataError(f"{source}: record {n}: {exc}") from exc
     return out
+
+
+CONTEXT_COLUMN_PREFIX = "context."
+
+
+def _raw_context(event: Mapping[str, Any]) -> Any:
+    raw = event.get("context")
+    if isinstance(raw, (str, bytes)) and raw:
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None  # not an object: no context (as the worker treats it)
+    if raw is None:
+        flat = {k[len(CONTEXT_COLUMN_PREFIX):]: v for k, v in event.items()
+                if type(k) is str and k.startswith(CONTEXT_COLUMN_PREFIX) and v not in (None, "")}
+        return flat or None
+    return raw
 
 
 def load_jsonl(path: Path, *, default_event_type: str = DEFAULT_EVENT_TYPE) -> EventLog:

@@ -38,6 +38,7 @@ class EncoderInput:
     time_bucket: torch.Tensor
     attention_mask: torch.Tensor
     targets: torch.Tensor | None = None
+    context: torch.Tensor | None = None  # (batch, seq, n_keys); only for a model with context keys
 
     @classmethod
     def from_features(cls, batch: FeatureBatch, targets: torch.Tensor | None = None) -> "EncoderInput":
@@ -47,6 +48,7 @@ class EncoderInput:
             time_bucket=torch.from_numpy(batch.time_bucket),
             attention_mask=torch.from_numpy(batch.attention_mask),
             targets=targets,
+            context=torch.from_numpy(batch.context) if batch.context is not None else None,
         )
 
 
@@ -111,7 +113,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class SequenceEncoder(nn.Module):
-    """Transformer encoder over item, event-type and time-gap embeddings of left-padded sequences."""
+    """Transformer encoder over item, event-type, time-gap (and context) embeddings of left-padded sequences."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -125,6 +127,11 @@ class SequenceEncoder(nn.Module):
         # yields NaN rows (masked scores use the dtype minimum, not -inf).
         self.backbone = AutoModel.from_config(_backbone_config(config), attn_implementation="eager")
         embeddings = [self.item_emb, self.event_emb, self.time_emb]
+        if config.context_keys:
+            # The context view: one table for all keys (each key its own block of rows,
+            # see EncoderConfig.context_offsets), row 0 padding for every key.
+            self.context_emb = nn.Embedding(config.n_context_rows, config.hidden, padding_idx=PAD_INDEX)
+            embeddings.append(self.context_emb)
         if config.item_content:
             # The content views. Their inputs are buffers (saved with the weights,
             # never trained): each item's frozen text vector, its category indices
@@ -186,8 +193,9 @@ class SequenceEncoder(nn.Module):
         time_bucket: torch.Tensor,
         attention_mask: torch.Tensor,
         item_table: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        x = self.embed(item_idx, event_type, time_bucket, item_table)
+        x = self.embed(item_idx, event_type, time_bucket, item_table, context)
         hidden = self.backbone(
             inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
         ).last_hidden_state
@@ -195,12 +203,14 @@ class SequenceEncoder(nn.Module):
 
     def embed(
         self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor,
-        item_table: torch.Tensor | None = None,
+        item_table: torch.Tensor | None = None, context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(batch, seq, dim)`` input embeddings: item + event type + time gap, normalised.
+        """``(batch, seq, dim)`` input embeddings: item + event type + time gap (+ context keys), normalised.
 
         ``item_table``: the item vectors of this step (:meth:`item_table`), so
         that inputs and scores share one id-dropout draw; computed when absent.
+        ``context``: ``(batch, seq, n_keys)`` context rows, required when the
+        config has context keys.
         """
         if self.config.item_content:
             x = F.embedding(item_idx, self.item_table() if item_table is None else item_table)
@@ -210,10 +220,14 @@ class SequenceEncoder(nn.Module):
             x = x + self.event_emb(event_type)
         if self.config.use_time_gaps:
             x = x + self.time_emb(time_bucket)
+        if self.config.context_keys:
+            if context is None:
+                raise ModelError(f"this model has context keys {list(self.config.context_keys)} but no context input was given")
+            x = x + self.context_emb(context).sum(-2)
         return self.emb_dropout(self.emb_norm(x))
 
     def encode(self, batch: EncoderInput, item_table: torch.Tensor | None = None) -> EncoderOutput:
-        return self(batch.item_idx, batch.event_type, batch.time_bucket, batch.attention_mask, item_table)
+        return self(batch.item_idx, batch.event_type, batch.time_bucket, batch.attention_mask, item_table, batch.context)
 
     def user_vector(self, batch: EncoderInput) -> torch.Tensor:
         """``(batch, dim)`` user vectors: the hidden state at the newest (last) position."""

@@ -34,9 +34,10 @@ class FullSequenceUserVector(nn.Module):
         self.model = model
 
     def forward(
-        self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor
+        self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(item_idx, event_type, time_bucket, attention_mask).user_vector
+        return self.model(item_idx, event_type, time_bucket, attention_mask, context=context).user_vector
 
 
 class NewestPositionUserVector(nn.Module):
@@ -54,10 +55,11 @@ class NewestPositionUserVector(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def forward(
-        self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor
+        self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         backbone = self.model.backbone
-        hidden = self.model.embed(item_idx, event_type, time_bucket)
+        hidden = self.model.embed(item_idx, event_type, time_bucket, context=context)
         hidden = backbone.drop(hidden + backbone.wpe(position_ids(attention_mask)))
         bias = self._attention_bias(attention_mask, hidden.dtype)
         for block in self.blocks[:-1]:

@@ -12,11 +12,15 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import orjson
 
 from streamrec.models.config import (
+    CONTEXT_FIRST_VALUE,
+    CONTEXT_MISSING,
+    CONTEXT_OOV,
     FIRST_REAL_INDEX,
     OOV_INDEX,
     OOV_TOKEN,
@@ -29,14 +33,66 @@ from streamrec.models.config import (
 # unknown at serving time (evicted from the window), so training must not see it either.
 FIRST_EVENT_BUCKET = 1
 
+# A context value is kept as a short string: longer ones are cut (a producer sending a
+# page of text as a "device" must not grow windows or the vocabulary), so training and
+# serving map the same raw value to the same string.
+MAX_CONTEXT_VALUE_CHARS = 64
+# Values of one key kept in its vocabulary (most frequent first); rarer ones are OOV.
+MAX_CONTEXT_VALUES = 1000
+
+EventContext = Mapping[str, str]
+
+
+def context_value(raw: Any) -> str | None:
+    """One raw context value as its categorical string (training and serving both use this).
+
+    Strings are kept (cut to :data:`MAX_CONTEXT_VALUE_CHARS`); ``true``/``false``
+    and numbers become their JSON text (``1`` and ``"1"`` are the same value);
+    objects and arrays their compact JSON, cut; ``None`` is no value (the
+    key's missing bucket). Never raises.
+    """
+    if raw is None:
+        return None
+    if type(raw) is str:
+        return raw[:MAX_CONTEXT_VALUE_CHARS]
+    try:
+        text = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, ValueError):
+        text = type(raw).__name__  # not JSON (only from in-process callers): one bucket per type
+    return text[:MAX_CONTEXT_VALUE_CHARS]
+
+
+def pick_context(raw: Any, keys: Sequence[str] | None = None) -> dict[str, str] | None:
+    """The event's ``context`` object reduced to ``keys`` (all keys when None), values normalised; None if nothing is left.
+
+    Anything that is not an object is no context. The worker keeps only the
+    live model's keys in a window, so a window grows only for configured keys.
+    """
+    if type(raw) is not dict or not raw:
+        return None
+    out: dict[str, str] = {}
+    for key in (raw if keys is None else keys):
+        if type(key) is not str:
+            continue
+        value = context_value(raw.get(key))
+        if value is not None:
+            out[key] = value
+    return out or None
+
 
 @dataclass(frozen=True)
 class UserSequence:
-    """One user's recent events, oldest to newest, as raw strings (the serving contract)."""
+    """One user's recent events, oldest to newest, as raw strings (the serving contract).
+
+    ``contexts``: each event's context (key -> normalised value, see
+    :func:`pick_context`; ``None`` for an event without one), or ``None``
+    when no event has any: only a model with context keys reads it.
+    """
 
     item_ids: Sequence[str]
     event_types: Sequence[str]
     timestamps_ms: Sequence[int]
+    contexts: Sequence[EventContext | None] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.item_ids) == len(self.event_types) == len(self.timestamps_ms)):
@@ -45,6 +101,8 @@ class UserSequence:
                 f"{len(self.item_ids)} items, {len(self.event_types)} event types, "
                 f"{len(self.timestamps_ms)} timestamps"
             )
+        if self.contexts is not None and len(self.contexts) != len(self.item_ids):
+            raise ValueError(f"UserSequence has {len(self.item_ids)} events but {len(self.contexts)} contexts")
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -58,6 +116,8 @@ class FeatureBatch:
     event_type: np.ndarray
     time_bucket: np.ndarray
     attention_mask: np.ndarray
+    # ``(batch, seq, n_keys)`` global context rows (0 = padding); None for a model without context keys.
+    context: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
@@ -125,6 +185,48 @@ def event_type_ids(event_types: Sequence[str], known: Sequence[str]) -> np.ndarr
     )
 
 
+def build_context_values(
+    contexts: Iterable[EventContext | None], keys: Sequence[str], *, max_values: int = MAX_CONTEXT_VALUES
+) -> tuple[tuple[str, ...], ...]:
+    """Each key's vocabulary from training events' contexts: most frequent first (ties by first appearance), at most ``max_values``."""
+    counts = [Counter() for _ in keys]  # type: list[Counter[str]]
+    for context in contexts:
+        if not context:
+            continue
+        for key, counter in zip(keys, counts):
+            value = context.get(key)
+            if value is not None:
+                counter[value] += 1
+    return tuple(tuple(sorted(c, key=lambda v: -c[v])[:max_values]) for c in counts)  # sorted() is stable
+
+
+def context_rows(contexts: Sequence[EventContext | None], config: EncoderConfig, count: int) -> np.ndarray:
+    """``(count, n_keys)`` global context-table rows of ``count`` events (see ``EncoderConfig.context_offsets``).
+
+    Per key: a value of its training vocabulary gets its row, any other value
+    the key's OOV row, an event without the key the key's missing row.
+    """
+    keys = config.context_keys
+    out = np.empty((count, len(keys)), dtype=np.int64)
+    for j, (key, offset) in enumerate(zip(keys, config.context_offsets)):
+        values = config.context_values[j] if config.context_values else ()
+        table: dict[str | None, int] = {value: offset + CONTEXT_FIRST_VALUE + i for i, value in enumerate(values)}
+        oov, missing = offset + CONTEXT_OOV, offset + CONTEXT_MISSING
+        table[None] = missing  # no key (or no context): one lookup, no branch per event
+        get = table.get
+        try:
+            out[:, j] = [get((c or _NO_CONTEXT).get(key), oov) for c in contexts]
+        except TypeError:  # an unhashable value (not normalised by pick_context): OOV, the slow way
+            out[:, j] = [
+                missing if c is None or (v := c.get(key)) is None else get(v, oov) if type(v) is str else oov
+                for c in contexts
+            ]
+    return out
+
+
+_NO_CONTEXT: dict[str, str] = {}
+
+
 def time_gap_buckets(timestamps_ms: Sequence[int] | np.ndarray, n_buckets: int) -> np.ndarray:
     """Bucket each event's gap to the previous one: ``2 + floor(log2(1 + gap_seconds))``.
 
@@ -182,12 +284,19 @@ def featurize(
     ts = np.fromiter((t for s, start in newest for t in s.timestamps_ms[start:]), dtype=np.int64, count=total)
     tbucket[rows, cols] = _gap_buckets(ts, position == 0, config.n_time_buckets)
     mask[rows, cols] = 1
+    context = None
+    if config.context_keys:
+        context = np.zeros((*shape, len(config.context_keys)), dtype=np.int64)
+        flat = [c for s, start in newest for c in (s.contexts[start:] if s.contexts is not None else [None] * (len(s) - start))]
+        context[rows, cols] = context_rows(flat, config, total)
     empty = counts == 0  # a single OOV event, so the encoder always has a position to read
     item_idx[empty, -1] = OOV_INDEX
     etype[empty, -1] = OOV_INDEX
     tbucket[empty, -1] = FIRST_EVENT_BUCKET
     mask[empty, -1] = 1
-    return FeatureBatch(item_idx=item_idx, event_type=etype, time_bucket=tbucket, attention_mask=mask)
+    if context is not None:
+        context[empty, -1] = np.asarray(config.context_offsets, dtype=np.int64) + CONTEXT_MISSING
+    return FeatureBatch(item_idx=item_idx, event_type=etype, time_bucket=tbucket, attention_mask=mask, context=context)
 
 
 def exclusion_indices(sequences: Sequence[UserSequence], vocab: ItemVocab) -> np.ndarray:

@@ -44,6 +44,7 @@ def slice_sequence(seq: UserSequence, start: int | None, stop: int | None) -> Us
         item_ids=list(seq.item_ids[start:stop]),
         event_types=list(seq.event_types[start:stop]),
         timestamps_ms=list(seq.timestamps_ms[start:stop]),
+        contexts=list(seq.contexts[start:stop]) if seq.contexts is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,7 +24,7 @@ from streamrec.models.config import EncoderConfig
 from streamrec.models.content import ItemContent, attach_content
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
 from streamrec.models.evaluate import evaluate_model
-from streamrec.models.features import ItemVocab, UserSequence, featurize
+from streamrec.models.features import ItemVocab, UserSequence, build_context_values, featurize
 from streamrec.models.splits import Split, slice_sequence
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class TrainingExamples:
             time_bucket=f.time_bucket[idx],
             attention_mask=f.attention_mask[idx],
             targets=f.targets[idx],
+            context=f.context[idx] if f.context is not None else None,
         )
 
 
@@ -130,6 +131,22 @@ def event_types_for(sequences: Iterable[UserSequence], configured: Sequence[str]
     return tuple(seen)
 
 
+def with_context_vocab(config: EncoderConfig, sequences: Iterable[UserSequence]) -> EncoderConfig:
+    """``config`` with each context key's vocabulary learned from ``sequences`` (unchanged without context keys, or when it has one).
+
+    A warm start keeps the live version's vocabularies (their rows keep their
+    meaning); values first seen since then are OOV until a fresh training.
+    """
+    if not config.context_keys or config.context_values:
+        return config
+    values = build_context_values(
+        (c for seq in sequences if seq.contexts is not None for c in seq.contexts), config.context_keys
+    )
+    for key, vocab in zip(config.context_keys, values):
+        log.info("context key %r: %d values%s", key, len(vocab), f" (e.g. {list(vocab[:5])})" if vocab else " (never present: all events missing)")
+    return replace(config, context_values=values)
+
+
 def train(
     split: Split,
     model_config: EncoderConfig,
@@ -154,7 +171,7 @@ def train(
         torch.set_num_threads(train_config.threads)
     if vocab is None:
         vocab = ItemVocab.build(_all_items(split))
-    config = model_config.__class__(**{**asdict(model_config), "n_items": len(vocab)})
+    config = with_context_vocab(replace(model_config, n_items=len(vocab)), split.train.values())
     examples = build_examples(split.train.values(), vocab, config)
     model = SequenceEncoder(config)
     if init_state is not None:  # warm start (the retrainer grows embedding tables before passing them)

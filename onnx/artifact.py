@@ -132,7 +132,7 @@ def load_artifact(path: Path) -> Artifact:
     parity = _read_json(path / "parity.json")
     if not parity.get("passed"):
         raise ModelError(f"model artifact {path}: its export parity check did not pass")
-    _check_onnx(path / MODEL_FILE)
+    _check_onnx(path / MODEL_FILE, list(ONNX_CONFIG.inputs_for(config)))
     return Artifact(
         path=path,
         version=int(manifest["version"]),
@@ -144,7 +144,7 @@ def load_artifact(path: Path) -> Artifact:
     )
 
 
-def _check_onnx(path: Path) -> None:
+def _check_onnx(path: Path, expected_inputs: list[str]) -> None:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -154,8 +154,8 @@ def _check_onnx(path: Path) -> None:
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as exc:
         raise ModelError(f"model artifact {path.parent}: {path.name} is not a valid ONNX model: {exc}") from exc
     names = [i.name for i in proto.graph.input]
-    if names != list(ONNX_CONFIG.inputs):
-        raise ModelError(f"model artifact {path.parent}: graph inputs {names} differ from {list(ONNX_CONFIG.inputs)}")
+    if names != expected_inputs:
+        raise ModelError(f"model artifact {path.parent}: graph inputs {names} differ from {expected_inputs}")
 
 
 def latest_artifact(root: Path) -> Artifact:

@@ -44,6 +44,12 @@ DATA_HELP = "Interaction log path, or 'ml-100k' for MovieLens-100k (fetched into
 FORMATS = ["auto", "jsonl", "csv", "parquet", "movielens", "inter"]
 
 
+def parse_context_keys(text: str) -> tuple[str, ...]:
+    """``device,channel`` -> ``("device", "channel")``; empty = the context view off."""
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    return keys
+
+
 def _split(events: EventLog, kind: str) -> Split:
     return leave_one_out(events) if kind == "loo" else temporal_split(events)
 
@@ -89,12 +95,15 @@ def _emit(result: dict[str, Any], out: Path | None) -> None:
               help="Train multi-view (id + text + categories) on these item records: 'topic' (the items topic), "
                    "'ml-100k', a RecBole .item, JSONL or CSV file (needs streamrec[content]).")
 @click.option("--id-dropout", default=0.5, show_default=True, help="With --items: share of item ids dropped per step.")
+@click.option("--context-keys", default="", show_default=False,
+              help="Comma-separated keys of the events' context object to learn as categorical views "
+                   "(e.g. device,channel); off when empty. Values unseen in training are OOV at serving.")
 @click.pass_obj
 def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | None, epochs: int, patience: int,
           batch_size: int, lr: float, weight_decay: float, seed: int, threads: int, backbone: str, hidden: int,
           layers: int, heads: int, max_len: int, dropout: float, emb_dropout: float, loss: LossKind, num_negatives: int,
           event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool,
-          items_source: str | None, id_dropout: float) -> None:
+          items_source: str | None, id_dropout: float, context_keys: str) -> None:
     """Train the encoder offline and write a verified ONNX model artifact (next version)."""
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves  # torch
     from streamrec.models.train import train as run_train
@@ -106,6 +115,7 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
         n_items=0, event_types=tuple(settings.event_type_weights), max_len=max_len, hidden=hidden, layers=layers,
         heads=heads, dropout=dropout, emb_dropout=emb_dropout, backbone=backbone, loss=loss,
         num_negatives=num_negatives, use_event_types=event_types, use_time_gaps=time_gaps,
+        context_keys=parse_context_keys(context_keys),
     )
     config = replace(config, event_types=event_types_for(split.train.values(), config.event_types))
     content = None
@@ -129,7 +139,8 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
         if plot is not None:
             plot.parent.mkdir(parents=True, exist_ok=True)
             plot.write_bytes(curve.read_bytes())
-    summary = {"artifact": str(artifact), "multi_view": content is not None, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+    summary = {"artifact": str(artifact), "multi_view": content is not None,
+               "context_keys": list(result.model.config.context_keys), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                "train_seconds": round(result.train_seconds, 1), "valid": result.best_valid, "test": result.test}
     _emit(summary, metrics_out)
 

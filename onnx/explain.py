@@ -36,7 +36,7 @@ import onnxruntime as ort
 from streamrec.errors import ModelError
 from streamrec.models.features import FeatureBatch, UserSequence, featurize
 from streamrec.onnx.artifact import FP16_MODEL_FILE
-from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, ServedModel, length_chunks, session_options
+from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, ServedModel, graph_feeds, length_chunks, session_options
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def split_graph(onnx_path: Path) -> tuple[bytes, np.ndarray]:
     )
     if table is None:
         raise ModelError(f"{onnx_path}: no MatMul of {USER_VECTOR_OUTPUT!r} with an item table; cannot explain this graph")
-    encoder_only = Extractor(proto).extract_model(list(SEQUENCE_INPUTS), [USER_VECTOR_OUTPUT])
+    graph_inputs = {i.name for i in proto.graph.input}  # the context input only in a graph with context keys
+    encoder_only = Extractor(proto).extract_model([n for n in SEQUENCE_INPUTS if n in graph_inputs], [USER_VECTOR_OUTPUT])
     return encoder_only.SerializeToString(), table
 
 
@@ -98,6 +99,7 @@ def without(sequence: UserSequence, position: int) -> UserSequence:
         item_ids=[*sequence.item_ids[keep[0]], *sequence.item_ids[keep[1]]],
         event_types=[*sequence.event_types[keep[0]], *sequence.event_types[keep[1]]],
         timestamps_ms=[*sequence.timestamps_ms[keep[0]], *sequence.timestamps_ms[keep[1]]],
+        contexts=None if sequence.contexts is None else [*sequence.contexts[keep[0]], *sequence.contexts[keep[1]]],
     )
 
 
@@ -107,7 +109,8 @@ def model_view(sequence: UserSequence, max_len: int) -> tuple[UserSequence, int]
     if start == 0:
         return sequence, 0
     return (
-        UserSequence(sequence.item_ids[start:], sequence.event_types[start:], sequence.timestamps_ms[start:]),
+        UserSequence(sequence.item_ids[start:], sequence.event_types[start:], sequence.timestamps_ms[start:],
+                     None if sequence.contexts is None else sequence.contexts[start:]),
         start,
     )
 
@@ -140,7 +143,8 @@ class Explainer:
         n_shards = max(1, min(self.session.shards, len(lengths) // MIN_SHARD_ROWS))
         chunks = length_chunks(lengths, n_shards)
         out = np.empty((len(lengths), self.table.shape[0]), dtype=np.float32)
-        arrays = dict(zip(SEQUENCE_INPUTS, (features.item_idx, features.event_type, features.time_bucket, features.attention_mask)))
+        arrays = {name: array for name, array in graph_feeds(features, np.zeros((len(lengths), 1), dtype=np.int64)).items()
+                  if name in SEQUENCE_INPUTS}
 
         def run(rows: np.ndarray) -> None:
             width = max(1, int(lengths[rows].max()))  # left padding: the last columns hold every real event

@@ -6,6 +6,9 @@ inputs ``item_idx``, ``event_type``, ``time_bucket``, ``attention_mask``
 indices never to return, 0-padded) and a scalar int64 ``k``; outputs
 ``user_vector`` ``(batch, dim)``, ``topk_indices`` and ``topk_scores``
 ``(batch, k)``. Padding and OOV columns are always masked with ``-inf``.
+A model with context keys has one more input, last: ``context``
+(``(batch, seq, n_keys)`` int64 context-table rows); without them the graph's
+inputs are exactly the ones above, so older artifacts and workers are unaffected.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from streamrec.models.config import FIRST_REAL_INDEX, ONNX_CONFIG, EncoderOnnxConfig
+from streamrec.models.config import CONTEXT_MISSING, FIRST_REAL_INDEX, ONNX_CONFIG, EncoderOnnxConfig
 from streamrec.models.encoder import SequenceEncoder, served_copy
 from streamrec.models.export_graph import user_vector_graph
 
@@ -50,8 +53,9 @@ class RankingHead(nn.Module):
         attention_mask: torch.Tensor,
         exclude: torch.Tensor,
         k: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask)
+        user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask, context)
         scores = user_vector @ self.model.item_table().T
         scores = scores.masked_fill(self.reserved, float("-inf"))
         # Exclusion inside the graph: ScatterElements writes -inf at seen items.
@@ -60,8 +64,8 @@ class RankingHead(nn.Module):
         return user_vector, top_idx, top_scores
 
 
-def example_inputs(n_items: int, batch: int = 2, seq: int = 6) -> tuple[torch.Tensor, ...]:
-    """Small valid inputs for tracing (with left padding in row 0)."""
+def example_inputs(n_items: int, batch: int = 2, seq: int = 6, *, context_offsets: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """Small valid inputs for tracing (with left padding in row 0); a context input when ``context_offsets`` names keys."""
     gen = torch.Generator().manual_seed(0)
     item_idx = torch.randint(FIRST_REAL_INDEX, n_items, (batch, seq), generator=gen)
     mask = torch.ones(batch, seq, dtype=torch.int64)
@@ -71,7 +75,11 @@ def example_inputs(n_items: int, batch: int = 2, seq: int = 6) -> tuple[torch.Te
     tbucket = torch.full((batch, seq), FIRST_REAL_INDEX, dtype=torch.int64) * mask
     exclude = item_idx[:, -2:].clone()
     k = torch.tensor(min(5, n_items - FIRST_REAL_INDEX), dtype=torch.int64)
-    return item_idx, etype, tbucket, mask, exclude, k
+    if not context_offsets:
+        return item_idx, etype, tbucket, mask, exclude, k
+    # Every key's "missing" row: valid for any vocabulary.
+    context = (torch.tensor(context_offsets, dtype=torch.int64) + CONTEXT_MISSING).expand(batch, seq, -1) * mask[..., None]
+    return item_idx, etype, tbucket, mask, exclude, k, context.contiguous()
 
 
 def export_onnx(
@@ -89,6 +97,9 @@ def export_onnx(
     served = served_copy(model)
     source = copy.deepcopy(served).half() if fp16 else served
     head = RankingHead(source).eval()
+    config = model.config
+    inputs = list(onnx_config.inputs_for(config))
+    names_in_graph = {*inputs, *onnx_config.outputs}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
@@ -97,19 +108,19 @@ def export_onnx(
         warnings.simplefilter("ignore")
         torch.onnx.export(
             head,
-            example_inputs(model.config.n_items),
+            example_inputs(config.n_items, context_offsets=config.context_offsets),
             str(path),
             dynamo=False,
             opset_version=onnx_config.opset,
-            input_names=list(onnx_config.inputs),
+            input_names=inputs,
             output_names=list(onnx_config.outputs),
-            dynamic_axes=onnx_config.dynamic_axes,
+            dynamic_axes={name: axes for name, axes in onnx_config.dynamic_axes.items() if name in names_in_graph},
             do_constant_folding=True,
         )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     names = [i.name for i in proto.graph.input]
-    if names != list(onnx_config.inputs):
-        raise RuntimeError(f"exported graph inputs {names} differ from the contract {list(onnx_config.inputs)}")
+    if names != inputs:
+        raise RuntimeError(f"exported graph inputs {names} differ from the contract {inputs}")
     log.info("exported %s ONNX (opset %d) to %s (%.1f KiB)", "fp16" if fp16 else "fp32", onnx_config.opset, path, path.stat().st_size / 1024)
     return path

@@ -57,7 +57,10 @@ class ParityResult:
         return asdict(self)
 
 
-def _random_inputs(n_items: int, n_event_types: int, n_buckets: int, batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _random_inputs(
+    n_items: int, n_event_types: int, n_buckets: int, batch: int, seq: int, rng: np.random.Generator, *,
+    n_context_rows: int = 0, n_context_keys: int = 0,
+) -> dict[str, np.ndarray]:
     lengths = rng.integers(1, seq + 1, size=batch)
     lengths[0] = seq  # at least one full row
     mask = (np.arange(seq)[None, :] >= (seq - lengths)[:, None]).astype(np.int64)
@@ -65,10 +68,15 @@ def _random_inputs(n_items: int, n_event_types: int, n_buckets: int, batch: int,
     etype = rng.integers(1, n_event_types, size=(batch, seq)) * mask
     tbucket = rng.integers(1, n_buckets, size=(batch, seq)) * mask
     exclude = rng.integers(0, n_items, size=(batch, max(1, seq // 2)))
-    return {
+    feeds = {
         "item_idx": item_idx, "event_type": etype, "time_bucket": tbucket,
         "attention_mask": mask, "exclude": exclude,
     }
+    if n_context_keys:
+        # Any row of the shared table for any key (OOV and missing rows included): the
+        # graph must compute the same function on every index, not just the sensible ones.
+        feeds[ONNX_CONFIG.context_input] = rng.integers(1, n_context_rows, size=(batch, seq, n_context_keys)) * mask[..., None]
+    return feeds
 
 
 def _compare(name: str, head: RankingHead, sess, feeds: dict[str, np.ndarray], k: int, tol: float) -> ParityCase:
@@ -76,7 +84,7 @@ def _compare(name: str, head: RankingHead, sess, feeds: dict[str, np.ndarray], k
     ort_uv, ort_idx, ort_scores = sess.run(list(ONNX_CONFIG.outputs), feeds)
     ort_uv, ort_scores = ort_uv.astype(np.float32), ort_scores.astype(np.float32)
     with torch.no_grad():
-        t_uv, t_idx, t_scores = head(*(torch.from_numpy(feeds[n]) for n in ONNX_CONFIG.inputs))
+        t_uv, t_idx, t_scores = head(*(torch.from_numpy(feeds[n]) for n in ONNX_CONFIG.inputs_for(head.model.config)))
         full = head.model.item_scores(t_uv).numpy()
     t_uv, t_idx, t_scores = t_uv.numpy(), t_idx.numpy(), t_scores.numpy()
     uv_diff = float(np.max(np.abs(ort_uv - t_uv)))
@@ -120,7 +128,8 @@ def check_parity(
     cases: list[ParityCase] = []
     for batch, seq, k in [(1, 1, 1), (1, cfg.max_len, 10), (7, 13, 20), (64, cfg.max_len, 50), (3, 5, n_real)]:
         seq = min(seq, cfg.max_len)
-        feeds = _random_inputs(cfg.n_items, cfg.n_event_types, cfg.n_time_buckets, batch, seq, rng)
+        feeds = _random_inputs(cfg.n_items, cfg.n_event_types, cfg.n_time_buckets, batch, seq, rng,
+                               n_context_rows=cfg.n_context_rows, n_context_keys=len(cfg.context_keys))
         cases.append(_compare(f"random_b{batch}_s{seq}", head, sess, feeds, min(k, n_real), tolerance))
     real = list(real_sequences)
     for start in range(0, min(len(real), 256), 64):
@@ -130,6 +139,8 @@ def check_parity(
             "item_idx": feats.item_idx, "event_type": feats.event_type, "time_bucket": feats.time_bucket,
             "attention_mask": feats.attention_mask, "exclude": exclusion_indices(chunk, vocab),
         }
+        if feats.context is not None:
+            feeds[ONNX_CONFIG.context_input] = feats.context
         cases.append(_compare(f"real_{start}", head, sess, feeds, min(20, n_real), tolerance))
     worst = max(max(c.max_abs_diff_user_vector, c.max_abs_diff_scores) for c in cases)
     result = ParityResult(

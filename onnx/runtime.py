@@ -43,7 +43,8 @@ CPU = "CPUExecutionProvider"
 MIN_SHARD_ROWS = 8
 # Length-sorted chunks per shard when that cuts the padded work enough.
 CHUNKS_PER_SHARD = 3
-SEQUENCE_INPUTS = ("item_idx", "event_type", "time_bucket", "attention_mask")
+# Inputs laid out ``(batch, seq, ...)``: a row chunk is cut to its own length on axis 1.
+SEQUENCE_INPUTS = ("item_idx", "event_type", "time_bucket", "attention_mask", ONNX_CONFIG.context_input)
 
 
 def length_chunks(lengths: np.ndarray, n_shards: int) -> list[np.ndarray]:
@@ -104,14 +105,17 @@ def serving_threads() -> int:
 
 
 def graph_feeds(features: FeatureBatch, exclude: np.ndarray) -> dict[str, np.ndarray]:
-    """The graph's inputs by name, ``k`` aside (see ``EncoderOnnxConfig``)."""
-    return {
+    """The graph's inputs by name, ``k`` aside (see ``EncoderOnnxConfig``); ``context`` only when the features have it."""
+    feeds = {
         "item_idx": features.item_idx,
         "event_type": features.event_type,
         "time_bucket": features.time_bucket,
         "attention_mask": features.attention_mask,
         "exclude": exclude,
     }
+    if features.context is not None:
+        feeds[ONNX_CONFIG.context_input] = features.context
+    return feeds
 
 
 def session_options() -> ort.SessionOptions:
@@ -156,6 +160,8 @@ class ServedModel:
         self.version: int = artifact.version
         self.config = artifact.config
         self.vocab = artifact.vocab
+        # The event context keys this version reads: the worker keeps these in each window entry.
+        self.context_keys: tuple[str, ...] = artifact.config.context_keys
         self.providers: list[str] = list(session.get_providers())
         self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
         self.fp16 = fp16

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -92,7 +92,7 @@ def write_artifact(
                 log.warning("fp16 export failed its parity check (max abs diff %.3g); artifact ships fp32 only", half.max_abs_diff)
                 (tmp / FP16_MODEL_FILE).unlink()
         vocab.save(tmp / "vocab.json")
-        config_doc = {**config.to_dict(), "onnx": {"opset": ONNX_CONFIG.opset, "inputs": list(ONNX_CONFIG.inputs), "outputs": list(ONNX_CONFIG.outputs)}}
+        config_doc = {**config.to_dict(), "onnx": {"opset": ONNX_CONFIG.opset, "inputs": list(ONNX_CONFIG.inputs_for(config)), "outputs": list(ONNX_CONFIG.outputs)}}
         write_json(tmp / "config.json", config_doc)
         write_json(tmp / "metrics.json", metrics or {})
         write_json(tmp / "parity.json", parity_doc)
@@ -157,6 +157,7 @@ def train_from_events(
     progress: bool = False,
     item_content: ItemContent | None = None,
     id_dropout: float = 0.5,
+    context_keys: Sequence[str] = (),
 ) -> Path:
     """Train a model from event dicts and write a verified artifact under ``out_dir``; return its path.
 
@@ -165,12 +166,16 @@ def train_from_events(
     ``out_dir``. With ``item_content`` the model is multi-view (id + text +
     categories, ``id_dropout`` of the ids dropped per step) and the artifact
     ships its content head, so items that appear later can be served.
+    ``context_keys`` turns the context view on for those keys of the events'
+    ``context`` (vocabularies learned from the training events).
     """
     log_ = events_from_dicts(events)
     split = leave_one_out(log_)
     base = model_config or EncoderConfig(n_items=0)
     types = event_types_for(split.train.values(), event_types if event_types is not None else base.event_types)
     config = base.__class__(**{**asdict(base), "event_types": types})
+    if context_keys:
+        config = replace(config, context_keys=tuple(context_keys), context_values=())
     if item_content is not None:
         config = content_config(config, item_content, id_dropout=id_dropout)
     result = train(split, config, TrainConfig(epochs=epochs, seed=seed, patience=epochs, progress=progress),

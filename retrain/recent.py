@@ -29,6 +29,7 @@ from tqdm import tqdm
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError, StreamrecError
 from streamrec.models.data import EventLog
+from streamrec.models.features import pick_context
 from streamrec.stream.events import Event, ValidationRules, parse_event
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.state.cassandra import CassandraStore
@@ -96,7 +97,9 @@ async def _read_recent(settings: Settings, since_ms: int, user_cap: int, max_eve
                             window = per_user.get(parsed.user_id)
                             if window is None:
                                 window = per_user[parsed.user_id] = deque(maxlen=user_cap)
-                            window.append((parsed.ts_ms, parsed.event_id, parsed.item_id, parsed.event_type))
+                            # The context too, normalised as the worker keeps it, for a live model with context keys.
+                            window.append((parsed.ts_ms, parsed.event_id, parsed.item_id, parsed.event_type,
+                                           pick_context(parsed.context)))
                         read += 1
                     bar.update(len(records))
                 for tp in list(remaining):
@@ -162,13 +165,13 @@ def recent_event_log(settings: Settings) -> tuple[EventLog, int]:
     for user, rows in per_user.items():
         seen: set[str] = set()
         mark = forgotten.get(user)
-        for ts, event_id, item, event_type in sorted(rows):
+        for ts, event_id, item, event_type, context in sorted(rows, key=lambda row: row[:4]):
             if forgotten_action(mark, ts, settings.forget_policy) is not None:
                 left_out += 1
                 continue
             if event_id not in seen:
                 seen.add(event_id)
-                log_.append(user, item, event_type, ts)
+                log_.append(user, item, event_type, ts, context)
     if left_out:
         log.info("left out %d events of forgotten users", left_out)
     return log_, read

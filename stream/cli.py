@@ -172,7 +172,8 @@ def inspect_user(settings: Settings, user_id: str, as_json: bool) -> None:
         return {
             "user_id": user_id,
             "window": [
-                {"event_id": e.event_id, "item_id": e.item_id, "event_type": e.event_type, "ts": e.ts_ms}
+                {"event_id": e.event_id, "item_id": e.item_id, "event_type": e.event_type, "ts": e.ts_ms,
+                 **({"context": dict(e.context)} if e.context else {})}
                 for e in (window.entries if window else ())
             ],
             "window_seq": window.seq if window else 0,
@@ -187,7 +188,8 @@ def inspect_user(settings: Settings, user_id: str, as_json: bool) -> None:
         return
     click.echo(f"user {user_id}: {len(report['window'])} events in window (seq {report['window_seq']})")
     for e in report["window"]:
-        click.echo(f"  {e['ts']}  {e['event_type']:<12} {e['item_id']:<16} {e['event_id']}")
+        kept = "  " + " ".join(f"{k}={v}" for k, v in e["context"].items()) if "context" in e else ""
+        click.echo(f"  {e['ts']}  {e['event_type']:<12} {e['item_id']:<16} {e['event_id']}{kept}")
     rec = report["recommendation"]
     if rec:
         items = ", ".join(f"{i['item_id']}({i['score']:.2f})" for i in rec["items"])

@@ -238,3 +238,58 @@ def write_jsonl(path: str | Path, config: SyntheticConfig) -> int:
             count += 1
     logger.info("wrote %d synthetic events to %s", count, path)
     return count
+
+
+@dataclass(frozen=True, slots=True)
+class ContextWorldConfig:
+    """A stream whose next item depends on the event's context (the context view's test and benchmark world).
+
+    Events come in pairs. A *neutral* item ``n<i>`` is viewed on a device
+    drawn afresh for the pair (``context.device``); the next item belongs to
+    that device's group: ``<device>-<(i + offset) mod group_size>`` with
+    probability ``p_aligned``, any item of the group otherwise. The neutral
+    item after a group item follows from that item alone, so the item history
+    predicts it and only the group targets need the context. A share of
+    events (``p_missing``) carries no context at all.
+    """
+
+    num_users: int = 400
+    pairs_per_user: int = 8
+    devices: tuple[str, ...] = ("tv", "phone")
+    neutral_items: int = 20
+    group_size: int = 10
+    p_aligned: float = 0.0
+    p_missing: float = 0.0
+    seed: int = 0
+    start_ms: int = 1_700_000_000_000
+
+
+def context_item(device: str, index: int) -> str:
+    """Item ``index`` of ``device``'s group in the context world."""
+    return f"{device}-{index}"
+
+
+def context_events(config: ContextWorldConfig) -> list[dict[str, Any]]:
+    """The context world's events (see :class:`ContextWorldConfig`), per user in time order, users interleaved by time."""
+    rnd = random.Random(config.seed)
+    events: list[dict[str, Any]] = []
+    for u in range(config.num_users):
+        ts = config.start_ms + rnd.randrange(60_000)
+        neutral = rnd.randrange(config.neutral_items)
+        for _ in range(config.pairs_per_user):
+            device = config.devices[rnd.randrange(len(config.devices))]
+            if rnd.random() < config.p_aligned:
+                target = (neutral + config.devices.index(device)) % config.group_size
+            else:
+                target = rnd.randrange(config.group_size)
+            for item in (f"n{neutral}", context_item(device, target)):
+                event: dict[str, Any] = {"event_id": f"ctx-{u}-{len(events)}", "user_id": f"cu{u}", "item_id": item,
+                                         "event_type": "view", "ts": ts}
+                if rnd.random() >= config.p_missing:
+                    event["context"] = {"device": device}
+                events.append(event)
+                ts += 1000 + rnd.randrange(5000)
+            # The next neutral item follows from the group item alone (no context needed).
+            neutral = (target * 7 + config.devices.index(device) * 3) % config.neutral_items
+    events.sort(key=lambda e: (e["ts"], e["event_id"]))
+    return events

@@ -30,13 +30,13 @@ from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, Valida
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
-from streamrec.stream.model_holder import Recommender
+from streamrec.stream.model_holder import Recommender, served_context_keys
 from streamrec.stream.online import LastShown, OnlineScores, PopularityModel, Shown
 from streamrec.stream.recommendation import Recommendation
 from streamrec.stream.state.base import ForgetMark, StateStore, StoredWindow, UserState, next_write_us
 from streamrec.stream.state.cache import WindowCache
 from streamrec.stream.topics import owner_partition
-from streamrec.stream.window import WindowEntry, merge_window, user_sequence
+from streamrec.stream.window import WindowEntry, merge_window, user_sequence, window_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +54,11 @@ class SourceRecord:
 
 
 class ShadowHook(Protocol):
-    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step."""
+    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step.
+
+    A hook may also have ``context_keys()`` (the context keys its model reads),
+    so windows keep them for the shadow too; stand-ins without it keep none.
+    """
 
     def score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
@@ -379,11 +383,12 @@ class BatchProcessor:
         duplicates = 0
         changed: list[StoredWindow] = []
         now_us = int(self.clock() * 1_000_000)
+        keys = self._context_keys()
         for user_id, events in by_user.items():
             current = windows[user_id]
             entries, stats = merge_window(
                 current.entries,
-                (WindowEntry(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in events),
+                (WindowEntry(e.event_id, e.item_id, e.event_type, e.ts_ms, window_context(e.context, keys)) for e in events),
                 max_events=self.settings.window_size,
                 max_age_ms=self._max_age_ms,
             )
@@ -394,6 +399,18 @@ class BatchProcessor:
                 windows[user_id] = updated
                 changed.append(updated)
         return windows, changed, duplicates
+
+    def _context_keys(self) -> tuple[str, ...]:
+        """The event context keys a new window entry keeps: those the live model (and the shadow) read.
+
+        Only these: a window grows only for configured keys. An entry merged
+        while no served model read a key has that key missing for good.
+        """
+        keys = served_context_keys(self.current_model())
+        shadow_keys = getattr(self.shadow, "context_keys", None)
+        if callable(shadow_keys):
+            keys = tuple(dict.fromkeys((*keys, *shadow_keys())))
+        return keys
 
     def _recommend(
         self, by_user: dict[str, list[Event]], windows: dict[str, StoredWindow], changed: set[str]

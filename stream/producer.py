@@ -68,13 +68,24 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
+CONTEXT_COLUMN_PREFIX = "context."
+
+
 def read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    """CSV with a header naming the event fields; ``ts`` stays a string unless all digits."""
+    """CSV with a header naming the event fields; ``ts`` stays a string unless all digits.
+
+    ``context.<key>`` columns become the event's ``context`` object (as
+    ``streamrec train`` reads the same CSV); empty cells are left out.
+    """
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             event: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
             if str(event.get("ts", "")).isdigit():
                 event["ts"] = int(event["ts"])
+            context = {k[len(CONTEXT_COLUMN_PREFIX):]: event.pop(k) for k in list(event)
+                       if k.startswith(CONTEXT_COLUMN_PREFIX)}
+            if context:
+                event["context"] = context
             yield event
 
 

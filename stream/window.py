@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import orjson
 
 from streamrec.errors import StreamrecError
-from streamrec.models.features import UserSequence
+from streamrec.models.features import EventContext, UserSequence, pick_context
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,30 @@ class WindowDecodeError(StreamrecError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class WindowEntry:
-    """One event as kept in a user's window."""
+    """One event as kept in a user's window.
+
+    ``context``: the event's context values for the keys the served model
+    reads (normalised by :func:`~streamrec.models.features.pick_context`),
+    ``None`` when it has none or no served model reads any. Read-only.
+    """
 
     event_id: str
     item_id: str
     event_type: str
     ts_ms: int
+    context: EventContext | None = None
+
+
+def window_context(raw: object, keys: Sequence[str]) -> dict[str, str] | None:
+    """What a window entry keeps of an event's ``context``: ``keys`` only, values normalised and cut; None if none.
+
+    Never raises: a value that is not a string is stringified (see
+    :func:`~streamrec.models.features.context_value`), anything that is not
+    an object is no context.
+    """
+    if not keys:
+        return None
+    return pick_context(raw, keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +162,18 @@ def trim_by_age(window: Sequence[WindowEntry], *, now_ms: int, max_age_ms: int) 
 
 
 def encode_window(window: Sequence[WindowEntry]) -> bytes:
-    """Compact storage form: ``[1, [event_id, item_id, event_type, ts_ms], ...]`` as orjson bytes."""
+    """Compact storage form: ``[1, [event_id, item_id, event_type, ts_ms(, context)], ...]`` as orjson bytes.
+
+    ``context`` (an object of the kept keys) is written only for entries that
+    have one, so a window without context is byte for byte what it was before
+    the context view existed, and a window grows only by the configured keys.
+    """
     rows: list[object] = [WINDOW_FORMAT_VERSION]
-    rows.extend([e.event_id, e.item_id, e.event_type, e.ts_ms] for e in window)
+    rows.extend(
+        [e.event_id, e.item_id, e.event_type, e.ts_ms] if e.context is None
+        else [e.event_id, e.item_id, e.event_type, e.ts_ms, e.context]
+        for e in window
+    )
     return orjson.dumps(rows)
 
 
@@ -162,8 +189,10 @@ def decode_window(data: bytes | bytearray | memoryview | None) -> list[WindowEnt
         raise WindowDecodeError("stored window has an unknown format version")
     window = []
     for row in rows[1:]:
-        if type(row) is not list or len(row) != 4 or type(row[3]) is not int:
+        if type(row) is not list or not 4 <= len(row) <= 5 or type(row[3]) is not int:
             raise WindowDecodeError(f"stored window row is malformed: {row!r:.200}")
+        if len(row) == 5 and type(row[4]) is not dict:
+            raise WindowDecodeError(f"stored window row has a malformed context: {row!r:.200}")
         window.append(_entry_from_row(row))
     return window
 
@@ -176,6 +205,7 @@ _set_event_id = WindowEntry.event_id.__set__  # type: ignore[attr-defined]
 _set_item_id = WindowEntry.item_id.__set__  # type: ignore[attr-defined]
 _set_event_type = WindowEntry.event_type.__set__  # type: ignore[attr-defined]
 _set_ts_ms = WindowEntry.ts_ms.__set__  # type: ignore[attr-defined]
+_set_context = WindowEntry.context.__set__  # type: ignore[attr-defined]
 
 
 def _entry_from_row(row: list) -> WindowEntry:
@@ -184,13 +214,16 @@ def _entry_from_row(row: list) -> WindowEntry:
     _set_item_id(entry, row[1])
     _set_event_type(entry, row[2])
     _set_ts_ms(entry, row[3])
+    _set_context(entry, row[4] if len(row) == 5 else None)
     return entry
 
 
 def user_sequence(entries: Sequence[WindowEntry]) -> UserSequence:
-    """A window's entries as the model's input."""
+    """A window's entries as the model's input (with their contexts when any entry has one)."""
+    contexts = [e.context for e in entries]
     return UserSequence(
         item_ids=[e.item_id for e in entries],
         event_types=[e.event_type for e in entries],
         timestamps_ms=[e.ts_ms for e in entries],
+        contexts=contexts if any(c is not None for c in contexts) else None,
     )
