@@ -186,11 +186,11 @@ def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], i
     items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
                   else Path(items_spec))
     content, summary = ml100k_item_content(items_path, settings.state_dir / "text-encoder", progress=True)
+    target = out.with_name(out.stem + "_multiview.json")
     result = run_multi_view(data_path, content, seeds,
                             EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
-                            id_dropout=id_dropout, cold_frac=cold_frac)
+                            id_dropout=id_dropout, cold_frac=cold_frac, partial_out=target.with_suffix(".partial.json"))
     result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu, **result}
-    target = out.with_name(out.stem + "_multiview.json")
     result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
     click.echo(format_multi_view(result["tables"]))
     _write(result, target)

@@ -373,6 +373,7 @@ def run_multi_view(
     *,
     id_dropout: float = 0.5,
     cold_frac: float = 0.1,
+    partial_out: Path | None = None,
 ) -> dict[str, Any]:
     """Both protocols for each seed: leave-one-out (id-only vs multi-view) and cold items (id-only, popularity, multi-view).
 
@@ -384,6 +385,9 @@ def run_multi_view(
     multi-view model meets the held-out items only after training, by
     :func:`streamrec.models.content.add_items` (content alone, no retrain), as
     a new item record would reach it; the id-only model has no row for them.
+
+    ``partial_out``: the seeds done so far and their tables are written there
+    after each seed, so a run stopped before its last seed still leaves them.
     """
     events = load_events(data_path)
     base = replace(model_config, event_types=event_types_for(events.user_sequences().values(), model_config.event_types))
@@ -412,6 +416,9 @@ def run_multi_view(
         row["cold"]["warm_test"] = {"multi_view": mv.test}
         log.info("seed %d: %s", seed, {k: row["cold"][k].get("recall@10") for k in ("id_only", "popularity", "multi_view")})
         runs.append(row)
+        if partial_out is not None:
+            partial_out.parent.mkdir(parents=True, exist_ok=True)
+            partial_out.write_text(json.dumps({"runs": runs, "tables": multi_view_tables(runs)}, indent=2, sort_keys=True) + "\n")
     return {
         "data": str(data_path),
         "model_config": multi.to_dict(),
