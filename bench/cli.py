@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from streamrec.bench import artifacts, load, report
+from streamrec.bench.cpu import prepare_cpu_training
 from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings
 from streamrec.models.config import EncoderConfig
@@ -166,6 +167,8 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
             ours_from: Path | None, out: Path, multi_view: bool, items_spec: str, id_dropout: float,
             cold_frac: float) -> None:
     """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec, or --multi-view)."""
+    cpu = prepare_cpu_training()  # before torch is imported: its OpenMP reads the environment once
+    log.info("CPU settings: %s", cpu)
     from streamrec.bench.quality import compare, format_table, run_ours, run_recbole  # torch
     from streamrec.models.train import TrainConfig  # torch
 
@@ -174,7 +177,7 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
     if multi_view:
         _quality_multi_view(settings, path, seed_list, items_spec, out,
                             TrainConfig(epochs=epochs, patience=patience, threads=threads, progress=False),
-                            id_dropout=id_dropout, cold_frac=cold_frac)
+                            id_dropout=id_dropout, cold_frac=cold_frac, cpu=cpu)
         return
     ours = None
     if ours_from is not None:
@@ -197,17 +200,17 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
 
 
 def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], items_spec: str, out: Path,
-                        train_config: Any, *, id_dropout: float, cold_frac: float) -> None:
+                        train_config: Any, *, id_dropout: float, cold_frac: float, cpu: dict[str, Any]) -> None:
     from streamrec.bench.quality import format_multi_view, ml100k_item_content, plot_multi_view, run_multi_view  # torch
 
     items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
                   else Path(items_spec))
     content, summary = ml100k_item_content(items_path, settings.state_dir / "text-encoder", progress=True)
+    target = out.with_name(out.stem + "_multiview.json")
     result = run_multi_view(data_path, content, seeds,
                             EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
-                            id_dropout=id_dropout, cold_frac=cold_frac)
-    result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, **result}
-    target = out.with_name(out.stem + "_multiview.json")
+                            id_dropout=id_dropout, cold_frac=cold_frac, partial_out=target.with_suffix(".partial.json"))
+    result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu, **result}
     result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
     click.echo(format_multi_view(result["tables"]))
     _write(result, target)

@@ -240,8 +240,13 @@ class SequenceEncoder(nn.Module):
         return scores
 
     def full_sort_scores(self, batch: EncoderInput) -> torch.Tensor:
-        """``(batch, n_items)`` scores over the whole catalogue."""
-        return self.item_scores(self.user_vector(batch))
+        """``(batch, n_items)`` scores over the whole catalogue.
+
+        With the content view the item table is computed once for inputs and
+        scores (in eval mode both calls would give the same table).
+        """
+        table = self.item_table() if self.config.item_content else None
+        return self.item_scores(self.encode(batch, table).user_vector, table)
 
     # --- training --------------------------------------------------------------
     def calculate_loss(self, batch: EncoderInput) -> LossOutput:

@@ -38,6 +38,20 @@ def _target_indices(cases: Sequence[EvalCase], vocab: ItemVocab) -> np.ndarray:
     return np.where(idx == OOV_INDEX, -1, idx)
 
 
+def _seen_items(cases: Sequence[EvalCase], vocab: ItemVocab, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, item index)`` of every known item each case's history holds, except its own target.
+
+    The target itself may have been seen before (repeat consumption); it stays
+    rankable. One lookup and one scatter for the whole batch instead of one per
+    case (the cold-item pass has 10,055 cases with long histories); the same cells.
+    """
+    lengths = np.fromiter((len(c.history.item_ids) for c in cases), dtype=np.int64, count=len(cases))
+    items = vocab.lookup([i for c in cases for i in c.history.item_ids])
+    rows = np.repeat(np.arange(len(cases), dtype=np.int64), lengths)
+    keep = (items >= FIRST_REAL_INDEX) & (items != targets[rows])
+    return rows[keep], items[keep]
+
+
 @torch.no_grad()
 def case_ranks(
     model: SequenceEncoder,
@@ -58,13 +72,8 @@ def case_ranks(
             scores = model.full_sort_scores(EncoderInput.from_features(feats))
             targets = _target_indices(chunk, vocab)
             if exclude_history:
-                for row, case in enumerate(chunk):
-                    seen = vocab.lookup(case.history.item_ids)
-                    seen = seen[seen >= FIRST_REAL_INDEX]
-                    # The target itself may have been seen before (repeat
-                    # consumption); it stays rankable.
-                    seen = seen[seen != targets[row]]
-                    scores[row, torch.from_numpy(seen)] = float("-inf")
+                rows, items = _seen_items(chunk, vocab, targets)
+                scores[torch.from_numpy(rows), torch.from_numpy(items)] = float("-inf")
             ranks.append(target_ranks(scores.numpy(), targets))
     finally:
         model.train(was_training)

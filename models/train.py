@@ -170,7 +170,7 @@ def train(
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     if vocab is None:
-        vocab = ItemVocab.build(_all_items(split))
+        vocab = split_vocab(split)
     config = with_context_vocab(replace(model_config, n_items=len(vocab)), split.train.values())
     examples = build_examples(split.train.values(), vocab, config)
     model = SequenceEncoder(config)
@@ -242,13 +242,14 @@ def train(
     return result
 
 
-def _all_items(split: Split) -> list[str]:
+def split_vocab(split: Split) -> ItemVocab:
+    """The vocabulary :func:`train` gives a model by default: every item of the split's sequences and targets."""
     items: list[str] = []
     for seq in split.train.values():
         items.extend(seq.item_ids)
     for case in (*split.valid, *split.test):
         items.append(case.target)
-    return items
+    return ItemVocab.build(items)
 
 
 def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.bench.quality import choose_cold_items, cold_cases, format_multi_view, multi_view_tables, popularity_metrics, without_items
+from streamrec.bench.quality import (
+    choose_cold_items,
+    cold_cases,
+    format_multi_view,
+    id_only_cold_metrics,
+    multi_view_tables,
+    popularity_metrics,
+    without_items,
+)
+from streamrec.errors import StreamrecError
 from streamrec.models.data import EventLog
+from streamrec.models.splits import leave_one_out
 
 
 def small_log() -> EventLog:
@@ -48,3 +58,15 @@ def test_tables_report_mean_std_and_the_ratio_to_popularity() -> None:
     assert tables["cold_items"]["multi-view"]["recall@10"]["mean"] == pytest.approx(0.08)
     assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
     assert "4.00x" in format_multi_view(tables)
+
+
+def test_the_id_only_cold_row_is_a_miss_for_every_case_and_checks_its_premise() -> None:
+    log = small_log()
+    cold = {"c"}
+    cases = cold_cases(log, cold)
+    row = id_only_cold_metrics(leave_one_out(without_items(log, cold)), cases, ks=(1, 10))
+    assert row["recall@10"] == row["ndcg@10"] == row["mrr"] == 0.0
+    assert row["n_cases"] == len(cases) == 2
+    # Had "c" reached the id-only model's training data, its row would not be zero by construction.
+    with pytest.raises(StreamrecError, match="training vocabulary"):
+        id_only_cold_metrics(leave_one_out(log), cases)
