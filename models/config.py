@@ -86,6 +86,10 @@ class EncoderConfig:
     context_values: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        # Tuples as declared, whatever a caller passed (lists from JSON or a vocabulary builder):
+        # the config is hashable, and so are the lookup tables derived from it (features._context_tables).
+        object.__setattr__(self, "context_keys", tuple(self.context_keys))
+        object.__setattr__(self, "context_values", tuple(tuple(v) for v in self.context_values))
         if len(set(self.context_keys)) != len(self.context_keys):
             raise ValueError(f"context keys repeat: {self.context_keys}")
         if self.context_values and len(self.context_values) != len(self.context_keys):

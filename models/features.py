@@ -8,6 +8,8 @@ there is no train/serve skew to chase.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -208,12 +210,10 @@ def context_rows(contexts: Sequence[EventContext | None], config: EncoderConfig,
     """
     keys = config.context_keys
     out = np.empty((count, len(keys)), dtype=np.int64)
+    tables = _context_tables(keys, config.context_offsets, config.context_values or ())
     for j, (key, offset) in enumerate(zip(keys, config.context_offsets)):
-        values = config.context_values[j] if config.context_values else ()
-        table: dict[str | None, int] = {value: offset + CONTEXT_FIRST_VALUE + i for i, value in enumerate(values)}
         oov, missing = offset + CONTEXT_OOV, offset + CONTEXT_MISSING
-        table[None] = missing  # no key (or no context): one lookup, no branch per event
-        get = table.get
+        get = tables[j].get
         try:
             out[:, j] = [get((c or _NO_CONTEXT).get(key), oov) for c in contexts]
         except TypeError:  # an unhashable value (not normalised by pick_context): OOV, the slow way
@@ -225,6 +225,22 @@ def context_rows(contexts: Sequence[EventContext | None], config: EncoderConfig,
 
 
 _NO_CONTEXT: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _context_tables(keys: tuple[str, ...], offsets: tuple[int, ...],
+                    values: tuple[tuple[str, ...], ...]) -> tuple[dict[str | None, int], ...]:
+    """Per key, value -> global row, with ``None`` -> the key's missing row.
+
+    Derived from the model's vocabulary alone, so built once per served version
+    instead of once per batch (a key holds up to MAX_CONTEXT_VALUES values).
+    """
+    tables = []
+    for j, offset in enumerate(offsets):
+        table: dict[str | None, int] = {v: offset + CONTEXT_FIRST_VALUE + i for i, v in enumerate(values[j] if values else ())}
+        table[None] = offset + CONTEXT_MISSING  # no key (or no context): one lookup, no branch per event
+        tables.append(table)
+    return tuple(tables)
 
 
 def time_gap_buckets(timestamps_ms: Sequence[int] | np.ndarray, n_buckets: int) -> np.ndarray:
