@@ -40,14 +40,10 @@ class Recommender(Protocol):
     """
 
     version: int
+    # The event context keys this model reads (() for none): window entries keep these.
+    context_keys: tuple[str, ...]
 
     def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]: ...
-
-
-def served_context_keys(model: object | None) -> tuple[str, ...]:
-    """The event context keys a served model reads (``ServedModel.context_keys``); () for none, or for a stand-in without them."""
-    keys = getattr(model, "context_keys", ())
-    return keys if type(keys) is tuple else ()
 
 
 def load_served_model(path: Path, threads: int = 0, top_k: int = 1, live_items: LiveItems | None = None) -> ServedModel:

@@ -30,7 +30,7 @@ from streamrec.stream.events import DeadLetter, Event, Reason, Rejection, Valida
 from streamrec.stream.explanations import Explanations
 from streamrec.stream.forgotten import ForgottenUsers, forgotten_action
 from streamrec.stream.metrics import BatchStage, CassandraOp, WorkerMetrics
-from streamrec.stream.model_holder import Recommender, served_context_keys
+from streamrec.stream.model_holder import Recommender
 from streamrec.stream.online import LastShown, OnlineScores, PopularityModel, Shown
 from streamrec.stream.recommendation import Recommendation
 from streamrec.stream.state.base import ForgetMark, StateStore, StoredWindow, UserState, next_write_us
@@ -54,11 +54,7 @@ class SourceRecord:
 
 
 class ShadowHook(Protocol):
-    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step.
-
-    A hook may also have ``context_keys()`` (the context keys its model reads),
-    so windows keep them for the shadow too; stand-ins without it keep none.
-    """
+    """What the processor calls for a shadow model (``streamrec.stream.shadow.ShadowScorer``), in the encode step."""
 
     def score_batch(
         self, users: Sequence[str], by_user: dict[str, list[Event]], windows: dict[str, StoredWindow],
@@ -68,6 +64,10 @@ class ShadowHook(Protocol):
     def record_live(self, version: int, scores: "OnlineScores") -> None: ...
 
     def clear(self) -> None: ...
+
+    def context_keys(self) -> tuple[str, ...]:
+        """The event context keys the shadow model reads: windows keep them for it too."""
+        ...
 
     def forget_user(self, user_id: str) -> None: ...
 
@@ -406,10 +406,10 @@ class BatchProcessor:
         Only these: a window grows only for configured keys. An entry merged
         while no served model read a key has that key missing for good.
         """
-        keys = served_context_keys(self.current_model())
-        shadow_keys = getattr(self.shadow, "context_keys", None)
-        if callable(shadow_keys):
-            keys = tuple(dict.fromkeys((*keys, *shadow_keys())))
+        model = self.current_model()
+        keys = model.context_keys if model is not None else ()
+        if self.shadow is not None and (shadow_keys := self.shadow.context_keys()):
+            keys = tuple(dict.fromkeys((*keys, *shadow_keys)))
         return keys
 
     def _recommend(

@@ -29,7 +29,7 @@ from typing import Sequence
 from streamrec.onnx.registry import ShadowPointer
 from streamrec.stream.events import Event
 from streamrec.stream.metrics import WorkerMetrics
-from streamrec.stream.model_holder import ModelHolder, Recommender, served_context_keys
+from streamrec.stream.model_holder import ModelHolder, Recommender
 from streamrec.stream.online_figures import OnlineTally, Role
 from streamrec.stream.online import LastShown, OnlineScores, score_previous
 from streamrec.stream.window import user_sequence
@@ -109,7 +109,7 @@ class ShadowScorer:
     def context_keys(self) -> tuple[str, ...]:
         """The event context keys the shadow model reads (windows keep them for it too)."""
         active = self.slot.active()
-        return served_context_keys(active.model) if active is not None else ()
+        return active.model.context_keys if active is not None else ()
 
     def forget_user(self, user_id: str) -> None:
         """The user asked to be forgotten: drop the shadow's last list for them."""

@@ -240,6 +240,7 @@ def test_owner_partition_is_the_java_clients_murmur2() -> None:
 
 class FailingModel:
     version = 4
+    context_keys = ()
 
     def recommend(self, sequences, k, exclude_seen=True):  # noqa: ANN001, ANN201
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")

@@ -40,6 +40,7 @@ class FixedModel:
     version: int
     items: list[str]
     fail: bool = False
+    context_keys: tuple[str, ...] = ()
     asked: list[int] = field(default_factory=list)
 
     def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[Ranked]:
