@@ -411,6 +411,10 @@ auto_snapshot: false
 snapshot_before_compaction: false
 concurrent_reads: 8
 concurrent_writes: 16
+# The worker packs several users' writes into one unlogged batch (STREAMREC_CASSANDRA_WRITE_BATCH_KIB,
+# 40 KiB by default, under the 50 KiB fail threshold): warn above that, not at the stock 5 KiB.
+batch_size_warn_threshold: 64KiB
+unlogged_batch_across_partitions_warn_threshold: 1000
 memtable_allocation_type: heap_buffers
 disk_failure_policy: stop
 commit_failure_policy: stop

@@ -121,6 +121,23 @@ class StoreContract:
         finally:
             await store.close()
 
+    async def check_a_save_of_many_users_stores_each_of_them(self) -> None:
+        # A worker's batch: hundreds of users with full windows saved in one call (the
+        # Cassandra store packs them into multi-user requests; none may be lost or refused).
+        store = await self.make_store()
+        try:
+            users = [f"many-{i}" for i in range(300)]
+            windows = [_window(u, 50, 50) for u in users]
+            states = [UserState(u, 2, b"\x00" * 256, b'{"items":"' + b"x" * 900 + b'"}', f"{u}-e49", 1, T0_US + 50)
+                      for u in users[:250]]  # the last 50: window only
+            await store.save(windows, states, ttl_s=3600)
+            assert await store.load_windows(users) == {w.user_id: w for w in windows}
+            for state in states[::50]:
+                got = await store.load_user_state(state.user_id)
+                assert got is not None and (got.last_event_id, got.recommendation) == (state.last_event_id, state.recommendation)
+        finally:
+            await store.close()
+
     async def check_identifiers_are_data(self) -> None:
         store = await self.make_store()
         try:
@@ -138,6 +155,7 @@ CHECKS = [
     "check_a_returning_user_is_stored_again_after_the_window_expired",
     "check_writes_after_an_operator_delete_are_stored",
     "check_user_state_round_trip",
+    "check_a_save_of_many_users_stores_each_of_them",
     "check_identifiers_are_data",
     "check_save_writes_windows_and_states_together",
 ]

@@ -31,10 +31,11 @@ import re
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, RequestExecutionException
+from cassandra import ConsistencyLevel, DriverException, InvalidRequest, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import ConstantReconnectionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
@@ -53,6 +54,45 @@ READ_GROUP = 32
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 # Failures that mean "Cassandra is (temporarily) not there": the caller backs off and retries.
 _TRANSIENT = (NoHostAvailable, OperationTimedOut, RequestExecutionException, DriverException, ConnectionError)
+
+
+@dataclass(frozen=True, slots=True)
+class _UserWrite:
+    """One user's statements (window and/or state), the replica that owns the user, and their size in bytes."""
+
+    owner: object
+    size: int
+    statements: list[tuple[PreparedStatement, tuple]]
+
+
+def _values_size(params: Sequence[Any]) -> int:
+    """Bytes a statement's bound values add to a batch: what Cassandra's batch-size thresholds count, plus row overhead."""
+    return 32 + sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in params if v is not None)
+
+
+def _batch_too_large(exc: StateStoreError) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, InvalidRequest) and "Batch too large" in str(cause)
+
+
+def pack_writes(writes: Sequence[tuple[Hashable, int]], cap_bytes: int) -> list[list[int]]:
+    """Indices of ``(owner, size)`` writes packed into groups of one owner and at most ``cap_bytes`` each.
+
+    Order is kept within an owner; a write larger than the cap goes alone
+    (a user's statements are never split across requests).
+    """
+    open_groups: dict[Hashable, tuple[list[int], int]] = {}
+    groups: list[list[int]] = []
+    for index, (owner, size) in enumerate(writes):
+        current = open_groups.get(owner)
+        if current is not None and current[1] + size <= cap_bytes:
+            current[0].append(index)
+            open_groups[owner] = (current[0], current[1] + size)
+            continue
+        group = [index]
+        groups.append(group)
+        open_groups[owner] = (group, size)
+    return groups
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -209,6 +249,7 @@ class CassandraStore:
             return statement
 
         self._keyspace = ks
+        self._write_cap = settings.cassandra_write_batch_kib * 1024  # 0 once Cassandra refused a batch as too large
         # Several users per request: one round trip and one driver request instead of one per
         # user (the driver's per-request Python cost dominated window reads of uncached users).
         self._select_windows = prepare(
@@ -305,10 +346,8 @@ class CassandraStore:
         holds every partition it asks for (on one node: one group).
         """
         groups: dict[object, list[str]] = {}
-        metadata = self._cluster.metadata
         for user_id in dict.fromkeys(user_ids):
-            replicas = metadata.get_replicas(self._keyspace, user_id.encode())
-            groups.setdefault(replicas[0].host_id if replicas else None, []).append(user_id)
+            groups.setdefault(self._owner(user_id), []).append(user_id)
         return [users[i : i + READ_GROUP] for users in groups.values() for i in range(0, len(users), READ_GROUP)]
 
     @staticmethod
@@ -330,21 +369,63 @@ class CassandraStore:
         await self._execute_all([(self._insert_state, self._state_params(s, now)) for s in states])
 
     async def save(self, windows: Sequence[StoredWindow], states: Sequence[UserState], ttl_s: int) -> None:
-        """Each user's changed window and new state in one request (an unlogged batch of one partition key)."""
+        """Users' changed windows and new states, packed into unlogged batches by owning replica.
+
+        A user's window and state always travel in the same request. Users
+        owned by the same replica share a batch up to ``cassandra_write_batch_kib``
+        of values (0: one request per user). Unlogged, so each partition is
+        applied on its own; a failed request is retried whole with the same
+        write timestamps, which makes the retry idempotent.
+        """
         now = int(time.time() * 1000)
         changed = {w.user_id: w for w in windows}
-        requests: list[tuple[Any, Sequence[Any] | None]] = []
+        writes: list[_UserWrite] = []
         for state in states:
+            statements = [(self._insert_state, self._state_params(state, now))]
             window = changed.pop(state.user_id, None)
-            if window is None:
-                requests.append((self._insert_state, self._state_params(state, now)))
+            if window is not None:
+                statements.insert(0, (self._insert_window, self._window_params(window, now, ttl_s)))
+            writes.append(self._user_write(state.user_id, statements))
+        writes.extend(
+            self._user_write(w.user_id, [(self._insert_window, self._window_params(w, now, ttl_s))]) for w in changed.values()
+        )
+        try:
+            await self._execute_all(self._write_requests(writes))
+        except StateStoreError as exc:
+            if not (self._write_cap and _batch_too_large(exc)):
+                raise
+            # The cluster's batch_size_fail_threshold is below the configured cap: retrying the same
+            # batches would stall the worker for good, so fall back to one request per user from now
+            # on. Same write timestamps, so what the refused call did write is rewritten idempotently.
+            log.error("Cassandra refused a %d KiB write batch as too large (its batch_size_fail_threshold is lower);"
+                      " writing one user per request from now on. Lower STREAMREC_CASSANDRA_WRITE_BATCH_KIB or raise"
+                      " the threshold.", self._write_cap // 1024)
+            self._write_cap = 0
+            await self._execute_all(self._write_requests(writes))
+
+    def _user_write(self, user_id: str, statements: list[tuple[PreparedStatement, tuple]]) -> _UserWrite:
+        size = sum(_values_size(params) for _, params in statements)
+        return _UserWrite(self._owner(user_id), size, statements)
+
+    def _write_requests(self, writes: Sequence[_UserWrite]) -> list[tuple[Any, Sequence[Any] | None]]:
+        cap = self._write_cap
+        groups = pack_writes([(w.owner, w.size) for w in writes], cap) if cap else [[i] for i in range(len(writes))]
+        requests: list[tuple[Any, Sequence[Any] | None]] = []
+        for group in groups:
+            statements = [s for i in group for s in writes[i].statements]
+            if len(statements) == 1:
+                requests.append(statements[0])
                 continue
+            # The driver routes a batch by its first statement's key: a replica of every user in it.
             batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._write_cl)
-            batch.add(self._insert_window, self._window_params(window, now, ttl_s))
-            batch.add(self._insert_state, self._state_params(state, now))
+            for statement, params in statements:
+                batch.add(statement, params)
             requests.append((batch, None))
-        requests.extend((self._insert_window, self._window_params(w, now, ttl_s)) for w in changed.values())
-        await self._execute_all(requests)
+        return requests
+
+    def _owner(self, user_id: str) -> object:
+        replicas = self._cluster.metadata.get_replicas(self._keyspace, user_id.encode())
+        return replicas[0].host_id if replicas else None
 
     async def load_user_state(self, user_id: str) -> UserState | None:
         (result,) = await self._execute_all([(self._select_state, (user_id,))])

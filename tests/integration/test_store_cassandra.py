@@ -81,3 +81,30 @@ def test_a_window_in_an_unknown_format_is_a_store_error_retried_not_a_crash(isol
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_write_batch_cap_above_the_clusters_limit_falls_back_to_one_user_per_request(
+    isolated: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stock Cassandra refuses batches over 50 KiB: a cap of 200 KiB must not stall the worker on retries.
+
+    The refused save is carried out per user (nothing lost), the operator is
+    told which setting to change, and later saves go per user too.
+    """
+    settings = isolated.with_overrides(cassandra_write_batch_kib=200)
+    users = [f"big-{i}" for i in range(60)]
+    windows = [StoredWindow(u, tuple(WindowEntry(f"{u}-e{j}-{'x' * 40}", f"item-{j}", "view", 1_000 + j) for j in range(50)), 50, 1)
+               for u in users]
+
+    async def scenario() -> dict[str, StoredWindow]:
+        store = CassandraStore.open(settings)
+        try:
+            await store.save(windows[:30], [], ttl_s=3600)
+            await store.save(windows[30:], [], ttl_s=3600)
+            return await store.load_windows(users)
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == {w.user_id: w for w in windows}
+    refusals = [r for r in caplog.records if "STREAMREC_CASSANDRA_WRITE_BATCH_KIB" in r.getMessage()]
+    assert len(refusals) == 1
