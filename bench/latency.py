@@ -163,6 +163,8 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"worker's own metrics: batch {wm.get('mean_batch_records')} records, encoder {wm.get('encoder_ms_per_batch')} "
                      f"ms, load_windows {wm.get('cassandra_load_windows_ms')} ms, save {wm.get('cassandra_save_ms')} ms, consume→emit "
                      f"{wm.get('consume_to_emit_ms_per_batch')} ms")
+        lines.append(f"full garbage collections: {wm.get('gc_full_collections')}, {wm.get('gc_full_ms_total')} ms in all, "
+                     f"longest <= {wm.get('gc_full_ms_max_bucket')} ms (every thread of the worker waits)")
     if wm.get("shadow_version"):
         lines.append(f"shadow: version {wm['shadow_version']}, encoder {wm.get('shadow_encoder_ms_per_batch')} ms per "
                      f"batch, {wm.get('shadow_users')} users encoded")

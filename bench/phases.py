@@ -88,6 +88,21 @@ def run_backlog_phase(
     return result
 
 
+def _largest_bucket(merged: dict[str, float], name: str, labels: str) -> float | None:
+    """Upper bound (ms) of the highest histogram bucket that holds an observation: the longest pause, to a bucket."""
+    previous = 0.0
+    largest = None
+    buckets = sorted(
+        (float(k.split("le=")[1].rstrip("}")), v) for k, v in merged.items()
+        if k.startswith(f"{name}_bucket{{") and labels in k and "+Inf" not in k
+    )
+    for bound, cumulative in buckets:
+        if cumulative > previous:
+            largest = bound * 1000
+        previous = cumulative
+    return largest
+
+
 def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str, Any]:
     """The worker's own view (its Prometheus metrics): batch size, encoder and Cassandra call means."""
     merged: dict[str, float] = {}
@@ -121,6 +136,10 @@ def summarise_worker_metrics(per_worker: Sequence[dict[str, float]]) -> dict[str
         "shadow_users": int(merged.get("streamrec_shadow_users_total", 0)),
         # Mean ms per batch in each stage, in the batch's own order (see stream.metrics.BatchStage).
         "stage_ms": {stage.value: mean_ms("streamrec_batch_stage_seconds", f"stage={stage}") for stage in BatchStage},
+        # Full collections stop every thread of the worker: how many, and how long in all.
+        "gc_full_collections": int(merged.get('streamrec_gc_pause_seconds_count{generation=2}', 0)),
+        "gc_full_ms_total": round(merged.get('streamrec_gc_pause_seconds_sum{generation=2}', 0.0) * 1000, 1),
+        "gc_full_ms_max_bucket": _largest_bucket(merged, "streamrec_gc_pause_seconds", "generation=2"),
     }
 
 

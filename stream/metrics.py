@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -14,7 +17,7 @@ class CassandraOp(StrEnum):
     """The ``op`` label of ``streamrec_cassandra_seconds``: what the processor times, and what benchmarks read."""
 
     LOAD_WINDOWS = "load_windows"
-    SAVE = "save"  # a batch's changed windows and user states, one request per user
+    SAVE = "save"  # a batch's changed windows and user states (several users per request)
 
 
 class BatchStage(StrEnum):
@@ -133,6 +136,26 @@ class WorkerMetrics:
         )
         self.shadow_version = Gauge("streamrec_shadow_version", "Shadow model version being scored (0 = none)", registry=r)
         self.model_version = Gauge("streamrec_model_version", "Model version being served (0 = popularity fallback)", registry=r)
+        # A full (generation 2) collection walks every tracked object, the window cache's
+        # entries included, while every thread that needs the GIL waits: a latency tail of its own.
+        self.gc_pause = Histogram(
+            "streamrec_gc_pause_seconds", "Python garbage-collector pauses, by generation", ["generation"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every garbage collection of this process into ``streamrec_gc_pause_seconds``; returns the undo."""
+        started = [0.0]
+        by_generation = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                by_generation[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this worker's metrics."""

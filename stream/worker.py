@@ -7,6 +7,7 @@ timers, tasks, web pages) is wired in :mod:`streamrec.stream.app`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -48,6 +49,7 @@ def run_worker(settings: Settings) -> None:
     store = open_store_with_retry(settings)
     ensure_topics_sync(settings)
     metrics = WorkerMetrics()
+    metrics.watch_gc()
     # Items that appear after the served version was trained (multi-view versions rank them from content).
     live_items = LiveItems() if settings.live_items else None
     models = ModelHolder(
@@ -87,6 +89,11 @@ def run_worker(settings: Settings) -> None:
     if live_items is not None:
         follow_new_items(app, settings, live_items)
 
+    # Everything built so far (modules, the model and its vocabulary, the app) lives as long as
+    # the process: out of the collector's sight, so a full collection walks only what serving
+    # allocates (measured: 4 full collections in a 20 s latency run took 668 ms in all, up to 250 ms each).
+    gc.collect()
+    gc.freeze()
     try:
         run_faust_worker(app, settings.log_level)
     finally:
