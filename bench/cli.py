@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from streamrec.bench import artifacts, load, report
-from streamrec.bench.cpu import prepare_cpu_training
+from streamrec.models.cpu import prepare_cpu_training
 from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings
 from streamrec.models.config import EncoderConfig
@@ -107,6 +107,7 @@ def new_items(settings: Settings, epochs: int, seed: int, rate: float, keep: boo
     """Items that appear mid-stream: seconds from the item record to a recommendation containing it (needs streamrec[content])."""
     import tempfile
 
+    log.info("CPU settings: %s", prepare_cpu_training())  # before torch is imported
     from streamrec.bench.new_items import run_new_items_bench  # torch, transformers
 
     with tempfile.TemporaryDirectory(prefix="bench-new-items-") as work:

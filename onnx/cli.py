@@ -19,6 +19,7 @@ import click
 
 from streamrec.config import Settings
 from streamrec.models.config import LOSS_KINDS, EncoderConfig, LossKind
+from streamrec.models.cpu import prepare_cpu_training
 from streamrec.models.data import EventLog, load_events, resolve_dataset
 from streamrec.models.splits import Split, leave_one_out, temporal_split
 from streamrec.onnx.artifact import latest_artifact, load_artifact
@@ -105,6 +106,7 @@ def train(settings: Settings, data: str, fmt: str, split_kind: str, out: Path | 
           event_types: bool, time_gaps: bool, plot: Path | None, metrics_out: Path | None, progress: bool,
           items_source: str | None, id_dropout: float, context_keys: str) -> None:
     """Train the encoder offline and write a verified ONNX model artifact (next version)."""
+    log.info("CPU settings: %s", prepare_cpu_training())  # before torch is imported: its OpenMP reads them once
     from streamrec.models.train import TrainConfig, event_types_for, plot_curves  # torch
     from streamrec.models.train import train as run_train
     from streamrec.onnx.writer import write_artifact  # torch

@@ -9,13 +9,17 @@ shadow, and the online figures (the Cassandra driver: ~0.3 s) inside list and ga
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
 import click
 
 from streamrec.config import Settings
 from streamrec.errors import StateStoreError
+from streamrec.models.cpu import prepare_cpu_training
 from streamrec.onnx.registry import ModelRegistry, VersionRecord, parse_version
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -24,6 +28,7 @@ from streamrec.onnx.registry import ModelRegistry, VersionRecord, parse_version
 @click.pass_obj
 def retrain(settings: Settings, epochs: int | None, as_json: bool) -> None:
     """One retraining round: recent events → candidate → holdout duel → publish or reject."""
+    log.info("CPU settings: %s", prepare_cpu_training())  # before torch is imported
     from streamrec.retrain.round import retrain_round  # torch: 3-6.5 s
 
     result = retrain_round(settings, epochs=epochs)
