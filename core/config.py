@@ -58,11 +58,12 @@ class Settings(BaseSettings):
     cassandra_password: SecretStr | None = None
     cassandra_ssl_cafile: Path | None = None
     cassandra_concurrency: int = Field(64, ge=1)
-    # Several users' window + state writes go to Cassandra as one unlogged batch per owning
-    # replica, up to this many KiB of values: one request instead of one per user (measured:
-    # 2-3x less CPU per user in the driver and in Cassandra). Stock Cassandra rejects batches
-    # over 50 KiB (batch_size_fail_threshold) and logs each one over 5 KiB
-    # (batch_size_warn_threshold; `streamrec infra` and deploy/ raise it). 0 = one request per user.
+    # A save of more users than cassandra_concurrency packs users owned by the same replica into
+    # unlogged batches (as few per batch as keep the save within that many requests), each up to
+    # this many KiB of values (measured: 2-3x less CPU per user in the driver and in Cassandra
+    # under a backlog; small saves stay one user per request, which is faster at light load).
+    # Stock Cassandra rejects batches over 50 KiB (batch_size_fail_threshold) and logs each one
+    # over 5 KiB (batch_size_warn_threshold; `streamrec infra` and deploy/ raise it). 0 = never pack.
     cassandra_write_batch_kib: int = Field(40, ge=0, le=1024)
     # Consistency of window/state reads and writes. LOCAL_QUORUM makes "durable
     # before the offset is committed" mean a quorum of replicas, and lets a new

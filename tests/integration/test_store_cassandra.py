@@ -91,7 +91,8 @@ def test_a_write_batch_cap_above_the_clusters_limit_falls_back_to_one_user_per_r
     The refused save is carried out per user (nothing lost), the operator is
     told which setting to change, and later saves go per user too.
     """
-    settings = isolated.with_overrides(cassandra_write_batch_kib=200)
+    # Concurrency 1: a save of 30 users packs them all (≈ 105 KiB) into one batch.
+    settings = isolated.with_overrides(cassandra_write_batch_kib=200, cassandra_concurrency=1)
     users = [f"big-{i}" for i in range(60)]
     windows = [StoredWindow(u, tuple(WindowEntry(f"{u}-e{j}-{'x' * 40}", f"item-{j}", "view", 1_000 + j) for j in range(50)), 50, 1)
                for u in users]
