@@ -163,8 +163,11 @@ class SequenceEncoder(nn.Module):
         if self.training and self.config.id_dropout > 0:
             keep = keep * (torch.rand_like(keep) >= self.config.id_dropout).to(keep.dtype)
         ids = self.item_emb.weight * keep.unsqueeze(-1)
-        content = self.text_proj(self.item_text) + self.category_emb(self.item_category_idx).sum(1)
-        return ids + content
+        return ids + self.content_table()
+
+    def content_table(self) -> torch.Tensor:
+        """``(n_items, dim)`` item vectors from content alone (no id embedding): what a new item gets."""
+        return self.text_proj(self.item_text) + self.category_emb(self.item_category_idx).sum(1)
 
     def content_vectors(self, text: torch.Tensor, category_idx: torch.Tensor) -> torch.Tensor:
         """Vectors of items from their content alone (``(n, text_dim)`` text vectors, ``(n, m)`` category indices).
@@ -266,6 +269,8 @@ class SequenceEncoder(nn.Module):
         if self.config.loss == "full":
             logits = self.item_scores(states, table)
             loss = F.cross_entropy(logits, targets)
+            if self.config.item_content and self.config.cold_target_loss > 0:
+                loss = loss + self.config.cold_target_loss * self._cold_target_loss(states, targets)
         else:
             negatives = torch.randint(
                 FIRST_REAL_INDEX, self.config.n_items, (self.config.num_negatives,), device=states.device
@@ -277,6 +282,23 @@ class SequenceEncoder(nn.Module):
             logits = torch.cat([pos, neg], dim=1)
             loss = F.cross_entropy(logits, torch.zeros_like(targets))
         return LossOutput(loss=loss, n_targets=int(targets.numel()))
+
+    def _cold_target_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy as if each target were a new item: its content-only row against every other item's full row.
+
+        That is the cold case at serving: a new item (content alone) competes with
+        trained items that have id + content. Id dropout alone trains a target
+        against a field of which the same share also lost its ids, so a
+        content-only row only has to beat half-weakened competitors; this term
+        fixes the competitors at their served (un-dropped) rows. Training only:
+        the served graph and the item table are unchanged.
+        """
+        content = self.content_table()
+        full = self.item_emb.weight * self.item_has_id.unsqueeze(-1) + content
+        logits = self.item_scores(states, full)
+        cold_pos = (states * F.embedding(targets, content)).sum(-1, keepdim=True)
+        logits = logits.scatter(1, targets.unsqueeze(1), cold_pos)
+        return F.cross_entropy(logits, targets)
 
 
 @torch.no_grad()

@@ -59,6 +59,13 @@ def test_tables_report_mean_std_and_the_ratio_to_popularity() -> None:
     assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
     assert "4.00x" in format_multi_view(tables)
 
+    # --cold-only runs have no leave-one-out rows: that table is empty, the cold one unchanged.
+    cold_only = [{k: v for k, v in run(s, mv).items() if not k.startswith("loo_")} for s, mv in ((0, 0.06), (1, 0.10))]
+    tables = multi_view_tables(cold_only)
+    assert tables["leave_one_out"] == {} and tables["loo_ndcg10_diff"] is None
+    assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
+    assert "4.00x" in format_multi_view(tables)
+
 
 def test_the_id_only_cold_row_is_a_miss_for_every_case_and_checks_its_premise() -> None:
     log = small_log()

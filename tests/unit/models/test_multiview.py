@@ -158,3 +158,52 @@ def test_a_warm_started_multi_view_model_keeps_the_content_of_items_new_since(
     expected = content.text_vectors[[content.rows()[i] for i in new]]
     np.testing.assert_allclose(result.model.item_text[rows].numpy(), expected, atol=1e-6)
     assert float(result.model.item_text[rows].abs().sum()) > 0
+
+
+def _tiny_content_model(cold_target_loss: float, has_id: torch.Tensor | None = None) -> SequenceEncoder:
+    items = [f"i{i}" for i in range(10)]
+    config = dataclasses.replace(content_config(TINY, content_for(items), id_dropout=0.0, cold_target_loss=cold_target_loss),
+                                 n_items=len(items) + 2)
+    torch.manual_seed(0)
+    model = SequenceEncoder(config)
+    vocab = ItemVocab(items)
+    attach_content(model, vocab, content_for(items), items)
+    with torch.no_grad():  # content rows of the same size as the id rows, so neither term is negligible
+        model.text_proj.weight.normal_(std=0.5)
+        if has_id is not None:
+            model.item_has_id.copy_(has_id)
+    return model.eval()
+
+
+def test_cold_target_loss_scores_the_target_by_its_content_row_against_full_rows() -> None:
+    model = _tiny_content_model(1.0)
+    states = torch.randn(6, TINY.hidden)
+    targets = torch.tensor([2, 3, 5, 7, 11, 2])
+    full = model.item_table()
+    content = model.content_table()
+    expected = []
+    for s, t in zip(states, targets):
+        logits = s @ full.T
+        logits[t] = s @ content[t]  # the target as a new item: content alone
+        logits[:2] = float("-inf")  # padding and OOV are never ranked
+        expected.append(torch.logsumexp(logits, 0) - logits[t])
+    assert model._cold_target_loss(states, targets).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    # No item with a trained id: every row is content alone and the term is the ordinary loss.
+    no_ids = _tiny_content_model(1.0, has_id=torch.zeros(12))
+    plain = torch.nn.functional.cross_entropy(no_ids.item_scores(states), targets)
+    assert no_ids._cold_target_loss(states, targets).item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_cold_target_loss_is_added_with_its_weight_and_is_training_only() -> None:
+    items = torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]])
+    batch = EncoderInput(item_idx=items, event_type=torch.where(items > 0, 2, 0), time_bucket=torch.where(items > 0, 2, 0),
+                         attention_mask=(items > 0).long(), targets=torch.tensor([[0, 3, 4, 9], [6, 7, 8, 11]]))
+    off, on = _tiny_content_model(0.0), _tiny_content_model(0.5)
+    on.load_state_dict(off.state_dict())
+    hidden = off.encode(batch).hidden
+    mask = batch.targets >= 2
+    term = off._cold_target_loss(hidden[mask], batch.targets[mask])
+    assert on.calculate_loss(batch).loss.item() == pytest.approx(off.calculate_loss(batch).loss.item() + 0.5 * term.item(), rel=1e-5)
+    # It reaches the artifact's config.json (like id_dropout) but not the served graph's config.
+    assert EncoderConfig.from_dict(json.loads(json.dumps(on.config.to_dict()))).cold_target_loss == 0.5
+    assert "cold_target_loss" not in served_copy(on).config.to_dict()
