@@ -79,7 +79,8 @@ class EncoderConfig:
     # views alone learn to place an item (a new item has no trained id embedding).
     id_dropout: float = 0.0
     # Weight of a training-only loss term that ranks each target by its content-only row against
-    # every other item's full (id + content) row, as a new item is ranked when served; 0 = off.
+    # every other item's full (id + content) row and content-only row, as a new item is ranked
+    # when served among trained and other new items; 0 = off.
     # See SequenceEncoder._cold_target_loss. The served graph does not depend on it.
     cold_target_loss: float = 0.0
     # --- the context view (the event's own ``context`` object; off = no context input) ----

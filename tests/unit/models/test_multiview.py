@@ -185,13 +185,18 @@ def test_cold_target_loss_scores_the_target_by_its_content_row_against_full_rows
     for s, t in zip(states, targets):
         logits = s @ full.T
         logits[t] = s @ content[t]  # the target as a new item: content alone
-        logits[:2] = float("-inf")  # padding and OOV are never ranked
-        expected.append(torch.logsumexp(logits, 0) - logits[t])
+        others_as_new = s @ content.T
+        others_as_new[t] = float("-inf")  # its content row is already the positive
+        logits[:2] = others_as_new[:2] = float("-inf")  # padding and OOV are never ranked
+        both = torch.cat([logits, others_as_new])
+        expected.append(torch.logsumexp(both, 0) - logits[t])
     assert model._cold_target_loss(states, targets).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
-    # No item with a trained id: every row is content alone and the term is the ordinary loss.
+    # No item with a trained id: every row is content alone, each non-target counted twice.
     no_ids = _tiny_content_model(1.0, has_id=torch.zeros(12))
-    plain = torch.nn.functional.cross_entropy(no_ids.item_scores(states), targets)
-    assert no_ids._cold_target_loss(states, targets).item() == pytest.approx(plain.item(), rel=1e-5)
+    scores = no_ids.item_scores(states)
+    pos = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
+    doubled = torch.logsumexp(torch.cat([scores, scores.scatter(1, targets.unsqueeze(1), float("-inf"))], 1), 1)
+    assert no_ids._cold_target_loss(states, targets).item() == pytest.approx((doubled - pos).mean().item(), rel=1e-5)
 
 
 def test_cold_target_loss_is_added_with_its_weight_and_is_training_only() -> None:
