@@ -20,7 +20,7 @@ PAD_INDEX = 0
 OOV_INDEX = 1
 FIRST_REAL_INDEX = 2
 
-CONTENT_FIELDS = ("item_content", "text_dim", "item_categories", "max_item_categories", "id_dropout", "cold_target_loss")
+CONTENT_FIELDS = ("item_content", "text_dim", "item_categories", "max_item_categories", "id_dropout")
 CONTEXT_FIELDS = ("context_keys", "context_values")
 
 # The context view's per-key local indices (see EncoderConfig.context_offsets): 0 is padding
@@ -78,11 +78,6 @@ class EncoderConfig:
     # Share of items whose id embedding is dropped at each training step, so the content
     # views alone learn to place an item (a new item has no trained id embedding).
     id_dropout: float = 0.0
-    # Weight of a training-only loss term that ranks each target by its content-only row against
-    # every other item's full (id + content) row and content-only row, as a new item is ranked
-    # when served among trained and other new items; 0 = off.
-    # See SequenceEncoder._cold_target_loss. The served graph does not depend on it.
-    cold_target_loss: float = 0.0
     # --- the context view (the event's own ``context`` object; off = no context input) ----
     # Named keys of the event's ``context`` (e.g. ``device``), each a categorical feature
     # whose embedding is summed into the input. ``context_values[j]`` is key j's vocabulary

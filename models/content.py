@@ -53,19 +53,13 @@ def category_vocabulary(content: ItemContent, *, min_items: int = 1) -> tuple[st
     return tuple(c for c in sorted(counts, key=lambda c: -counts[c]) if counts[c] >= min_items)
 
 
-def content_config(
-    base: EncoderConfig, content: ItemContent, *, id_dropout: float, cold_target_loss: float = 0.0
-) -> EncoderConfig:
-    """``base`` with the content view on, sized for ``content`` (text dimension, category vocabulary).
-
-    ``id_dropout`` and ``cold_target_loss``: see :class:`EncoderConfig` (both training-only).
-    """
+def content_config(base: EncoderConfig, content: ItemContent, *, id_dropout: float) -> EncoderConfig:
+    """``base`` with the content view on, sized for ``content`` (text dimension, category vocabulary)."""
     categories = category_vocabulary(content)
     longest = max((len(c) for c in content.categories), default=1)
     return dataclasses.replace(
         base, item_content=True, text_dim=content.text_dim, item_categories=categories,
         max_item_categories=max(1, min(longest, base.max_item_categories)), id_dropout=id_dropout,
-        cold_target_loss=cold_target_loss,
     )
 
 

@@ -163,11 +163,8 @@ class SequenceEncoder(nn.Module):
         if self.training and self.config.id_dropout > 0:
             keep = keep * (torch.rand_like(keep) >= self.config.id_dropout).to(keep.dtype)
         ids = self.item_emb.weight * keep.unsqueeze(-1)
-        return ids + self.content_table()
-
-    def content_table(self) -> torch.Tensor:
-        """``(n_items, dim)`` item vectors from content alone (no id embedding): what a new item gets."""
-        return self.text_proj(self.item_text) + self.category_emb(self.item_category_idx).sum(1)
+        content = self.text_proj(self.item_text) + self.category_emb(self.item_category_idx).sum(1)
+        return ids + content
 
     def content_vectors(self, text: torch.Tensor, category_idx: torch.Tensor) -> torch.Tensor:
         """Vectors of items from their content alone (``(n, text_dim)`` text vectors, ``(n, m)`` category indices).
@@ -269,8 +266,6 @@ class SequenceEncoder(nn.Module):
         if self.config.loss == "full":
             logits = self.item_scores(states, table)
             loss = F.cross_entropy(logits, targets)
-            if self.config.item_content and self.config.cold_target_loss > 0:
-                loss = loss + self.config.cold_target_loss * self._cold_target_loss(states, targets)
         else:
             negatives = torch.randint(
                 FIRST_REAL_INDEX, self.config.n_items, (self.config.num_negatives,), device=states.device
@@ -282,27 +277,6 @@ class SequenceEncoder(nn.Module):
             logits = torch.cat([pos, neg], dim=1)
             loss = F.cross_entropy(logits, torch.zeros_like(targets))
         return LossOutput(loss=loss, n_targets=int(targets.numel()))
-
-    def _cold_target_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy as if each target were a new item: its content-only row against every other item's rows.
-
-        That is the cold case when served: a new item (content alone) competes
-        with trained items (id + content) and with other new items (content
-        alone). Id dropout alone trains a content-only target against a field
-        of which the same share also lost its ids. Here the softmax runs over
-        ``2 * n_items`` columns: every item's full row (the target's replaced by
-        its content row) and every other item's content row. The content rows
-        of non-targets must be there as negatives: with full rows alone
-        (measured on ML-100k seed 0) every content row is only ever pushed up,
-        and the grown model put new items in all top-10 slots. Training only:
-        the served graph and the item table are unchanged.
-        """
-        content = self.content_table()
-        full = self.item_emb.weight * self.item_has_id.unsqueeze(-1) + content
-        as_new = (states * F.embedding(targets, content)).sum(-1, keepdim=True)
-        full_logits = self.item_scores(states, full).scatter(1, targets.unsqueeze(1), as_new)
-        content_logits = self.item_scores(states, content).scatter(1, targets.unsqueeze(1), float("-inf"))
-        return F.cross_entropy(torch.cat([full_logits, content_logits], dim=1), targets)
 
 
 @torch.no_grad()
