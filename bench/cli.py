@@ -162,11 +162,13 @@ def new_items_cost(settings: Settings, batch: int, repeats: int, threads: int, o
               help="With --multi-view: item records (RecBole .item path, or 'ml-100k' for its packaged ml-100k.item).")
 @click.option("--id-dropout", default=0.5, show_default=True, help="With --multi-view: share of item ids dropped per training step.")
 @click.option("--cold-frac", default=0.1, show_default=True, help="With --multi-view: share of items held out of training.")
+@click.option("--cold-only", is_flag=True,
+              help="With --multi-view: only the cold-item protocol (skips both leave-one-out trainings).")
 @click.pass_obj
 def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
             recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
             ours_from: Path | None, out: Path, multi_view: bool, items_spec: str, id_dropout: float,
-            cold_frac: float) -> None:
+            cold_frac: float, cold_only: bool) -> None:
     """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec, or --multi-view)."""
     cpu = prepare_cpu_training()  # before torch is imported: its OpenMP reads the environment once
     log.info("CPU settings: %s", cpu)
@@ -178,8 +180,10 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
     if multi_view:
         _quality_multi_view(settings, path, seed_list, items_spec, out,
                             TrainConfig(epochs=epochs, patience=patience, threads=threads, progress=False),
-                            id_dropout=id_dropout, cold_frac=cold_frac, cpu=cpu)
+                            id_dropout=id_dropout, cold_frac=cold_frac, cold_only=cold_only, cpu=cpu)
         return
+    if cold_only:
+        raise click.UsageError("--cold-only goes with --multi-view")
     ours = None
     if ours_from is not None:
         if not recbole_only:
@@ -201,7 +205,8 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
 
 
 def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], items_spec: str, out: Path,
-                        train_config: Any, *, id_dropout: float, cold_frac: float, cpu: dict[str, Any]) -> None:
+                        train_config: Any, *, id_dropout: float, cold_frac: float, cold_only: bool,
+                        cpu: dict[str, Any]) -> None:
     from streamrec.bench.quality import format_multi_view, ml100k_item_content, plot_multi_view, run_multi_view  # torch
 
     items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
@@ -210,7 +215,8 @@ def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], i
     target = out.with_name(out.stem + "_multiview.json")
     result = run_multi_view(data_path, content, seeds,
                             EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
-                            id_dropout=id_dropout, cold_frac=cold_frac, partial_out=target.with_suffix(".partial.json"))
+                            id_dropout=id_dropout, cold_frac=cold_frac, cold_only=cold_only,
+                            partial_out=target.with_suffix(".partial.json"))
     result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu, **result}
     result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
     click.echo(format_multi_view(result["tables"]))

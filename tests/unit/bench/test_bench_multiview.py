@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from streamrec.bench.quality import (
@@ -11,6 +12,7 @@ from streamrec.bench.quality import (
     id_only_cold_metrics,
     multi_view_tables,
     popularity_metrics,
+    top_k_share,
     without_items,
 )
 from streamrec.errors import StreamrecError
@@ -59,6 +61,13 @@ def test_tables_report_mean_std_and_the_ratio_to_popularity() -> None:
     assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
     assert "4.00x" in format_multi_view(tables)
 
+    # --cold-only runs have no leave-one-out rows: that table is empty, the cold one unchanged.
+    cold_only = [{k: v for k, v in run(s, mv).items() if not k.startswith("loo_")} for s, mv in ((0, 0.06), (1, 0.10))]
+    tables = multi_view_tables(cold_only)
+    assert tables["leave_one_out"] == {} and tables["loo_ndcg10_diff"] is None
+    assert tables["cold_hr10_vs_popularity"] == pytest.approx(4.0)
+    assert "4.00x" in format_multi_view(tables)
+
 
 def test_the_id_only_cold_row_is_a_miss_for_every_case_and_checks_its_premise() -> None:
     log = small_log()
@@ -70,3 +79,29 @@ def test_the_id_only_cold_row_is_a_miss_for_every_case_and_checks_its_premise() 
     # Had "c" reached the id-only model's training data, its row would not be zero by construction.
     with pytest.raises(StreamrecError, match="training vocabulary"):
         id_only_cold_metrics(leave_one_out(log), cases)
+
+
+def test_top_k_share_counts_the_slots_of_new_items_and_skips_excluded_ones() -> None:
+    inf = float("-inf")
+    # Items 0-2 trained, 3-4 new (first_index 3).
+    scores = np.array([[0.0, 0.1, 0.2, 0.9, 0.8],   # both new items on top
+                       [0.9, 0.8, 0.7, 0.0, 0.1],   # none
+                       [inf, inf, inf, 0.5, inf]])  # one finite slot, a new item
+    assert top_k_share(scores[:1], 3, k=2) == 1.0
+    assert top_k_share(scores[1:2], 3, k=2) == 0.0
+    assert top_k_share(scores[2:], 3, k=2) == 1.0
+    assert top_k_share(scores, 3, k=2) == pytest.approx(3 / 5)
+    assert top_k_share(scores[:2], 3, k=10) == pytest.approx(4 / 10)  # k capped at the catalogue
+
+
+def test_tables_carry_the_crowding_of_new_items() -> None:
+    m = {"recall@10": 0.1, "ndcg@10": 0.05, "recall@20": 0.2}
+    runs = [{"seed": s, "cold": {"id_only": m, "popularity": m, "multi_view": m, "warm_test": {"multi_view": m},
+                                 "warm_test_after_adding": {**m, "ndcg@10": 0.04},
+                                 "new_item_top10_share": share, "held_out_interaction_share": 0.1}}
+            for s, share in ((0, 0.1), (1, 0.3))]
+    tables = multi_view_tables(runs)
+    assert tables["new_item_crowding"]["new_item_top10_share"]["mean"] == pytest.approx(0.2)
+    assert tables["new_item_crowding"]["warm_test_ndcg10_after_adding"]["mean"] == pytest.approx(0.04)
+    text = format_multi_view(tables)
+    assert "top-10 slots on warm test cases: 0.200" in text and "0.0500 / 0.0400" in text
