@@ -55,21 +55,8 @@ def run_catalogue(
     for number, size in enumerate(sizes):
         settings = isolated_settings(base, "bench-cat", f"{run_id}{number}", model_dir=logs / f"models-{size}")
         progress(f"catalogue {size:,} items: writing an untrained model, producing {events:,} events")
-        try:
-            isolation.create_topics(settings)
-            random_artifact(settings.models_path, EncoderConfig(n_items=size + FIRST_REAL_INDEX), item_prefix="i",
-                            include_fp16=False)
-            stream = load.synthetic_events(events, users, size, seed)
-            load.preproduce(settings.kafka_bootstrap, settings.events_topic,
-                            (load.encode_event(e) for e in itertools.islice(stream, events)))
-            isolation.prepare_schema(settings)
-            worker = processes.worker(settings, logs / f"worker-{size}.log")
-            trial = phases.run_backlog_phase([worker], settings, settings.recommendations_topic, need_model=True,
-                                             timeout_s=timeout_s)
-            worker.stop()
-        finally:
-            if not keep:
-                drop_isolated(settings)
+        trial = drain_one(settings, logs / f"worker-{size}.log", events=events, users=users, items=size, seed=seed,
+                          timeout_s=timeout_s, keep=keep)
         trial["catalogue_items"] = size
         trials.append(trial)
         progress(f"catalogue {size:,}: {trial['events_per_s']} events/s, cpu {trial['process']['cpu_mean_pct']}%")
@@ -88,6 +75,31 @@ def run_catalogue(
     if png:
         result["plot"] = str(png)
     return result
+
+
+def drain_one(settings: Settings, log_path: Path, *, events: int, users: int, items: int, seed: int,
+              timeout_s: float, keep: bool) -> dict[str, Any]:
+    """One worker drains ``events`` synthetic events (``users`` × ``items``) serving an untrained model of ``items``.
+
+    The run's topics and keyspace are ``settings``' own (isolated), so it starts from cold windows; they are
+    dropped afterwards unless ``keep``.
+    """
+    try:
+        isolation.create_topics(settings)
+        random_artifact(settings.models_path, EncoderConfig(n_items=items + FIRST_REAL_INDEX), item_prefix="i",
+                        include_fp16=False)
+        stream = load.synthetic_events(events, users, items, seed)
+        load.preproduce(settings.kafka_bootstrap, settings.events_topic,
+                        (load.encode_event(e) for e in itertools.islice(stream, events)))
+        isolation.prepare_schema(settings)
+        worker = processes.worker(settings, log_path)
+        trial = phases.run_backlog_phase([worker], settings, settings.recommendations_topic, need_model=True,
+                                         timeout_s=timeout_s)
+        worker.stop()
+    finally:
+        if not keep:
+            drop_isolated(settings)
+    return trial
 
 
 def catalogue_rows(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -327,6 +327,26 @@ def scale(settings: Settings, workers: str, events: int, users: int, items: int,
     _print_and_write(result, scale_mod.format_result(result), out)
 
 
+@bench.command("users")
+@click.option("--sizes", default="20000,200000,1000000", show_default=True, help="Comma-separated distinct-user counts.")
+@click.option("--events", default=40_000, show_default=True, help="Events drained per size.")
+@click.option("--items", default=2_000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True)
+@click.option("--keep", is_flag=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/users.json"), show_default=True)
+@click.pass_obj
+def users(settings: Settings, sizes: str, events: int, items: int, seed: int, timeout_s: float, keep: bool,
+          out: Path) -> None:
+    """Per-event cost of one worker as distinct users grow (more users: more Cassandra reads and writes per event)."""
+    from streamrec.bench.users import format_result, run_users  # torch (writes the model)
+
+    result = run_users(settings, sizes=[int(s) for s in sizes.split(",") if s.strip()], events=events, items=items,
+                       seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
+                       progress=lambda m: click.echo(m, err=True))
+    _print_and_write(result, format_result(result), out)
+
+
 @bench.command("catalogue")
 @click.option("--sizes", default="2000,20000,200000", show_default=True, help="Comma-separated catalogue sizes (items).")
 @click.option("--events", default=40_000, show_default=True, help="Events drained per size.")

@@ -168,3 +168,19 @@ def test_the_catalogue_rows_put_the_encode_step_beside_the_other_steps() -> None
     assert large["cpu_ms_per_event_ratio"] == 2.25 and large["encode_ms_per_event_ratio"] == 6.0
     assert large["other_steps_ms_per_event_ratio"] == 1.0  # only the model grew with the catalogue
     assert headline(rows)["target"] == "<= 2x: NOT met"
+
+
+def test_the_users_rows_put_the_cassandra_steps_per_event_beside_the_cpu() -> None:
+    from streamrec.bench.users import users_rows
+
+    def trial(users: int, rate: float, cpu_pct: float, load_ms: float, save_ms: float) -> dict:
+        return {"users": users, "events_per_s": rate, "process": {"cpu_mean_pct": cpu_pct},
+                "worker_metrics": {"mean_batch_records": 500.0, "cassandra_load_windows_ms": load_ms,
+                                   "cassandra_save_ms": save_ms, "encoder_ms_per_batch": 20.0}}
+
+    rows = users_rows([trial(20_000, 4_000.0, 80.0, 10.0, 50.0), trial(1_000_000, 1_000.0, 80.0, 60.0, 150.0)])
+    small, large = rows
+    assert small["cpu_ms_per_event"] == 0.2 and large["cpu_ms_per_event"] == 0.8
+    assert large["cpu_ms_per_event_ratio"] == 4.0
+    assert (large["load_ms_per_event"], large["save_ms_per_event"]) == (0.12, 0.3)
+    assert large["load_ms_per_event_ratio"] == 6.0 and large["encode_ms_per_event_ratio"] == 1.0
