@@ -58,11 +58,14 @@ _TRANSIENT = (NoHostAvailable, OperationTimedOut, RequestExecutionException, Dri
 
 @dataclass(frozen=True, slots=True)
 class _UserWrite:
-    """One user's statements (window and/or state), the replica that owns the user, and their size in bytes."""
+    """One user's statements: the window and/or the state, always sent together."""
 
-    owner: object
-    size: int
+    user_id: str
     statements: list[tuple[PreparedStatement, tuple]]
+
+    @property
+    def size(self) -> int:
+        return sum(_values_size(params) for _, params in self.statements)
 
 
 def _values_size(params: Sequence[Any]) -> int:
@@ -387,9 +390,9 @@ class CassandraStore:
         save holds more users than ``cassandra_concurrency``, users owned by
         the same replica share a batch, as few per batch as keep the save
         within that many requests and up to ``cassandra_write_batch_kib`` of
-        values (0: never packed; see :func:`writes_per_request`). Unlogged, so each partition is
-        applied on its own; a failed request is retried whole with the same
-        write timestamps, which makes the retry idempotent.
+        values (0: never packed; see :func:`writes_per_request`). Unlogged,
+        so each partition is applied on its own; a failed request is retried
+        whole with the same write timestamps, which makes the retry idempotent.
         """
         now = int(time.time() * 1000)
         changed = {w.user_id: w for w in windows}
@@ -399,9 +402,9 @@ class CassandraStore:
             window = changed.pop(state.user_id, None)
             if window is not None:
                 statements.insert(0, (self._insert_window, self._window_params(window, now, ttl_s)))
-            writes.append(self._user_write(state.user_id, statements))
+            writes.append(_UserWrite(state.user_id, statements))
         writes.extend(
-            self._user_write(w.user_id, [(self._insert_window, self._window_params(w, now, ttl_s))]) for w in changed.values()
+            _UserWrite(w.user_id, [(self._insert_window, self._window_params(w, now, ttl_s))]) for w in changed.values()
         )
         try:
             await self._execute_all(self._write_requests(writes))
@@ -417,15 +420,13 @@ class CassandraStore:
             self._write_cap = 0
             await self._execute_all(self._write_requests(writes))
 
-    def _user_write(self, user_id: str, statements: list[tuple[PreparedStatement, tuple]]) -> _UserWrite:
-        size = sum(_values_size(params) for _, params in statements)
-        return _UserWrite(self._owner(user_id), size, statements)
-
     def _write_requests(self, writes: Sequence[_UserWrite]) -> list[tuple[Any, Sequence[Any] | None]]:
         cap = self._write_cap
         per_request = writes_per_request(len(writes), self._settings.cassandra_concurrency)
-        groups = (pack_writes([(w.owner, w.size) for w in writes], cap, per_request) if cap and per_request > 1
-                  else [[i] for i in range(len(writes))])
+        if cap and per_request > 1:
+            groups = pack_writes([(self._owner(w.user_id), w.size) for w in writes], cap, per_request)
+        else:  # a small save: one user per request, all in flight at once (owners and sizes not needed)
+            groups = [[i] for i in range(len(writes))]
         requests: list[tuple[Any, Sequence[Any] | None]] = []
         for group in groups:
             statements = [s for i in group for s in writes[i].statements]
