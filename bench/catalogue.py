@@ -48,18 +48,10 @@ def run_catalogue(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Drain ``events`` events per catalogue size with one worker; the rows, ratios and a plot."""
-    run_id = isolation.new_run_id()
-    logs = base.state_dir / "bench" / f"catalogue-{run_id}"
-    machine = report.machine_info()
-    trials: list[dict[str, Any]] = []
-    for number, size in enumerate(sizes):
-        settings = isolated_settings(base, "bench-cat", f"{run_id}{number}", model_dir=logs / f"models-{size}")
-        progress(f"catalogue {size:,} items: writing an untrained model, producing {events:,} events")
-        trial = drain_one(settings, logs / f"worker-{size}.log", events=events, users=users, items=size, seed=seed,
-                          timeout_s=timeout_s, keep=keep)
-        trial["catalogue_items"] = size
-        trials.append(trial)
-        progress(f"catalogue {size:,}: {trial['events_per_s']} events/s, cpu {trial['process']['cpu_mean_pct']}%")
+    run_id, machine, trials = drain_sizes(
+        base, "catalogue", sizes, key="catalogue_items", events=events, users=lambda _: users, items=lambda size: size,
+        seed=seed, timeout_s=timeout_s, keep=keep, progress=progress,
+    )
     rows = catalogue_rows(trials)
     result: dict[str, Any] = {
         "benchmark": "catalogue",
@@ -75,6 +67,39 @@ def run_catalogue(
     if png:
         result["plot"] = str(png)
     return result
+
+
+def drain_sizes(
+    base: Settings,
+    bench: str,
+    sizes: Sequence[int],
+    *,
+    key: str,
+    events: int,
+    users: Callable[[int], int],
+    items: Callable[[int], int],
+    seed: int,
+    timeout_s: float,
+    keep: bool,
+    progress: Callable[[str], None],
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """One :func:`drain_one` per size, each isolated; the run id, the machine and the trials (``trial[key]`` = size).
+
+    ``users(size)`` and ``items(size)`` say what the swept size is: the catalogue, the distinct users, ...
+    """
+    run_id = isolation.new_run_id()
+    logs = base.state_dir / "bench" / f"{bench}-{run_id}"
+    machine = report.machine_info()
+    trials: list[dict[str, Any]] = []
+    for number, size in enumerate(sizes):
+        settings = isolated_settings(base, f"bench-{bench}", f"{run_id}{number}", model_dir=logs / f"models-{size}")
+        progress(f"{key} {size:,}: {users(size):,} users, {items(size):,} items, producing {events:,} events")
+        trial = drain_one(settings, logs / f"worker-{size}.log", events=events, users=users(size), items=items(size),
+                          seed=seed, timeout_s=timeout_s, keep=keep)
+        trial[key] = size
+        trials.append(trial)
+        progress(f"{key} {size:,}: {trial['events_per_s']} events/s, cpu {trial['process']['cpu_mean_pct']}%")
+    return run_id, machine, trials
 
 
 def drain_one(settings: Settings, log_path: Path, *, events: int, users: int, items: int, seed: int,
@@ -156,6 +181,15 @@ def format_result(result: dict[str, Any]) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Per catalogue size: the worker's CPU per event, beside the encode step and the other steps (wall ms per event)."""
+    series = {"worker CPU": "cpu_ms_per_event", "encode step (ONNX: scores, top-K)": "encode_ms_per_event",
+              "validate + load + produce steps": "other_steps_ms_per_event"}
+    return bar_plot(rows, "catalogue_items", series, path, xlabel="catalogue items",
+                    title="per-event cost as the catalogue grows")
+
+
+def bar_plot(rows: Sequence[dict[str, Any]], key: str, series: dict[str, str], path: Path, *, xlabel: str,
+             title: str) -> Path | None:
+    """Grouped bars, ms per event: one group per row (labelled by ``row[key]``), one bar per ``series`` label → row field."""
     try:
         import matplotlib
 
@@ -163,18 +197,17 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    names = [f"{r['catalogue_items']:,}" for r in rows]
-    series = {"worker CPU": "cpu_ms_per_event", "encode step (ONNX: scores, top-K)": "encode_ms_per_event",
-              "validate + load + produce steps": "other_steps_ms_per_event"}
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(series)
-    for n, (label, key) in enumerate(series.items()):
-        ax.bar([i + n * width for i in range(len(rows))], [r[key] or 0.0 for r in rows], width, label=label)
-    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(rows))], names)
-    ax.set_xlabel("catalogue items")
+    for n, (label, field) in enumerate(series.items()):
+        ax.bar([i + n * width for i in range(len(rows))], [r[field] or 0.0 for r in rows], width, label=label)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(rows))], [f"{r[key]:,}" for r in rows])
+    top = max((r[field] or 0.0 for r in rows for field in series.values()), default=0.0)
+    ax.set_ylim(0, top * 1.5 or 1.0)  # room for the legend above the bars
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("ms per event")
-    ax.set_title("per-event cost as the catalogue grows")
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
     return report.save_figure(fig, path)
 
 

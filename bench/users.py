@@ -18,10 +18,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from streamrec.bench import isolation, report, stats
-from streamrec.bench.catalogue import drain_one
+from streamrec.bench import report, stats
+from streamrec.bench.catalogue import bar_plot, drain_sizes
 from streamrec.config import Settings
-from streamrec.testing.isolation import isolated_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +45,10 @@ def run_users(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Drain ``events`` events per user count with one worker; the rows, ratios and a plot."""
-    run_id = isolation.new_run_id()
-    logs = base.state_dir / "bench" / f"users-{run_id}"
-    machine = report.machine_info()
-    trials: list[dict[str, Any]] = []
-    for number, size in enumerate(sizes):
-        settings = isolated_settings(base, "bench-users", f"{run_id}{number}", model_dir=logs / f"models-{size}")
-        progress(f"{size:,} users: producing {events:,} events over {items:,} items")
-        trial = drain_one(settings, logs / f"worker-{size}.log", events=events, users=size, items=items, seed=seed,
-                          timeout_s=timeout_s, keep=keep)
-        trial["users"] = size
-        trials.append(trial)
-        progress(f"{size:,} users: {trial['events_per_s']} events/s, cpu {trial['process']['cpu_mean_pct']}%")
+    run_id, machine, trials = drain_sizes(
+        base, "users", sizes, key="users", events=events, users=lambda size: size, items=lambda _: items,
+        seed=seed, timeout_s=timeout_s, keep=keep, progress=progress,
+    )
     rows = users_rows(trials)
     result: dict[str, Any] = {
         "benchmark": "users",
@@ -108,28 +99,9 @@ def format_result(result: dict[str, Any]) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Per user count: the worker's CPU per event beside the window-load, save and encode steps (ms per event)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    names = [f"{r['users']:,}" for r in rows]
     series = {"worker CPU": "cpu_ms_per_event", "window load (Cassandra reads)": "load_ms_per_event",
               "save (Cassandra writes, overlaps)": "save_ms_per_event", "encode (ONNX)": "encode_ms_per_event"}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(series)
-    for n, (label, key) in enumerate(series.items()):
-        ax.bar([i + n * width for i in range(len(rows))], [r[key] or 0.0 for r in rows], width, label=label)
-    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(rows))], names)
-    ax.set_xlabel("distinct users")
-    ax.set_ylabel("ms per event")
-    ax.set_title("per-event cost as the users grow")
-    top = max((r[key] or 0.0 for r in rows for key in series.values()), default=0.0)
-    ax.set_ylim(0, top * 1.5 or 1.0)  # room for the legend above the bars
-    ax.legend(fontsize=8, loc="upper left")
-    return report.save_figure(fig, path)
+    return bar_plot(rows, "users", series, path, xlabel="distinct users", title="per-event cost as the users grow")
 
 
 def _round(value: float | None) -> float | None:
