@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # Batches handed to the processor and not yet acknowledged: the next batch is encoded
     # while earlier ones are written and delivered. 1 = one batch at a time.
     batches_in_flight: int = Field(4, ge=1)
+    # A batch needing at most this many encoder rows (its users; with explanations on, one more
+    # per explained event of each) is encoded on the event loop itself: for a small batch the
+    # hand-off to the encoder thread and back costs more than the encode (README "Latency").
+    # Larger batches go to the encoder thread, so Kafka fetches keep moving. 0 = always the thread.
+    encode_inline_max_rows: int = Field(64, ge=0)
     top_k: int = Field(10, ge=1, le=1000)
     # Worker-local window cache (users); bounds worker memory: ~12 KB per user at N = 50.
     window_cache_users: int = Field(20_000, ge=0)

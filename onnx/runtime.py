@@ -126,8 +126,9 @@ def session_options() -> ort.SessionOptions:
     underflow in Softmax's ``exp`` into denormal floats, which made the
     Softmax 8x slower (0.85 vs 0.10 ms for ``(32, 2, 50, 50)``); flushing
     changes only values below 1.2e-38. ONNX Runtime sets the flag on the
-    thread that calls ``run``, where it stays: the worker encodes on its own
-    thread.
+    thread that calls ``run``, where it stays: the worker's encoder thread,
+    and its event loop, which encodes small batches itself (nothing there
+    computes with values that small).
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -42,7 +42,7 @@ from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
 from streamrec.stream.processor import BatchInFlight, BatchProcessor, ShadowHook, SourceRecord
 from streamrec.stream.shadow import ShadowSlot
 from streamrec.stream.state.base import StateStore
-from streamrec.stream.transport import Transport
+from streamrec.stream.transport import LeanMonitor, Transport
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def new_worker_app(settings: Settings, datadir: Path, *, web_host: str) -> Worke
         datadir=str(datadir),
         # No Faust tables: all state is in Cassandra, so no changelog topics.
         store="memory://",
+        Monitor=LeanMonitor,
     )
 
 

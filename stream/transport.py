@@ -9,15 +9,17 @@ worker pays for it with a few more (empty) fetch requests per second.
 
 The consumer's fetch → conductor loop hands most records over without the
 four tasks per record Faust spends on them (see
-:meth:`Consumer._drain_messages`).
+:meth:`Consumer._drain_messages`), and :class:`LeanMonitor` keeps Faust's
+per-record statistics out of the path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+from faust.sensors import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
 
@@ -135,3 +137,34 @@ class Transport(faust_aiokafka.Transport):
     """Kafka through aiokafka, as Faust's ``kafka://`` transport but with the short fetch wait."""
 
     Consumer = Consumer
+
+
+class LeanMonitor(Monitor):
+    """Faust's main sensor without its per-record statistics (the worker's ``Monitor`` setting).
+
+    Faust calls its monitor four to six times per record (message in, stream
+    event in and out, message out, send initiated and completed); each call
+    updates counters, a per-stream lookup and timing deques that only
+    Faust's own ``/stats`` page reads. The worker publishes its own
+    Prometheus metrics instead, so these hooks do nothing here. Offsets,
+    commits and rebalances, which Faust's consumer reports through the same
+    object, are still tracked.
+    """
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> Optional[dict]:
+        return None
+
+    def on_stream_event_out(self, tp: TP, offset: int, stream: Any, event: Any, state: Optional[dict] = None) -> None:
+        pass
+
+    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
+        pass
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        pass

@@ -329,3 +329,57 @@ def test_pipelined_batches_of_one_user_merge_on_each_other_and_leave_in_event_or
     assert [r.event_id for r in recs] == ["e1", "e2", "e3"]  # in event order, one per batch
     stored = asyncio.run(store.load_windows(["u1"]))["u1"]
     assert [e.event_id for e in stored.entries] == ["e1", "e2", "e3"]  # each batch merged on the previous one
+
+
+class ThreadRecordingModel:
+    """Ranks items by name and notes the thread each encode ran on."""
+
+    version = 3
+    context_keys = ()
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def recommend(self, sequences, k, exclude_seen=True):  # noqa: ANN001, ANN201
+        import threading
+
+        import numpy as np
+
+        from streamrec.onnx.runtime import TopK
+
+        self.threads.append(threading.current_thread().name)
+        return [TopK(item_ids=[f"top{j}" for j in range(k)], scores=[1.0 / (j + 1) for j in range(k)],
+                     user_vector=np.full(4, len(s.item_ids), dtype=np.float32)) for s in sequences]
+
+
+@pytest.mark.parametrize(
+    ("users", "inline_max_rows", "explain", "where"),
+    [
+        (3, 64, False, "loop"),        # a small batch: encoded on the event loop
+        (3, 0, False, "encoder"),      # 0 = always the encoder thread
+        (70, 64, False, "encoder"),    # a large batch: the encoder thread, the loop keeps fetching
+        (10, 64, True, "encoder"),     # explanations: 10 users x (1 + 10 events) = 110 encoder rows
+    ],
+)
+def test_small_batches_are_encoded_on_the_event_loop_and_large_ones_on_the_encoder_thread(
+    users: int, inline_max_rows: int, explain: bool, where: str,
+) -> None:
+    settings = Settings(window_size=3, top_k=2, encode_inline_max_rows=inline_max_rows, explain=explain)
+    model = ThreadRecordingModel()
+    processor = BatchProcessor(settings, InMemoryStore(), RecordingSink(), model=lambda: model)
+    report = run(processor, [record(event(i, user=f"u{i}"), i) for i in range(users)])
+    assert len(report.recommendations) == users and {r.model_version for r in report.recommendations} == {3}
+    assert len(model.threads) == 1
+    on_loop = model.threads[0] == "MainThread"
+    assert on_loop == (where == "loop"), model.threads
+
+
+def test_a_batch_gets_the_same_recommendations_and_state_on_either_thread() -> None:
+    outcomes = []
+    for inline_max_rows in (0, 1000):
+        settings = Settings(window_size=3, top_k=2, encode_inline_max_rows=inline_max_rows)
+        store, sink = InMemoryStore(), RecordingSink()
+        processor = BatchProcessor(settings, store, sink, model=lambda: ThreadRecordingModel(), clock=lambda: 1_700_000_100.0)
+        run(processor, [record(event(i, user=f"u{i % 4}"), i) for i in range(12)])
+        outcomes.append((sink.sent, {u: (s.recommendation, s.user_vector) for u, s in store.states.items()}))
+    assert outcomes[0] == outcomes[1]

@@ -28,3 +28,25 @@ def test_faust_loop_the_lean_hand_over_copies_is_unchanged() -> None:
 def test_the_worker_consumer_replaces_the_loop() -> None:
     assert Consumer._drain_messages is not FaustConsumer._drain_messages
     assert "wait_first" in inspect.getsource(Consumer._drain_messages)  # the blocking case keeps Faust's path
+
+
+def test_the_worker_app_keeps_offsets_but_no_per_record_statistics(tmp_path) -> None:  # noqa: ANN001
+    from faust.types import TP
+
+    from streamrec.config import Settings
+    from streamrec.stream.app import new_worker_app
+    from streamrec.stream.transport import LeanMonitor
+
+    app = new_worker_app(Settings(), tmp_path, web_host="127.0.0.1")
+    monitor = app.monitor
+    assert isinstance(monitor, LeanMonitor)
+    tp = TP("streamrec.events", 0)
+    # The hooks Faust calls for every record and every send do nothing...
+    monitor.on_message_in(tp, 5, object())
+    assert monitor.on_stream_event_in(tp, 5, object(), object()) is None
+    monitor.on_send_initiated(object(), "t", object(), 1, 1)
+    assert monitor.messages_received_total == 0 and monitor.events_total == 0 and monitor.messages_sent == 0
+    # ...while what Faust's consumer reports about offsets is still tracked.
+    monitor.track_tp_end_offset(tp, 42)
+    monitor.on_tp_commit({tp: 40})
+    assert monitor.tp_end_offsets[tp] == 42 and monitor.tp_committed_offsets[tp] == 40
