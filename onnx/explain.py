@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,14 @@ from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, ServedModel,
 log = logging.getLogger(__name__)
 
 USER_VECTOR_OUTPUT = "user_vector"
+
+
+class NewItemVectors(Protocol):
+    """Items a served version ranks though its graph does not know them (content vectors, no retrain)."""
+
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        """The ``(hidden,)`` vector the version scores ``item_id`` with, or None when it holds none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -158,18 +167,31 @@ class Explainer:
             list(self._pool.map(run, chunks))
         return out
 
-    def item_scores(self, user_vectors: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
-        """``(rows, len(item_ids))`` scores of the given items for each user vector."""
-        columns = self.session.vocab.lookup(list(item_ids))
-        return np.asarray(user_vectors, dtype=np.float32) @ self.table[:, columns]
+    def item_scores(
+        self, user_vectors: np.ndarray, item_ids: Sequence[str], new_items: NewItemVectors | None = None
+    ) -> np.ndarray:
+        """``(rows, len(item_ids))`` scores of the given items for each user vector.
+
+        An item the graph does not know is scored with its vector in
+        ``new_items`` (as the version served it), not with the OOV row.
+        """
+        vocab = self.session.vocab
+        columns = self.table[:, vocab.lookup(list(item_ids))]  # a copy: fancy indexing
+        if new_items is not None:
+            for column, item in enumerate(item_ids):
+                if item not in vocab and (vector := new_items.vector_of(item)) is not None:
+                    columns[:, column] = vector
+        return np.asarray(user_vectors, dtype=np.float32) @ columns
 
     def attribute(
-        self, sequences: Sequence[UserSequence], recommended: Sequence[Sequence[str]], *, max_events: int | None = None
+        self, sequences: Sequence[UserSequence], recommended: Sequence[Sequence[str]], *, max_events: int | None = None,
+        new_items: NewItemVectors | None = None,
     ) -> list[Attribution]:
         """Attribution of each user's recommended items to their newest ``max_events`` events (all when None).
 
         One batched encoder call for all users: each user's window, then the
-        window without each considered event.
+        window without each considered event. ``new_items``: the vectors of
+        items the version serves from their content (see :meth:`item_scores`).
         """
         if len(sequences) != len(recommended):
             raise ValueError(f"{len(sequences)} sequences but {len(recommended)} recommendation lists")
@@ -188,7 +210,7 @@ class Explainer:
         user_vectors = self.user_vectors(featurize(variants, self.session.vocab, self.session.config))
         out: list[Attribution] = []
         for (row, positions), items in zip(plans, recommended):
-            scores = self.item_scores(user_vectors[row : row + 1 + len(positions)], items)
+            scores = self.item_scores(user_vectors[row : row + 1 + len(positions)], items, new_items)
             out.append(
                 Attribution(
                     item_ids=tuple(items),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from streamrec.config import Settings
 from streamrec.onnx.explain import Explainer
 from streamrec.onnx.runtime import ServedModel
+from streamrec.stream.item_vectors import ContentAwareSession
 from streamrec.stream.window import WindowEntry, user_sequence
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ class Explanations:
         """Top contributing event ids per user and item, or None when this model cannot be explained now."""
         if not isinstance(model, ServedModel) or not windows:
             return None
+        # Items new since this version was trained are explained with the content vectors they were ranked by.
+        new_items = model.new_item_table() if isinstance(model, ContentAwareSession) else None
         try:
             attributions = self._explainer_for(model).attribute(
-                [user_sequence(w) for w in windows], items, max_events=self.max_events
+                [user_sequence(w) for w in windows], items, max_events=self.max_events, new_items=new_items
             )
         except Exception as exc:  # noqa: BLE001 - a failed explanation must not cost the user the recommendation
             log.error("explaining a batch of %d users with model v%s failed (%s: %s); sent without explanations",

@@ -159,6 +159,11 @@ class NewItemTable:
     vectors: np.ndarray  # (n, hidden) float32
     index: dict[str, int]
 
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        """The vector ``item_id`` is scored with, or None when the table does not hold it (explanations read it)."""
+        row = self.index.get(item_id)
+        return None if row is None else self.vectors[row]
+
 
 EMPTY_TABLE = NewItemTable(-1, (), np.zeros((0, 0), np.float32), {})
 

@@ -156,3 +156,39 @@ def test_the_embedder_encodes_good_records_forwards_tombstones_and_dead_letters_
     assert [(l.reason, l.source_topic, l.source_partition, l.source_offset, l.worker_id) for l in out.letters] == [
         ("empty_field", "t.items", 0, 11, "emb"), ("malformed_json", "t.items", 1, 5, "emb"),
     ]
+
+
+def test_a_new_items_explanation_uses_the_vector_it_was_ranked_by(artifact: Path) -> None:
+    from streamrec.onnx.explain import without
+    from streamrec.stream.explanations import Explanations
+    from streamrec.stream.window import WindowEntry
+
+    live = LiveItems()
+    session = load_content_aware(artifact, live, threads=1)
+    for item in vectors_of(NEW):
+        live.put(item)
+    top = session.recommend([EVEN_USER], k=8)[0]
+    new = [i for i in top.item_ids if i in NEW]
+    assert new, "the even user is offered new even items (previous test)"
+    table = session.new_item_table()
+    served = dict(zip(top.item_ids, top.scores))
+
+    # The worker's path: a window of EVEN_USER's events, explained with the model that served it.
+    window = [WindowEntry(f"e{n}", item, "view", ts) for n, (item, ts) in enumerate(zip(EVEN_USER.item_ids, EVEN_USER.timestamps_ms))]
+    explanations = Explanations(Settings(explain=True, explain_events=6, explain_top=6))
+    explainer = explanations._explainer_for(session)  # noqa: SLF001 - the attribution behind `because`
+    [attribution] = explainer.attribute([EVEN_USER], [top.item_ids], max_events=6, new_items=table)
+    # Every item's explained score is the score it was served with, new items included...
+    np.testing.assert_allclose(attribution.scores, [served[i] for i in top.item_ids], atol=1e-4)
+    # ...and a new item's contribution is that score minus its score without the event.
+    for e, position in enumerate(attribution.positions):
+        user_vector = session.recommend([without(EVEN_USER, position)], k=1)[0].user_vector
+        for column, item in enumerate(top.item_ids):
+            if item in new:
+                expected = served[item] - float(user_vector @ table.vectors[table.index[item]])
+                assert abs(float(attribution.contributions[e, column]) - expected) < 1e-3
+    # The message's `because` lists, per new item, the events that raised that score.
+    [because] = explanations.because(session, [window], [top.item_ids])
+    tops = attribution.top_positions(6)
+    for column, item in enumerate(top.item_ids):
+        assert because[column] == tuple(window[p].event_id for p in tops[column])
