@@ -36,7 +36,8 @@ def models_dir(scenario: Scenario, infra: Settings, tmp_path_factory: pytest.Tem
 def test_new_items_are_recommended_to_users_of_the_matching_cluster_before_any_retrain(
     isolated: Settings, scenario: Scenario, models_dir: Path, tmp_path: Path
 ) -> None:
-    settings = isolated.with_overrides(model_dir=models_dir)
+    # Explanations on: a new item's `because` must come from the content vector it was ranked by.
+    settings = isolated.with_overrides(model_dir=models_dir, explain=True)
     trained_vocab = load_artifact(models_dir / "v000001").vocab
     new_ids = {i.item_id for i in scenario.new_items}
     assert not any(i in trained_vocab for i in new_ids)  # the model has never seen them
@@ -61,3 +62,24 @@ def test_new_items_are_recommended_to_users_of_the_matching_cluster_before_any_r
     letters = [d for d in run.dead_letters if d.get("source_topic") == settings.items_topic]
     assert [(d["reason"], d["key_b64"] is not None) for d in letters] == [("empty_field", True)]
     assert BAD_ITEM_RECORD[0].decode() not in run.vectors_at
+
+    # Each new item offered is explained by the user's own events, and mostly by events of the
+    # cluster whose theme the item shares: the events that raised its content-vector score.
+    by_event = {e["event_id"]: e for e in scenario.events}
+    explained = [(rec, item) for rec, _ in run.after for item in rec.items if item.item_id in new_ids]
+    # (An item no single event raised has an empty `because`: its score owes nothing to one event.)
+    with_because = [(rec, item) for rec, item in explained if item.because]
+    top_events = [by_event[item.because[0]] for _, item in with_because]
+    assert all(by_event[rec.event_id]["user_id"] == event["user_id"] for (rec, _), event in zip(with_because, top_events))
+    hot_share = sum(scenario.cluster_of_item(e["item_id"]) == scenario.hot_cluster for e in top_events) / max(1, len(top_events))
+    print("new items offered:", len(explained), "with a because:", len(with_because),
+          "top event in the items' cluster:", round(hot_share, 3))
+    assert len(with_because) >= len(explained) / 2
+    assert hot_share >= 0.5
+    # Each new item is explained by its own vector: scored against one shared column (the graph's
+    # OOV row, as before 2026-12-02), every new item of a message would get the same `because`.
+    several = [[i.because for i in rec.items if i.item_id in new_ids] for rec, _ in run.after]
+    several = [lists for lists in several if len(lists) >= 2]
+    distinct = sum(len(set(lists)) > 1 for lists in several)
+    print("messages with several new items:", len(several), "whose new items differ in because:", distinct)
+    assert several and distinct >= len(several) / 10
