@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     batches_in_flight: int = Field(4, ge=1)
     # A batch needing at most this many encoder rows (its users; with explanations on, one more
     # per explained event of each) is encoded on the event loop itself: for a small batch the
-    # hand-off to the encoder thread and back costs more than the encode (README "Latency").
+    # hand-off to the encoder thread and back costs more than the encode (README "Where the time goes").
     # Larger batches go to the encoder thread, so Kafka fetches keep moving. 0 = always the thread.
     encode_inline_max_rows: int = Field(64, ge=0)
     top_k: int = Field(10, ge=1, le=1000)

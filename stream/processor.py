@@ -418,7 +418,7 @@ class BatchProcessor:
         keeps fetching from Kafka and completing Cassandra calls meanwhile. For
         a small batch that hand-off costs more than it saves: the encoder
         thread competes for the GIL with the loop, so the batch's own
-        recommendations wait longer (README, "Latency": measured side by side).
+        recommendations wait longer (measured side by side: README, "Where the time goes").
         """
         changed_users = {w.user_id for w in changed}
         if self._encoder_rows(len(by_user)) <= self.settings.encode_inline_max_rows:
