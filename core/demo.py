@@ -3,7 +3,10 @@
 1. local Kafka and Cassandra up (unless already reachable), topics created;
 2. a synthetic stream with a planted sequential signal (or a given JSONL file);
 3. a first encoder trained quickly on the stream's first part;
-4. a real worker process started;
+4. a real worker process started, which first catches up on the training
+   part of the stream as an untimed backlog: a deployed worker would have
+   seen those events, so the users' windows hold them when the replay starts
+   (and the summary shows how fast one worker drains a backlog);
 5. the rest of the stream replayed at a set rate, with a progress bar and
    live recommendations for a few users;
 6. a summary: events/s, end-to-end latency (event produced → recommendation
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 class DemoSummary:
     """What the demo prints at the end (and writes as JSON)."""
 
+    history_events: int
+    catch_up_seconds: float
     events_replayed: int
     events_processed: int
     dead_lettered: int
@@ -72,6 +77,38 @@ def _bad_records(rnd: random.Random, n: int) -> list[bytes]:
     samples = [b"{not json", b'{"event_id": "x", "user_id": "u1"}', b'{"event_id": "", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1}',
                b'{"event_id": "e", "user_id": "u1", "item_id": "i1", "event_type": "teleport", "ts": 1}', b"\xff\xfe"]
     return [rnd.choice(samples) for _ in range(n)]
+
+
+async def _produce_backlog(settings: Settings, events: list[dict]) -> None:
+    """Produce ``events`` as fast as the producer allows."""
+    from streamrec.stream.producer import EventProducer  # aiokafka: 0.19 s
+
+    async with EventProducer(settings) as producer:
+        for event in events:
+            await producer.send(event)
+        await producer.flush()
+
+
+def _processed(web_port: int) -> int:
+    """Events the worker has processed so far, from its metrics (0 when it does not answer)."""
+    return int(metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "").get("streamrec_events_total", 0))
+
+
+def _catch_up(settings: Settings, history: list[dict], web_port: int, timeout: float) -> float:
+    """Let the worker process the training history as a backlog; returns the seconds it took.
+
+    The users' windows then hold their history, as they would in a deployment: without
+    it every user starts the replay with an empty window, which no deployed worker sees.
+    """
+    started = time.monotonic()
+    asyncio.run(_produce_backlog(settings, history))
+    deadline = started + timeout
+    while _processed(web_port) < len(history):
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the worker processed {_processed(web_port)} of the {len(history)} "
+                                       f"history events in {timeout:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 async def _replay_and_watch(
@@ -145,7 +182,7 @@ async def _replay_and_watch(
 def run_demo(
     settings: Settings, *, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
     num_items: int, rate: float | None, epochs: int, seed: int, stop_infra: bool, bad_records: int,
-    idle_timeout: float,
+    idle_timeout: float, catch_up: bool = True,
 ) -> DemoSummary:
     """Run the whole demo; returns (and prints) the summary."""
     from streamrec.onnx.writer import train_from_events  # torch: 3-6.5 s
@@ -207,6 +244,13 @@ def run_demo(
                 raise click.ClickException(f"the worker did not become ready; see {log_path}")
             time.sleep(0.5)
         click.echo(f"worker ready: {health.strip()}  (metrics: http://127.0.0.1:{web_port}/metrics)")
+        caught_up = history if catch_up else []
+        catch_up_seconds = _catch_up(settings, caught_up, web_port, idle_timeout + len(caught_up) / 200) if caught_up else 0.0
+        # Counters are read as differences from here on, so the summary describes the replay alone.
+        before = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+        if caught_up:
+            click.echo(f"caught up on the {len(caught_up)} history events in {catch_up_seconds:.1f} s "
+                       f"({len(caught_up) / catch_up_seconds:.0f} events/s, produced as a backlog)")
 
         click.secho("== 5/5 replay", bold=True)
         rnd = random.Random(seed)
@@ -219,7 +263,7 @@ def run_demo(
             _replay_and_watch(settings, replay, rate, show, _bad_records(rnd, bad_records), idle_timeout)
         )
         time.sleep(1.0)
-        values = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+        after = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -230,16 +274,19 @@ def run_demo(
     latencies = np.array([(received[e] - sent[e]) * 1000 for e in received if e in sent]) if received else np.array([0.0])
     first_sent = min(sent.values()) if sent else 0.0
     last_received = max(received.values()) if received else first_sent
-    processed = int(values.get("streamrec_events_total", 0))
+    replayed = {name: value - before.get(name, 0.0) for name, value in after.items()}
+    processed = int(replayed.get("streamrec_events_total", 0))
 
     def ratio(name: str, model: str) -> float:
-        evaluated = values.get(f"streamrec_online_evaluated_total{{model={model}}}", 0.0)
-        return round(values.get(f"{name}{{model={model}}}", 0.0) / evaluated, 4) if evaluated else 0.0
+        evaluated = replayed.get(f"streamrec_online_evaluated_total{{model={model}}}", 0.0)
+        return round(replayed.get(f"{name}{{model={model}}}", 0.0) / evaluated, 4) if evaluated else 0.0
 
     summary = DemoSummary(
+        history_events=len(caught_up),
+        catch_up_seconds=round(catch_up_seconds, 1),
         events_replayed=len(replay),
         events_processed=processed,
-        dead_lettered=int(sum(v for k, v in values.items() if k.startswith("streamrec_events_rejected_total"))),
+        dead_lettered=int(sum(v for k, v in replayed.items() if k.startswith("streamrec_events_rejected_total"))),
         recommendations_received=recs,
         replay_seconds=round(replay_seconds, 2),
         events_per_second=round(processed / max(1e-9, last_received - first_sent), 1),
@@ -249,7 +296,7 @@ def run_demo(
         online_hit_at_10_popularity=ratio("streamrec_online_hits_total", "popularity"),
         online_ndcg_at_10_model=ratio("streamrec_online_ndcg_sum_total", "encoder"),
         online_ndcg_at_10_popularity=ratio("streamrec_online_ndcg_sum_total", "popularity"),
-        model_version=int(values.get("streamrec_model_version", 0)),
+        model_version=int(after.get("streamrec_model_version", 0)),
         train_seconds=round(train_seconds, 1),
         offline_test=offline,
     )
@@ -265,6 +312,7 @@ def run_demo(
 def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
     click.secho("\n== summary", bold=True)
     rows = [
+        ("history caught up (untimed backlog)", f"{s.history_events} events in {s.catch_up_seconds:.1f} s"),
         ("events replayed / processed", f"{s.events_replayed} / {s.events_processed}"),
         ("dead-lettered (bad records injected)", f"{s.dead_lettered}"),
         ("recommendations received", f"{s.recommendations_received}"),
@@ -295,11 +343,14 @@ def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
 @click.option("--bad-records", default=20, show_default=True, help="Malformed records mixed into the replay.")
 @click.option("--idle-timeout", default=60.0, show_default=True, help="Seconds to wait for the last recommendations.")
 @click.option("--stop-infra", is_flag=True, help="Stop Kafka and Cassandra at the end.")
+@click.option("--catch-up/--no-catch-up", default=True, show_default=True,
+              help="Let the worker process the training part as an untimed backlog before the replay "
+                   "(the users' windows then hold their history, as in a deployment).")
 @click.pass_obj
 def demo(settings: Settings, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
          num_items: int, rate: float, epochs: int, seed: int, bad_records: int, idle_timeout: float,
-         stop_infra: bool) -> None:
+         stop_infra: bool, catch_up: bool) -> None:
     """The main job end to end on the local defaults (see README)."""
     run_demo(settings, events_file=events_file, num_events=num_events, train_fraction=train_fraction,
              num_users=num_users, num_items=num_items, rate=rate or None, epochs=epochs, seed=seed,
-             stop_infra=stop_infra, bad_records=bad_records, idle_timeout=idle_timeout)
+             stop_infra=stop_infra, bad_records=bad_records, idle_timeout=idle_timeout, catch_up=catch_up)

@@ -188,7 +188,8 @@ def test_demo_runs_to_completion(infra: Settings, tmp_path: Path) -> None:
     summaries = list((tmp_path / "state" / "demo").glob("*/summary.json"))
     assert len(summaries) == 1
     summary = json.loads(summaries[0].read_text())
-    assert summary["events_processed"] == summary["events_replayed"] == 2000
+    assert summary["events_processed"] == summary["events_replayed"] == 2000, "the replay alone, not the history"
+    assert summary["history_events"] == 2000 and summary["catch_up_seconds"] > 0
     assert summary["dead_lettered"] == 7
     assert summary["model_version"] == 1
     assert summary["recommendations_received"] > 0
