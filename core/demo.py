@@ -47,6 +47,7 @@ class DemoSummary:
 
     history_events: int
     catch_up_seconds: float
+    servers_uptime_s: float | None  # the younger of Kafka and Cassandra when the replay began; None if not ours
     events_replayed: int
     events_processed: int
     dead_lettered: int
@@ -87,6 +88,18 @@ async def _produce_backlog(settings: Settings, events: list[dict]) -> None:
         for event in events:
             await producer.send(event)
         await producer.flush()
+
+
+# Kafka's and Cassandra's JVMs compile their hot paths under the first minutes of load; on a 2-core
+# box that took about a core during the first demo after a start (README: "The demo on freshly
+# started servers"), so the summary says when the servers are that young.
+RECENTLY_STARTED_S = 300.0
+
+
+def _servers_uptime(settings: Settings) -> float | None:
+    """Seconds the younger of the two local servers has run, when this project started them."""
+    uptimes = [u for s in local.SERVERS if (u := local.uptime_s(settings, s)) is not None]
+    return min(uptimes) if uptimes else None
 
 
 def _processed(web_port: int) -> int:
@@ -252,6 +265,7 @@ def run_demo(
             click.echo(f"caught up on the {len(caught_up)} history events in {catch_up_seconds:.1f} s "
                        f"({len(caught_up) / catch_up_seconds:.0f} events/s, produced as a backlog)")
 
+        servers_uptime = _servers_uptime(settings)
         click.secho("== 5/5 replay", bold=True)
         rnd = random.Random(seed)
         # Show the most active users of the replay: they change recommendations often.
@@ -284,6 +298,7 @@ def run_demo(
     summary = DemoSummary(
         history_events=len(caught_up),
         catch_up_seconds=round(catch_up_seconds, 1),
+        servers_uptime_s=round(servers_uptime, 1) if servers_uptime is not None else None,
         events_replayed=len(replay),
         events_processed=processed,
         dead_lettered=int(sum(v for k, v in replayed.items() if k.startswith("streamrec_events_rejected_total"))),
@@ -325,6 +340,11 @@ def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         click.echo(f"  {name:<{width}}  {value}")
+    if s.servers_uptime_s is not None and s.servers_uptime_s < RECENTLY_STARTED_S:
+        click.echo(f"note: Kafka and Cassandra had run for {s.servers_uptime_s:.0f} s when the replay began. In their "
+                   "first minutes under load their JVMs compile hot paths, and on a small box latency runs "
+                   "higher; run the demo again for the figures of warmed servers (README: \"The demo on "
+                   "freshly started servers\").")
     click.echo(f"summary JSON: {out_dir / 'summary.json'}")
     click.echo(f"look around: STREAMREC_TOPIC_PREFIX={settings.topic_prefix} streamrec tail --from-beginning --max-messages 5")
     click.echo(f"             STREAMREC_CASSANDRA_KEYSPACE={settings.cassandra_keyspace} streamrec inspect user <user_id>")

@@ -149,6 +149,21 @@ def running_pid(settings: Settings, server: str) -> int | None:
     return None
 
 
+def uptime_s(settings: Settings, server: str) -> float | None:
+    """Seconds since the process we started for ``server`` began; None when we did not start it or it is gone."""
+    pid = running_pid(settings, server)
+    if pid is None:
+        return None
+    try:
+        # Field 22 of /proc/<pid>/stat, in clock ticks since boot; fields are counted after the
+        # parenthesised command name, which may itself hold spaces.
+        started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def tail_log(settings: Settings, server: str, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         content = log_file(settings, server).read_text(errors="replace").splitlines()
