@@ -98,7 +98,7 @@ class Settings(BaseSettings):
 
     # --- Worker --------------------------------------------------------------
     batch_max_events: int = Field(512, ge=1)
-    batch_max_wait_ms: int = Field(20, ge=0)
+    batch_max_wait_ms: int = Field(2, ge=0)
     # Batches handed to the processor and not yet acknowledged: the next batch is encoded
     # while earlier ones are written and delivered. 1 = one batch at a time.
     batches_in_flight: int = Field(4, ge=1)
