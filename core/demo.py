@@ -102,12 +102,21 @@ def _servers_uptime(settings: Settings) -> float | None:
     return min(uptimes) if uptimes else None
 
 
+def _worker_metrics(web_port: int) -> dict[str, float]:
+    """The worker's metric values by name and labels; empty when it does not answer."""
+    return metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+
+
 def _processed(web_port: int) -> int:
-    """Events the worker has processed so far, from its metrics (0 when it does not answer)."""
-    return int(metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "").get("streamrec_events_total", 0))
+    """Events the worker has processed so far (0 when it does not answer)."""
+    return int(_worker_metrics(web_port).get("streamrec_events_total", 0))
 
 
-def _catch_up(settings: Settings, history: list[dict], web_port: int, timeout: float) -> float:
+# A worker slower than this on the history backlog is stuck, not slow: the demo gives up.
+CATCH_UP_MIN_EVENTS_PER_S = 200
+
+
+def _catch_up(settings: Settings, history: list[dict], web_port: int, idle_timeout: float) -> float:
     """Let the worker process the training history as a backlog; returns the seconds it took.
 
     The users' windows then hold their history, as they would in a deployment: without
@@ -115,6 +124,7 @@ def _catch_up(settings: Settings, history: list[dict], web_port: int, timeout: f
     """
     started = time.monotonic()
     asyncio.run(_produce_backlog(settings, history))
+    timeout = idle_timeout + len(history) / CATCH_UP_MIN_EVENTS_PER_S
     deadline = started + timeout
     while _processed(web_port) < len(history):
         if time.monotonic() > deadline:
@@ -258,12 +268,13 @@ def run_demo(
             time.sleep(0.5)
         click.echo(f"worker ready: {health.strip()}  (metrics: http://127.0.0.1:{web_port}/metrics)")
         caught_up = history if catch_up else []
-        catch_up_seconds = _catch_up(settings, caught_up, web_port, idle_timeout + len(caught_up) / 200) if caught_up else 0.0
-        # Counters are read as differences from here on, so the summary describes the replay alone.
-        before = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+        catch_up_seconds = 0.0
         if caught_up:
+            catch_up_seconds = _catch_up(settings, caught_up, web_port, idle_timeout)
             click.echo(f"caught up on the {len(caught_up)} history events in {catch_up_seconds:.1f} s "
                        f"({len(caught_up) / catch_up_seconds:.0f} events/s, produced as a backlog)")
+        # Counters are read as differences from here on, so the summary describes the replay alone.
+        before = _worker_metrics(web_port)
 
         servers_uptime = _servers_uptime(settings)
         click.secho("== 5/5 replay", bold=True)
@@ -277,7 +288,7 @@ def run_demo(
             _replay_and_watch(settings, replay, rate, show, _bad_records(rnd, bad_records), idle_timeout)
         )
         time.sleep(1.0)
-        after = metric_values(_fetch(f"http://127.0.0.1:{web_port}/metrics") or "")
+        after = _worker_metrics(web_port)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
