@@ -149,7 +149,7 @@ def bench_artifact(
         def run_ort() -> Any:
             return session.run(feats, exclude, k)
 
-        feeds = {**graph_feeds(feats, exclude), "k": np.array(k, dtype=np.int64)}
+        feeds = {**graph_feeds(feats, exclude, session.new_item_rows(None)), "k": np.array(k, dtype=np.int64)}
 
         def run_ort_one_call() -> Any:
             return one_call.run(None, feeds)

@@ -98,6 +98,25 @@ def build_scenario(*, seed: int = 21, num_events: int = 12_000, n_new: int = 5, 
     return Scenario(config, world, events, items, hot, new, int(num_events * train_share))
 
 
+def newcomer_events(scenario: Scenario, *, n_users: int = 30, per_user: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """Users who arrive after the new items and meet only them: nothing in their windows is known to the served graph.
+
+    What they are offered next shows whether the worker reads the new items'
+    content inside a window (then: the items' own cluster) or takes them as
+    unknown items (then: whatever an empty history gets).
+    """
+    rng = np.random.default_rng(seed)
+    last = scenario.events[-1]
+    events = []
+    for user in range(n_users):
+        met = rng.choice(len(scenario.new_items), size=per_user, replace=False)
+        for step, index in enumerate(met):
+            events.append({**last, "event_id": f"newcomer-{user}-{step}", "user_id": f"newcomer-{user}",
+                           "item_id": scenario.new_items[int(index)].item_id, "ts": int(last["ts"]) + 1000 * (step + 1),
+                           "session_id": f"newcomer-{user}-s0"})
+    return events
+
+
 def scenario_content(items: list[Item], cache_dir: Path) -> ItemContent:
     """Text vectors (the packaged encoder, cached on disk) and categories of ``items``."""
     vectors = encode_texts_cached([i.text() for i in items], cache_dir)
@@ -188,6 +207,7 @@ class LiveRun:
     vectors_at: dict[str, float] = field(default_factory=dict)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     first_offered_at: float | None = None
+    newcomers: list[Recommendation] = field(default_factory=list)  # after each newcomer's last event
 
     def summary(self, scenario: Scenario) -> dict[str, Any]:
         new_ids = {i.item_id for i in scenario.new_items}
@@ -211,6 +231,8 @@ class LiveRun:
                 other_total += 1
                 other_with += offered
         t0 = self.items_produced_at
+        offered_to_newcomers = [i.item_id for r in self.newcomers for i in r.items]
+        known = [i for i in offered_to_newcomers if i not in new_ids]
         return {
             "new_items": len(new_ids),
             "record_to_vector_s": round(max(self.vectors_at.values()) - t0, 3) if self.vectors_at else None,
@@ -220,6 +242,13 @@ class LiveRun:
             "hot_cluster_new_items_per_recommendation": round(hot_slots / hot_total, 2) if hot_total else None,
             "other_recommendations": other_total,
             "other_share_offered_new": round(other_with / other_total, 4) if other_total else None,
+            "newcomers": len(self.newcomers),
+            # Of the items offered to newcomers who met only new items, the share in those items' cluster.
+            "newcomer_hot_cluster_share": round(
+                sum(scenario.cluster_of_item(i) == scenario.hot_cluster for i in known) / len(known), 4) if known else None,
+            "newcomer_share_offered_new": round(
+                sum(any(i.item_id in new_ids for i in r.items) for r in self.newcomers) / len(self.newcomers), 4)
+            if self.newcomers else None,
             "model_versions": sorted({r.model_version for r, _ in self.after} | {r.model_version for r in self.before}),
             "dead_letters": [(d.get("reason"), d.get("source_topic")) for d in self.dead_letters],
         }
@@ -267,6 +296,10 @@ def run_live(settings: Settings, scenario: Scenario, work_dir: Path, *, per_seco
         run = LiveRun(items_produced_at=t0)
         produce_paced(settings, after, per_second)
         _wait_quiet(collector, settings.recommendations_topic, settle_s)
+        n_stream = len(collector.on(settings.recommendations_topic))
+        newcomers = newcomer_events(scenario)
+        produce_paced(settings, newcomers, per_second)
+        _wait_quiet(collector, settings.recommendations_topic, settle_s)
         if embedder.poll() is not None:
             raise RuntimeError(f"the item embedder exited with {embedder.returncode}; see {work_dir / 'embedder.log'}")
     finally:
@@ -281,7 +314,9 @@ def run_live(settings: Settings, scenario: Scenario, work_dir: Path, *, per_seco
     recs = collector.on(settings.recommendations_topic)
     run.before = [Recommendation.from_json(a.value or b"") for a in recs[:n_before]]
     new_ids = {i.item_id for i in scenario.new_items}
-    for arrival in recs[n_before:]:
+    last_events = {e["user_id"]: e["event_id"] for e in newcomers}
+    run.newcomers = [rec for a in recs[n_stream:] if (rec := Recommendation.from_json(a.value or b"")).event_id in last_events.values()]
+    for arrival in recs[n_before:n_stream]:
         rec = Recommendation.from_json(arrival.value or b"")
         run.after.append((rec, arrival.at))
         if run.first_offered_at is None and any(i.item_id in new_ids for i in rec.items):

@@ -178,10 +178,21 @@ class EncoderOnnxConfig:
     # With the context view on, one more input, last (so a graph without it keeps its exact
     # inputs): ``(batch, seq, n_keys)`` int64 global rows of the context table, 0 = padding.
     context_input: str = "context"
+    # With the content view on, one more input after that: ``(n_new, dim)`` float vectors of
+    # items the graph was exported without (content alone). In ``item_idx`` index
+    # ``n_items + j`` reads row ``j``, so a window can hold an item that appeared after
+    # training. At least one row: serving feeds a zero row when it holds no new item.
+    new_items_input: str = "new_item_vectors"
 
     def inputs_for(self, config: EncoderConfig) -> tuple[str, ...]:
-        """The graph inputs of a model with this config (the context input only when it has context keys)."""
-        return (*self.inputs, self.context_input) if config.context_keys else self.inputs
+        """The graph inputs of a model with this config (context and new-item inputs only with those views)."""
+        inputs = (*self.inputs, self.context_input) if config.context_keys else self.inputs
+        return (*inputs, self.new_items_input) if config.item_content else inputs
+
+    def accepted_inputs(self, config: EncoderConfig) -> tuple[tuple[str, ...], ...]:
+        """Graph inputs a served artifact of this config may have: today's, and a multi-view graph exported before new-item inputs."""
+        current = self.inputs_for(config)
+        return (current, current[:-1]) if config.item_content else (current,)
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -193,6 +204,7 @@ class EncoderOnnxConfig:
             "attention_mask": seq_axes,
             "exclude": {0: "batch", 1: "n_exclude"},
             self.context_input: seq_axes,
+            self.new_items_input: {0: "n_new"},
             "user_vector": {0: "batch"},
             "topk_indices": {0: "batch", 1: "k"},
             "topk_scores": {0: "batch", 1: "k"},

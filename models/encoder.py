@@ -194,8 +194,9 @@ class SequenceEncoder(nn.Module):
         attention_mask: torch.Tensor,
         item_table: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        new_items: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        x = self.embed(item_idx, event_type, time_bucket, item_table, context)
+        x = self.embed(item_idx, event_type, time_bucket, item_table, context, new_items)
         hidden = self.backbone(
             inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
         ).last_hidden_state
@@ -204,18 +205,24 @@ class SequenceEncoder(nn.Module):
     def embed(
         self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor,
         item_table: torch.Tensor | None = None, context: torch.Tensor | None = None,
+        new_items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(batch, seq, dim)`` input embeddings: item + event type + time gap (+ context keys), normalised.
 
         ``item_table``: the item vectors of this step (:meth:`item_table`), so
         that inputs and scores share one id-dropout draw; computed when absent.
         ``context``: ``(batch, seq, n_keys)`` context rows, required when the
-        config has context keys.
+        config has context keys. ``new_items``: ``(n_new, dim)`` vectors of
+        items after the table (serving: items that appeared after training,
+        from their content); index ``n_items + j`` reads row ``j``.
         """
         if self.config.item_content:
-            x = F.embedding(item_idx, self.item_table() if item_table is None else item_table)
-        else:
-            x = self.item_emb(item_idx)
+            table = self.item_table() if item_table is None else item_table
+            x = F.embedding(item_idx, table) if new_items is None else rows_beyond_table(item_idx, table, new_items)
+        elif new_items is None:
+            x = self.item_emb(item_idx)  # keeps padding_idx: the padding row gets no gradient
+        else:  # the served copy of a multi-view model
+            x = rows_beyond_table(item_idx, self.item_emb.weight, new_items)
         if self.config.use_event_types:
             x = x + self.event_emb(event_type)
         if self.config.use_time_gaps:
@@ -277,6 +284,20 @@ class SequenceEncoder(nn.Module):
             logits = torch.cat([pos, neg], dim=1)
             loss = F.cross_entropy(logits, torch.zeros_like(targets))
         return LossOutput(loss=loss, n_targets=int(targets.numel()))
+
+
+def rows_beyond_table(item_idx: torch.Tensor, table: torch.Tensor, new_items: torch.Tensor) -> torch.Tensor:
+    """Embedding lookup in ``table`` followed by ``new_items`` without concatenating them.
+
+    Two gathers and a select cost what the window costs; a concatenation
+    would copy the whole item table on every served batch. ``new_items``
+    needs at least one row (index 0 is read for positions that are not new).
+    """
+    n_items = table.shape[0]
+    known = item_idx < n_items
+    old = F.embedding(torch.where(known, item_idx, torch.zeros_like(item_idx)), table)
+    new = F.embedding((item_idx - n_items).clamp(min=0), new_items)
+    return torch.where(known.unsqueeze(-1), old, new)
 
 
 @torch.no_grad()

@@ -35,9 +35,9 @@ class FullSequenceUserVector(nn.Module):
 
     def forward(
         self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, new_items: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model(item_idx, event_type, time_bucket, attention_mask, context=context).user_vector
+        return self.model(item_idx, event_type, time_bucket, attention_mask, context=context, new_items=new_items).user_vector
 
 
 class NewestPositionUserVector(nn.Module):
@@ -56,10 +56,10 @@ class NewestPositionUserVector(nn.Module):
 
     def forward(
         self, item_idx: torch.Tensor, event_type: torch.Tensor, time_bucket: torch.Tensor, attention_mask: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | None = None, new_items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         backbone = self.model.backbone
-        hidden = self.model.embed(item_idx, event_type, time_bucket, context=context)
+        hidden = self.model.embed(item_idx, event_type, time_bucket, context=context, new_items=new_items)
         hidden = backbone.drop(hidden + backbone.wpe(position_ids(attention_mask)))
         bias = self._attention_bias(attention_mask, hidden.dtype)
         for block in self.blocks[:-1]:

@@ -159,9 +159,16 @@ class ItemVocab:
         """Index of ``item_id``; unknown ids map to the OOV bucket."""
         return self._index.get(item_id, OOV_INDEX)
 
-    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+    def lookup(self, item_ids: Sequence[str], extra: Mapping[str, int] | None = None) -> np.ndarray:
+        """Indices of ``item_ids``; unknown ids map to OOV, or to ``len(self) + extra[id]`` when ``extra`` holds them."""
         get = self._index.get
-        return np.fromiter((get(i, OOV_INDEX) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        if not extra:
+            return np.fromiter((get(i, OOV_INDEX) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        indices = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        for position in np.flatnonzero(indices < 0).tolist():  # only the unknown ids: no per-call copy of ``extra``
+            row = extra.get(item_ids[position])
+            indices[position] = OOV_INDEX if row is None else len(self._ids) + row
+        return indices
 
     def item_id(self, index: int) -> str:
         return self._ids[index]
@@ -269,12 +276,15 @@ def featurize(
     config: EncoderConfig,
     *,
     pad_to: int | None = None,
+    extra_items: Mapping[str, int] | None = None,
 ) -> FeatureBatch:
     """Turn raw user sequences into one left-padded model batch.
 
     Each sequence keeps its newest ``config.max_len`` events; the batch is
     padded to the longest kept sequence (or ``pad_to``). Empty sequences
     become a single OOV event so the encoder always has a position to read.
+    ``extra_items``: items after the vocabulary (see :meth:`ItemVocab.lookup`),
+    for a served graph that reads new items' vectors.
     """
     kept = [min(len(s), config.max_len) for s in sequences]
     width = max([1, *kept]) if pad_to is None else max(pad_to, 1)
@@ -292,7 +302,7 @@ def featurize(
     position = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     cols = width - counts[rows] + position
     newest = [(s, len(s) - n) for s, n in zip(sequences, kept) if n]
-    item_idx[rows, cols] = vocab.lookup([i for s, start in newest for i in s.item_ids[start:]])
+    item_idx[rows, cols] = vocab.lookup([i for s, start in newest for i in s.item_ids[start:]], extra_items)
     types = {name: FIRST_REAL_INDEX + i for i, name in enumerate(config.event_types)}
     etype[rows, cols] = np.fromiter(
         (types.get(t, OOV_INDEX) for s, start in newest for t in s.event_types[start:]), dtype=np.int64, count=total
@@ -335,7 +345,7 @@ def exclusion_from_features(item_idx: np.ndarray, vocab: ItemVocab) -> np.ndarra
 def _exclusion_rows(rows: np.ndarray, items: np.ndarray, batch: int, vocab_size: int) -> np.ndarray:
     # One np.unique over the whole batch (keys row * vocab size + item), not one per user:
     # per-row calls were a quarter of the worker's encoder thread at 1,000 events/s.
-    known = items >= FIRST_REAL_INDEX
+    known = (items >= FIRST_REAL_INDEX) & (items < vocab_size)  # new items after the vocabulary are not the graph's to exclude
     keys = np.unique(rows[known] * vocab_size + items[known])
     key_rows, key_items = np.divmod(keys, vocab_size)
     per_row = np.bincount(key_rows, minlength=batch)

@@ -29,27 +29,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from streamrec.errors import ModelError
-from streamrec.models.features import FeatureBatch, UserSequence, featurize
+from streamrec.models.config import OOV_INDEX
+from streamrec.models.features import FeatureBatch, UserSequence
 from streamrec.onnx.artifact import FP16_MODEL_FILE
-from streamrec.onnx.runtime import MIN_SHARD_ROWS, SEQUENCE_INPUTS, ServedModel, graph_feeds, length_chunks, session_options
+from streamrec.onnx.runtime import (
+    BATCH_INPUTS, MIN_SHARD_ROWS, SEQUENCE_INPUTS, NewItems, ServedModel, graph_feeds, length_chunks, session_options,
+)
 
 log = logging.getLogger(__name__)
 
 USER_VECTOR_OUTPUT = "user_vector"
-
-
-class NewItemVectors(Protocol):
-    """Items a served version ranks though its graph does not know them (content vectors, no retrain)."""
-
-    def vector_of(self, item_id: str) -> np.ndarray | None:
-        """The ``(hidden,)`` vector the version scores ``item_id`` with, or None when it holds none."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -96,8 +90,10 @@ def split_graph(onnx_path: Path) -> tuple[bytes, np.ndarray]:
     )
     if table is None:
         raise ModelError(f"{onnx_path}: no MatMul of {USER_VECTOR_OUTPUT!r} with an item table; cannot explain this graph")
-    graph_inputs = {i.name for i in proto.graph.input}  # the context input only in a graph with context keys
-    encoder_only = Extractor(proto).extract_model([n for n in SEQUENCE_INPUTS if n in graph_inputs], [USER_VECTOR_OUTPUT])
+    graph_inputs = {i.name for i in proto.graph.input}  # context and new items only in graphs with those views
+    encoder_only = Extractor(proto).extract_model(
+        [n for n in (*SEQUENCE_INPUTS, *BATCH_INPUTS) if n in graph_inputs], [USER_VECTOR_OUTPUT]
+    )
     return encoder_only.SerializeToString(), table
 
 
@@ -146,19 +142,24 @@ class Explainer:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def user_vectors(self, features: FeatureBatch) -> np.ndarray:
-        """``(batch, hidden)`` float32 user vectors, in length-sorted chunks (each cut to its longest row) across shards."""
+    def user_vectors(self, features: FeatureBatch, new_items: NewItems | None = None) -> np.ndarray:
+        """``(batch, hidden)`` float32 user vectors, in length-sorted chunks (each cut to its longest row) across shards.
+
+        ``new_items``: the vectors behind indices after the table in
+        ``features`` (featurized with :meth:`ServedModel.featurize`).
+        """
         lengths = features.attention_mask.sum(axis=1)
         n_shards = max(1, min(self.session.shards, len(lengths) // MIN_SHARD_ROWS))
         chunks = length_chunks(lengths, n_shards)
         out = np.empty((len(lengths), self.table.shape[0]), dtype=np.float32)
-        arrays = {name: array for name, array in graph_feeds(features, np.zeros((len(lengths), 1), dtype=np.int64)).items()
-                  if name in SEQUENCE_INPUTS}
+        all_feeds = graph_feeds(features, np.zeros((len(lengths), 1), dtype=np.int64), self.session.new_item_rows(new_items))
+        arrays = {name: array for name, array in all_feeds.items() if name in SEQUENCE_INPUTS}
+        whole = {name: array for name, array in all_feeds.items() if name in BATCH_INPUTS}
 
         def run(rows: np.ndarray) -> None:
             width = max(1, int(lengths[rows].max()))  # left padding: the last columns hold every real event
             feeds = {name: np.ascontiguousarray(array[rows, -width:]) for name, array in arrays.items()}
-            out[rows] = self._encoder.run([USER_VECTOR_OUTPUT], feeds)[0]
+            out[rows] = self._encoder.run([USER_VECTOR_OUTPUT], {**feeds, **whole})[0]
 
         if self._pool is None or len(chunks) < 2:
             for rows in chunks:
@@ -168,30 +169,31 @@ class Explainer:
         return out
 
     def item_scores(
-        self, user_vectors: np.ndarray, item_ids: Sequence[str], new_items: NewItemVectors | None = None
+        self, user_vectors: np.ndarray, item_ids: Sequence[str], new_items: NewItems | None = None
     ) -> np.ndarray:
         """``(rows, len(item_ids))`` scores of the given items for each user vector.
 
         An item the graph does not know is scored with its vector in
         ``new_items`` (as the version served it), not with the OOV row.
         """
-        vocab = self.session.vocab
-        columns = self.table[:, vocab.lookup(list(item_ids))]  # a copy: fancy indexing
+        indices = self.session.vocab.lookup(list(item_ids))
+        columns = self.table[:, indices]  # a copy: fancy indexing
         if new_items is not None:
             for column, item in enumerate(item_ids):
-                if item not in vocab and (vector := new_items.vector_of(item)) is not None:
-                    columns[:, column] = vector
+                if indices[column] == OOV_INDEX and (row := new_items.index.get(item)) is not None:
+                    columns[:, column] = new_items.vectors[row]
         return np.asarray(user_vectors, dtype=np.float32) @ columns
 
     def attribute(
         self, sequences: Sequence[UserSequence], recommended: Sequence[Sequence[str]], *, max_events: int | None = None,
-        new_items: NewItemVectors | None = None,
+        new_items: NewItems | None = None,
     ) -> list[Attribution]:
         """Attribution of each user's recommended items to their newest ``max_events`` events (all when None).
 
         One batched encoder call for all users: each user's window, then the
         window without each considered event. ``new_items``: the vectors of
-        items the version serves from their content (see :meth:`item_scores`).
+        items the version serves from their content, as scored items (see
+        :meth:`item_scores`) and as window inputs (as the served ranking used them).
         """
         if len(sequences) != len(recommended):
             raise ValueError(f"{len(sequences)} sequences but {len(recommended)} recommendation lists")
@@ -207,7 +209,7 @@ class Explainer:
             variants.extend(without(view, p) for p in local)
         if not variants:
             return []
-        user_vectors = self.user_vectors(featurize(variants, self.session.vocab, self.session.config))
+        user_vectors = self.user_vectors(self.session.featurize(variants, new_items), new_items)
         out: list[Attribution] = []
         for (row, positions), items in zip(plans, recommended):
             scores = self.item_scores(user_vectors[row : row + 1 + len(positions)], items, new_items)

@@ -6,9 +6,13 @@ inputs ``item_idx``, ``event_type``, ``time_bucket``, ``attention_mask``
 indices never to return, 0-padded) and a scalar int64 ``k``; outputs
 ``user_vector`` ``(batch, dim)``, ``topk_indices`` and ``topk_scores``
 ``(batch, k)``. Padding and OOV columns are always masked with ``-inf``.
-A model with context keys has one more input, last: ``context``
-(``(batch, seq, n_keys)`` int64 context-table rows); without them the graph's
-inputs are exactly the ones above, so older artifacts and workers are unaffected.
+A model with context keys has one more input: ``context``
+(``(batch, seq, n_keys)`` int64 context-table rows). A multi-view model has one
+more, last: ``new_item_vectors`` (``(n_new, dim)``, at least one row), the
+vectors of items that appeared after training, which ``item_idx`` addresses as
+``n_items + j``; they are window inputs only (the worker scores new items
+beside the graph's top-K). Without those views the graph's inputs are exactly
+the ones above, so older artifacts and workers are unaffected.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ class RankingHead(nn.Module):
     reference the parity check compares against.
     """
 
-    def __init__(self, model: SequenceEncoder, *, newest_only: bool = True) -> None:
+    def __init__(self, model: SequenceEncoder, *, newest_only: bool = True, reads_new_items: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.user_vector = user_vector_graph(model, newest_only=newest_only)
+        self.reads_context = bool(model.config.context_keys)
+        # The served copy of a multi-view model is id-only, so the caller says whether it reads new items.
+        self.reads_new_items = model.config.item_content if reads_new_items is None else reads_new_items
         reserved = torch.zeros(1, model.config.n_items, dtype=torch.bool)
         reserved[:, :FIRST_REAL_INDEX] = True
         self.register_buffer("reserved", reserved, persistent=False)
@@ -53,9 +60,15 @@ class RankingHead(nn.Module):
         attention_mask: torch.Tensor,
         exclude: torch.Tensor,
         k: torch.Tensor,
-        context: torch.Tensor | None = None,
+        *views: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask, context)
+        """``views``: ``context`` when the model has context keys, then ``new_item_vectors`` when it reads new items (the contract's order)."""
+        optional = list(views)
+        context = optional.pop(0) if self.reads_context and optional else None
+        new_items = optional.pop(0) if self.reads_new_items and optional else None
+        if optional:
+            raise TypeError(f"{len(optional)} graph inputs more than this model reads")
+        user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask, context, new_items)
         scores = user_vector @ self.model.item_table().T
         scores = scores.masked_fill(self.reserved, float("-inf"))
         # Exclusion inside the graph: ScatterElements writes -inf at seen items.
@@ -64,8 +77,15 @@ class RankingHead(nn.Module):
         return user_vector, top_idx, top_scores
 
 
-def example_inputs(n_items: int, batch: int = 2, seq: int = 6, *, context_offsets: tuple[int, ...] = ()) -> tuple[torch.Tensor, ...]:
-    """Small valid inputs for tracing (with left padding in row 0); a context input when ``context_offsets`` names keys."""
+def example_inputs(
+    n_items: int, batch: int = 2, seq: int = 6, *, context_offsets: tuple[int, ...] = (), new_item_dim: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, ...]:
+    """Small valid inputs for tracing (with left padding in row 0).
+
+    A context input when ``context_offsets`` names keys; new-item vectors
+    (three, one of them in the window) when ``new_item_dim`` is set.
+    """
     gen = torch.Generator().manual_seed(0)
     item_idx = torch.randint(FIRST_REAL_INDEX, n_items, (batch, seq), generator=gen)
     mask = torch.ones(batch, seq, dtype=torch.int64)
@@ -75,11 +95,15 @@ def example_inputs(n_items: int, batch: int = 2, seq: int = 6, *, context_offset
     tbucket = torch.full((batch, seq), FIRST_REAL_INDEX, dtype=torch.int64) * mask
     exclude = item_idx[:, -2:].clone()
     k = torch.tensor(min(5, n_items - FIRST_REAL_INDEX), dtype=torch.int64)
-    if not context_offsets:
-        return item_idx, etype, tbucket, mask, exclude, k
-    # Every key's "missing" row: valid for any vocabulary.
-    context = (torch.tensor(context_offsets, dtype=torch.int64) + CONTEXT_MISSING).expand(batch, seq, -1) * mask[..., None]
-    return item_idx, etype, tbucket, mask, exclude, k, context.contiguous()
+    inputs: tuple[torch.Tensor, ...] = (item_idx, etype, tbucket, mask, exclude, k)
+    if context_offsets:
+        # Every key's "missing" row: valid for any vocabulary.
+        context = (torch.tensor(context_offsets, dtype=torch.int64) + CONTEXT_MISSING).expand(batch, seq, -1) * mask[..., None]
+        inputs = (*inputs, context.contiguous())
+    if new_item_dim:
+        item_idx[1, -1] = n_items + 2
+        inputs = (*inputs, torch.randn(3, new_item_dim, generator=gen).to(dtype))
+    return inputs
 
 
 def export_onnx(
@@ -96,8 +120,8 @@ def export_onnx(
     # from the views once, here, so the graph is the id-only graph.
     served = served_copy(model)
     source = copy.deepcopy(served).half() if fp16 else served
-    head = RankingHead(source).eval()
     config = model.config
+    head = RankingHead(source, reads_new_items=config.item_content).eval()
     inputs = list(onnx_config.inputs_for(config))
     names_in_graph = {*inputs, *onnx_config.outputs}
     path = Path(path)
@@ -108,7 +132,9 @@ def export_onnx(
         warnings.simplefilter("ignore")
         torch.onnx.export(
             head,
-            example_inputs(config.n_items, context_offsets=config.context_offsets),
+            example_inputs(config.n_items, context_offsets=config.context_offsets,
+                           new_item_dim=config.hidden if config.item_content else 0,
+                           dtype=torch.float16 if fp16 else torch.float32),
             str(path),
             dynamo=False,
             opset_version=onnx_config.opset,

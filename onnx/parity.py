@@ -25,6 +25,8 @@ from streamrec.onnx.runtime import session_options
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
+# New-item vectors fed to a multi-view graph's random cases (their indices follow the table's).
+NEW_ITEMS_IN_PARITY = 5
 # fp16 graphs are compared with the fp32 torch model: ~3 significant digits.
 FP16_TOLERANCE = 5e-2
 
@@ -59,12 +61,14 @@ class ParityResult:
 
 def _random_inputs(
     n_items: int, n_event_types: int, n_buckets: int, batch: int, seq: int, rng: np.random.Generator, *,
-    n_context_rows: int = 0, n_context_keys: int = 0,
+    n_context_rows: int = 0, n_context_keys: int = 0, new_item_dim: int = 0,
 ) -> dict[str, np.ndarray]:
     lengths = rng.integers(1, seq + 1, size=batch)
     lengths[0] = seq  # at least one full row
     mask = (np.arange(seq)[None, :] >= (seq - lengths)[:, None]).astype(np.int64)
-    item_idx = rng.integers(0, n_items, size=(batch, seq)) * mask  # includes OOV (1) on purpose
+    # Includes OOV (1) on purpose, and with new-item inputs the indices after the table.
+    n_new = NEW_ITEMS_IN_PARITY if new_item_dim else 0
+    item_idx = rng.integers(0, n_items + n_new, size=(batch, seq)) * mask
     etype = rng.integers(1, n_event_types, size=(batch, seq)) * mask
     tbucket = rng.integers(1, n_buckets, size=(batch, seq)) * mask
     exclude = rng.integers(0, n_items, size=(batch, max(1, seq // 2)))
@@ -76,12 +80,20 @@ def _random_inputs(
         # Any row of the shared table for any key (OOV and missing rows included): the
         # graph must compute the same function on every index, not just the sensible ones.
         feeds[ONNX_CONFIG.context_input] = rng.integers(1, n_context_rows, size=(batch, seq, n_context_keys)) * mask[..., None]
+    if new_item_dim:
+        feeds[ONNX_CONFIG.new_items_input] = (rng.standard_normal((n_new, new_item_dim)) * 0.1).astype(np.float32)
     return feeds
+
+
+def _as_graph_types(sess, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float inputs in the graph's own precision (the fp16 graph takes fp16 new-item vectors)."""
+    half = {i.name for i in sess.get_inputs() if i.type == "tensor(float16)"}
+    return {name: value.astype(np.float16) if name in half else value for name, value in feeds.items()}
 
 
 def _compare(name: str, head: RankingHead, sess, feeds: dict[str, np.ndarray], k: int, tol: float) -> ParityCase:
     feeds = {**feeds, "k": np.array(k, dtype=np.int64)}
-    ort_uv, ort_idx, ort_scores = sess.run(list(ONNX_CONFIG.outputs), feeds)
+    ort_uv, ort_idx, ort_scores = sess.run(list(ONNX_CONFIG.outputs), _as_graph_types(sess, feeds))
     ort_uv, ort_scores = ort_uv.astype(np.float32), ort_scores.astype(np.float32)
     with torch.no_grad():
         t_uv, t_idx, t_scores = head(*(torch.from_numpy(feeds[n]) for n in ONNX_CONFIG.inputs_for(head.model.config)))
@@ -129,7 +141,8 @@ def check_parity(
     for batch, seq, k in [(1, 1, 1), (1, cfg.max_len, 10), (7, 13, 20), (64, cfg.max_len, 50), (3, 5, n_real)]:
         seq = min(seq, cfg.max_len)
         feeds = _random_inputs(cfg.n_items, cfg.n_event_types, cfg.n_time_buckets, batch, seq, rng,
-                               n_context_rows=cfg.n_context_rows, n_context_keys=len(cfg.context_keys))
+                               n_context_rows=cfg.n_context_rows, n_context_keys=len(cfg.context_keys),
+                               new_item_dim=cfg.hidden if cfg.item_content else 0)
         cases.append(_compare(f"random_b{batch}_s{seq}", head, sess, feeds, min(k, n_real), tolerance))
     real = list(real_sequences)
     for start in range(0, min(len(real), 256), 64):
@@ -141,6 +154,8 @@ def check_parity(
         }
         if feats.context is not None:
             feeds[ONNX_CONFIG.context_input] = feats.context
+        if cfg.item_content:
+            feeds[ONNX_CONFIG.new_items_input] = np.zeros((1, cfg.hidden), dtype=np.float32)  # what serving feeds without new items
         cases.append(_compare(f"real_{start}", head, sess, feeds, min(20, n_real), tolerance))
     worst = max(max(c.max_abs_diff_user_vector, c.max_abs_diff_scores) for c in cases)
     result = ParityResult(

@@ -24,7 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -45,6 +45,22 @@ MIN_SHARD_ROWS = 8
 CHUNKS_PER_SHARD = 3
 # Inputs laid out ``(batch, seq, ...)``: a row chunk is cut to its own length on axis 1.
 SEQUENCE_INPUTS = ("item_idx", "event_type", "time_bucket", "attention_mask", ONNX_CONFIG.context_input)
+# Inputs that belong to the whole batch, not to a row: every chunk gets them whole.
+BATCH_INPUTS = (ONNX_CONFIG.new_items_input,)
+
+
+class NewItems(Protocol):
+    """Items a served version ranks though its graph was exported without them (vectors from their content)."""
+
+    @property
+    def index(self) -> Mapping[str, int]:
+        """Item id -> row of :attr:`vectors`."""
+        ...
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """``(n, hidden)`` float32 item vectors, as the version scores them."""
+        ...
 
 
 def length_chunks(lengths: np.ndarray, n_shards: int) -> list[np.ndarray]:
@@ -104,8 +120,12 @@ def serving_threads() -> int:
         return os.cpu_count() or 1
 
 
-def graph_feeds(features: FeatureBatch, exclude: np.ndarray) -> dict[str, np.ndarray]:
-    """The graph's inputs by name, ``k`` aside (see ``EncoderOnnxConfig``); ``context`` only when the features have it."""
+def graph_feeds(features: FeatureBatch, exclude: np.ndarray, new_item_vectors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The graph's inputs by name, ``k`` aside (see ``EncoderOnnxConfig``).
+
+    ``context`` only when the features have it; ``new_item_vectors`` only when
+    given (a graph that reads them: :meth:`ServedModel.new_item_rows`).
+    """
     feeds = {
         "item_idx": features.item_idx,
         "event_type": features.event_type,
@@ -115,6 +135,8 @@ def graph_feeds(features: FeatureBatch, exclude: np.ndarray) -> dict[str, np.nda
     }
     if features.context is not None:
         feeds[ONNX_CONFIG.context_input] = features.context
+    if new_item_vectors is not None:
+        feeds[ONNX_CONFIG.new_items_input] = new_item_vectors
     return feeds
 
 
@@ -173,6 +195,11 @@ class ServedModel:
             ThreadPoolExecutor(max_workers=self.shards - 1, thread_name_prefix="encoder-shard")
             if self.shards > 1 else None
         )
+        graph_inputs = {i.name: i.type for i in session.get_inputs()}
+        # Multi-view graphs exported since 2026-12-02 read new items inside windows; older ones see them as OOV.
+        self.reads_new_items = ONNX_CONFIG.new_items_input in graph_inputs
+        self._new_items_dtype = np.float16 if graph_inputs.get(ONNX_CONFIG.new_items_input) == "tensor(float16)" else np.float32
+        self._no_new_items = np.zeros((1, self.config.hidden), dtype=self._new_items_dtype)
 
     # --- construction -------------------------------------------------------------
     @classmethod
@@ -244,9 +271,29 @@ class ServedModel:
         seq = UserSequence(["__warmup__"] * self.config.max_len, ["view"] * self.config.max_len, list(range(self.config.max_len)))
         self.recommend([seq] * batch, k=min(10, self.n_recommendable))
 
-    def run(self, features: FeatureBatch, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Raw graph call: ``(user_vector, topk_indices, topk_scores)``, sharded across CPU threads."""
-        feeds = graph_feeds(features, exclude)
+    def new_item_rows(self, new_items: NewItems | None) -> np.ndarray | None:
+        """The graph's ``new_item_vectors`` input for ``new_items`` (one zero row when there are none); None when the graph has no such input."""
+        if not self.reads_new_items:
+            return None
+        if new_items is None or not len(new_items.index):
+            return self._no_new_items
+        return np.ascontiguousarray(new_items.vectors, dtype=self._new_items_dtype)
+
+    def featurize(self, sequences: Sequence[UserSequence], new_items: NewItems | None = None) -> FeatureBatch:
+        """Model inputs for ``sequences``; items of ``new_items`` get their indices after the table when the graph reads them."""
+        extra = new_items.index if new_items is not None and self.reads_new_items and len(new_items.index) else None
+        return featurize(sequences, self.vocab, self.config, extra_items=extra)
+
+    def run(
+        self, features: FeatureBatch, exclude: np.ndarray, k: int, new_item_vectors: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw graph call: ``(user_vector, topk_indices, topk_scores)``, sharded across CPU threads.
+
+        ``new_item_vectors``: see :meth:`new_item_rows` (a zero row is fed when the graph needs one and none is given).
+        """
+        if new_item_vectors is None:
+            new_item_vectors = self.new_item_rows(None)
+        feeds = graph_feeds(features, exclude, new_item_vectors)
         n_shards = min(self.shards, len(exclude) // MIN_SHARD_ROWS)
         if self._shard_pool is None or n_shards < 2:
             return self._run_one(feeds, k)
@@ -275,7 +322,10 @@ class ServedModel:
         for rows in chunks:
             # Left padding: the last ``width`` columns hold every real event of these rows.
             width = max(1, int(lengths[rows].max()))
-            chunk = {name: value[rows, -width:] if name in SEQUENCE_INPUTS else value[rows] for name, value in feeds.items()}
+            chunk = {
+                name: value if name in BATCH_INPUTS else value[rows, -width:] if name in SEQUENCE_INPUTS else value[rows]
+                for name, value in feeds.items()
+            }
             answers.append((rows, self._run_one(chunk, k)))
         return answers
 
@@ -298,25 +348,30 @@ class ServedModel:
         if self._shard_pool is not None:
             self._shard_pool.shutdown(wait=False)
 
-    def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]:
+    def recommend(
+        self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True, new_items: NewItems | None = None
+    ) -> list[TopK]:
         """Top-``k`` items per sequence in one batched call (padded to the longest sequence).
 
-        Unknown items map to the OOV bucket; padding/OOV are never returned;
-        with ``exclude_seen`` every known item in the sequence is excluded, so
-        fewer than ``k`` items come back only when the catalogue runs out.
+        Unknown items map to the OOV bucket, except those of ``new_items``
+        when the graph reads them (their content vectors are the window's
+        input then); padding/OOV are never returned; with ``exclude_seen``
+        every known item in the sequence is excluded, so fewer than ``k``
+        items come back only when the catalogue runs out. The graph ranks the
+        items it was exported with; new items are ranked by the caller.
         """
         if not sequences:
             return []
         if not 1 <= k <= self.n_recommendable:
             raise ValueError(f"k must be within 1..{self.n_recommendable} (the catalogue size), got {k}")
-        features = featurize(sequences, self.vocab, self.config)
+        features = self.featurize(sequences, new_items)
         if exclude_seen and max(len(s) for s in sequences) <= features.item_idx.shape[1]:
             exclude = exclusion_from_features(features.item_idx, self.vocab)  # nothing cut: same items, no lookup
         elif exclude_seen:
             exclude = exclusion_indices(sequences, self.vocab)
         else:
             exclude = np.zeros((len(sequences), 1), dtype=np.int64)
-        uv, idx, scores = self.run(features, exclude, k)
+        uv, idx, scores = self.run(features, exclude, k, self.new_item_rows(new_items))
         item_id = self.vocab.item_id  # not ``vocab.ids``: that copies the whole catalogue
         out: list[TopK] = []
         for row in range(len(sequences)):

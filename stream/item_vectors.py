@@ -7,9 +7,10 @@ topic. Every worker replays that topic with its own group-less consumer
 (:func:`follow_item_vectors`) into a :class:`LiveItems`; a served version that
 ships a content head (``content.npz``, multi-view artifacts only) scores the
 items its graph does not know as ``user_vector @ new_items.T`` beside the
-graph's top-K and merges the two lists (:class:`ContentAwareSession`). An
-id-only version, or no new item, leaves serving exactly as it was: one check
-per batch.
+graph's top-K and merges the two lists (:class:`ContentAwareSession`), and
+feeds the same vectors to the graph as the inputs of new items inside users'
+windows. An id-only version, or no new item, leaves serving exactly as it
+was: one check per batch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from streamrec.config import Settings
 from streamrec.errors import ModelError
 from streamrec.models.features import UserSequence
 from streamrec.onnx.content_head import ContentHead, load_content_head
-from streamrec.onnx.runtime import ServedModel, TopK
+from streamrec.onnx.runtime import NewItems, ServedModel, TopK
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,6 @@ class NewItemTable:
     vectors: np.ndarray  # (n, hidden) float32
     index: dict[str, int]
 
-    def vector_of(self, item_id: str) -> np.ndarray | None:
-        """The vector ``item_id`` is scored with, or None when the table does not hold it (explanations read it)."""
-        row = self.index.get(item_id)
-        return None if row is None else self.vectors[row]
-
 
 EMPTY_TABLE = NewItemTable(-1, (), np.zeros((0, 0), np.float32), {})
 
@@ -218,13 +214,22 @@ class ContentAwareSession(ServedModel):
             self._table = NewItemTable(snap.generation, ids, vectors, {item: i for i, item in enumerate(ids)})
             return self._table
 
-    def recommend(self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True) -> list[TopK]:
-        """The graph's top-``k`` merged with the new items' scores (``user_vector @ new_items.T``)."""
-        ranked = super().recommend(sequences, k, exclude_seen)
+    def recommend(
+        self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True, new_items: NewItems | None = None
+    ) -> list[TopK]:
+        """The graph's top-``k`` merged with the new items' scores (``user_vector @ new_items.T``).
+
+        New items inside a window are the graph's input through their
+        vectors too (graphs that read them: :attr:`ServedModel.reads_new_items`),
+        so a user who met a new item is encoded with it, not with the OOV row.
+        ``new_items`` is this session's own table; an argument only to match
+        :meth:`ServedModel.recommend`.
+        """
         table = self.new_item_table()
-        if not table.item_ids or not ranked:
-            return ranked
-        return merge_new_items(ranked, sequences, table, k, exclude_seen)
+        if not table.item_ids:
+            return super().recommend(sequences, k, exclude_seen)
+        ranked = super().recommend(sequences, k, exclude_seen, new_items=table)
+        return merge_new_items(ranked, sequences, table, k, exclude_seen) if ranked else ranked
 
 
 def merge_new_items(

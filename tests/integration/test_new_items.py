@@ -3,7 +3,8 @@
 Real Kafka, Cassandra, worker and item embedder; a multi-view model trained
 on the first half of a synthetic stream whose clusters each have a theme.
 Mid-stream, five items with the theme of the most popular cluster are
-produced to the items topic (and one bad record).
+produced to the items topic (and one bad record); at the end, newcomers meet
+only those new items.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def test_new_items_are_recommended_to_users_of_the_matching_cluster_before_any_r
     assert summary["hot_cluster_recommendations"] >= 100
     assert summary["hot_cluster_share_offered_new"] >= 0.3
     assert summary["other_share_offered_new"] <= summary["hot_cluster_share_offered_new"] / 5
+    # Newcomers who so far met only new items are encoded from those items' content: they are
+    # offered the items' cluster and the other new items. (Read as unknown items, as before
+    # 2026-12-02, they got what an empty history gets: 0.2 of the cluster, no new item.)
+    assert summary["newcomers"] == 30
+    assert summary["newcomer_hot_cluster_share"] >= 0.6
+    assert summary["newcomer_share_offered_new"] >= 0.5
     # Item record to a recommendation containing it: seconds.
     assert summary["record_to_first_recommendation_s"] is not None and summary["record_to_first_recommendation_s"] < 30
     # The bad record was dead-lettered with its reason, and stopped nothing.

@@ -128,7 +128,8 @@ def test_multi_view_export_serves_the_same_scores_as_torch(trained: tuple[Sequen
     shapes = [tuple(i.dims) for i in graph.initializer]
     assert (len(vocab), TINY.hidden) in shapes
     assert not [s for s in shapes if TEXT_DIM in s or model.config.n_category_rows in s]
-    assert [i.name for i in graph.input] == list(ONNX_CONFIG.inputs)
+    # One input more than id-only: the vectors of items that appear after training, read inside windows.
+    assert [i.name for i in graph.input] == [*ONNX_CONFIG.inputs, ONNX_CONFIG.new_items_input]
     # The weights keep the content tower, so a new item's vector can be computed later from content alone.
     state = torch.load(path / "weights.pt")
     assert {"text_proj.weight", "category_emb.weight", "item_text", "item_has_id"} <= set(state)

@@ -13,6 +13,7 @@ from streamrec.config import Settings
 from streamrec.models.content import add_items, content_config, content_tensors
 from streamrec.models.data import events_from_dicts
 from streamrec.models.encoder import EncoderInput, SequenceEncoder
+from streamrec.models.config import ONNX_CONFIG
 from streamrec.models.features import ItemVocab, UserSequence, featurize
 from streamrec.models.splits import leave_one_out
 from streamrec.models.text import MODEL_ZIP_SHA256
@@ -110,6 +111,92 @@ def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them
     # A tombstone takes an item out of serving.
     live.remove(met)
     assert met not in session.recommend([EVEN_USER], k=8)[0].item_ids
+
+
+def _grown_top(grown: SequenceEncoder, grown_vocab: ItemVocab, user: UserSequence, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """What the model grown offline by add_items recommends: ids, scores, user vector."""
+    with torch.no_grad():
+        batch = EncoderInput.from_features(featurize([user], grown_vocab, grown.config))
+        user_vector = grown.user_vector(batch)[0].numpy()
+        scores = grown.full_sort_scores(batch)[0]
+    scores[grown_vocab.lookup(user.item_ids)] = float("-inf")
+    top = torch.topk(scores, k)
+    return [grown_vocab.item_id(int(i)) for i in top.indices], top.values.numpy(), user_vector
+
+
+def test_a_window_holding_new_items_is_encoded_from_their_content_not_as_unknown_items(
+    trained: tuple[SequenceEncoder, ItemVocab], artifact: Path
+) -> None:
+    model, vocab = trained
+    live = LiveItems()
+    session = load_content_aware(artifact, live, threads=1)
+    for item in vectors_of(NEW):
+        live.put(item)
+    new_even = [i for i in NEW if int(i[1:]) % 2 == 0]
+    met_new = UserSequence([*EVEN_USER.item_ids[:3], *new_even[:3]], ["view"] * 6, [1000 * (n + 1) for n in range(6)])
+    only_new = UserSequence(new_even, ["view"] * len(new_even), [1000 * (n + 1) for n in range(len(new_even))])
+    grown, grown_vocab = add_items(model, vocab, content_for(NEW))
+    for user in (met_new, only_new):
+        served = session.recommend([user], k=8)[0]
+        expected_ids, expected_scores, expected_vector = _grown_top(grown, grown_vocab, user, 8)
+        # The user is encoded as the grown model encodes them: the new items' content is the input, not the OOV row.
+        np.testing.assert_allclose(served.user_vector, expected_vector, atol=1e-4)
+        assert served.item_ids == expected_ids
+        np.testing.assert_allclose(served.scores, expected_scores, atol=1e-4)
+    # Someone who has so far met only new even items is offered even items.
+    assert all(int(i[1:]) % 2 == 0 for i in session.recommend([only_new], k=8)[0].item_ids)
+    # Explanations encode the window as serving did: every explained score is the served score.
+    from streamrec.stream.explanations import Explanations
+
+    top = session.recommend([met_new], k=8)[0]
+    explainer = Explanations(Settings(explain=True))._explainer_for(session)  # noqa: SLF001 - the attribution behind `because`
+    [attribution] = explainer.attribute([met_new], [top.item_ids], new_items=session.new_item_table())
+    np.testing.assert_allclose(attribution.scores, top.scores, atol=1e-4)
+
+    # Batched and sharded (new-item vectors go whole to every shard), each row is its single-user answer.
+    sharded = load_content_aware(artifact, live, threads=2)
+    users = [met_new, only_new, EVEN_USER] * 6
+    for user, answer in zip(users, sharded.recommend(users, k=8)):
+        alone = session.recommend([user], k=8)[0]
+        assert answer.item_ids == alone.item_ids
+        np.testing.assert_allclose(answer.scores, alone.scores, atol=1e-4)
+
+
+def test_a_multi_view_graph_exported_before_new_item_inputs_still_serves_new_items_beside_it(
+    trained: tuple[SequenceEncoder, ItemVocab], artifact: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import warnings
+
+    from streamrec.models.encoder import served_copy
+    from streamrec.onnx.artifact import MANIFEST, sha256_file
+    from streamrec.onnx.export import RankingHead, example_inputs
+
+    model, _ = trained
+    old = Path(shutil.copytree(artifact, tmp_path / artifact.name))
+    # The graph as exported before 2026-12-02: no new_item_vectors input.
+    head = RankingHead(served_copy(model), reads_new_items=False).eval()
+    names = list(ONNX_CONFIG.inputs)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes, as in export_onnx
+        torch.onnx.export(head, example_inputs(model.config.n_items), str(old / "model.onnx"), dynamo=False,
+                          opset_version=ONNX_CONFIG.opset, input_names=names, output_names=list(ONNX_CONFIG.outputs),
+                          dynamic_axes={n: a for n, a in ONNX_CONFIG.dynamic_axes.items() if n in {*names, *ONNX_CONFIG.outputs}})
+    manifest = orjson.loads((old / MANIFEST).read_bytes())
+    manifest["files"]["model.onnx"] = {"sha256": sha256_file(old / "model.onnx"), "bytes": (old / "model.onnx").stat().st_size}
+    (old / MANIFEST).write_bytes(orjson.dumps(manifest))
+
+    live = LiveItems()
+    for item in vectors_of(NEW):
+        live.put(item)
+    session = load_content_aware(old, live, threads=1)
+    assert not session.reads_new_items
+    current = load_content_aware(artifact, live, threads=1)
+    # Windows without new items: the same answer as today's graph; new items are still offered.
+    old_top, new_top = session.recommend([EVEN_USER], k=8)[0], current.recommend([EVEN_USER], k=8)[0]
+    assert old_top.item_ids == new_top.item_ids and set(old_top.item_ids) & set(NEW)
+    # A window holding a new item is answered (the item is unknown to that graph: the OOV input, as before).
+    assert session.recommend([UserSequence([*EVEN_USER.item_ids, NEW[0]], ["view"] * 7, [*EVEN_USER.timestamps_ms, 7000])], k=8)[0].item_ids
 
 
 def test_vectors_from_another_text_encoder_are_not_served(artifact: Path) -> None:
