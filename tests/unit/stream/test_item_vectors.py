@@ -80,6 +80,17 @@ def test_an_id_only_artifact_has_no_content_head(tmp_path: Path) -> None:
     assert [r.item_ids for r in session.recommend([history], k=5)] == [r.item_ids for r in plain.recommend([history], k=5)]
 
 
+def _grown_top(grown: SequenceEncoder, grown_vocab: ItemVocab, user: UserSequence, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """What the model grown offline by add_items recommends: ids, scores, user vector."""
+    with torch.no_grad():
+        batch = EncoderInput.from_features(featurize([user], grown_vocab, grown.config))
+        user_vector = grown.user_vector(batch)[0].numpy()
+        scores = grown.full_sort_scores(batch)[0]
+    scores[grown_vocab.lookup(user.item_ids)] = float("-inf")
+    top = torch.topk(scores, k)
+    return [grown_vocab.item_id(int(i)) for i in top.indices], top.values.numpy(), user_vector
+
+
 def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them(
     trained: tuple[SequenceEncoder, ItemVocab], artifact: Path
 ) -> None:
@@ -93,13 +104,9 @@ def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them
         live.put(item)
     after = session.recommend([EVEN_USER], k=8)[0]
     # The same ranking as the model grown offline by add_items (content alone, no retrain).
-    grown, grown_vocab = add_items(model, vocab, content_for(NEW))
-    with torch.no_grad():
-        scores = grown.full_sort_scores(EncoderInput.from_features(featurize([EVEN_USER], grown_vocab, grown.config)))[0]
-    scores[grown_vocab.lookup(EVEN_USER.item_ids)] = float("-inf")
-    expected = [grown_vocab.item_id(int(i)) for i in torch.topk(scores, 8).indices]
-    assert after.item_ids == expected
-    np.testing.assert_allclose(after.scores, torch.topk(scores, 8).values.numpy(), atol=1e-4)
+    expected_ids, expected_scores, _ = _grown_top(*add_items(model, vocab, content_for(NEW)), EVEN_USER, 8)
+    assert after.item_ids == expected_ids
+    np.testing.assert_allclose(after.scores, expected_scores, atol=1e-4)
     # A user of the even cluster is offered new even items, never the new odd ones.
     offered = set(after.item_ids) & set(NEW)
     assert offered and all(int(i[1:]) % 2 == 0 for i in offered)
@@ -111,17 +118,6 @@ def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them
     # A tombstone takes an item out of serving.
     live.remove(met)
     assert met not in session.recommend([EVEN_USER], k=8)[0].item_ids
-
-
-def _grown_top(grown: SequenceEncoder, grown_vocab: ItemVocab, user: UserSequence, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """What the model grown offline by add_items recommends: ids, scores, user vector."""
-    with torch.no_grad():
-        batch = EncoderInput.from_features(featurize([user], grown_vocab, grown.config))
-        user_vector = grown.user_vector(batch)[0].numpy()
-        scores = grown.full_sort_scores(batch)[0]
-    scores[grown_vocab.lookup(user.item_ids)] = float("-inf")
-    top = torch.topk(scores, k)
-    return [grown_vocab.item_id(int(i)) for i in top.indices], top.values.numpy(), user_vector
 
 
 def test_a_window_holding_new_items_is_encoded_from_their_content_not_as_unknown_items(
