@@ -403,12 +403,13 @@ def serving_cost(work_dir: Path, cache_dir: Path, *, new_counts: tuple[int, ...]
             t0 = time.perf_counter()
             ranked = session.recommend(sequences, k=10)
             times[name].append(time.perf_counter() - t0)
-            # The part the new items add, alone: their table (cached) and the merge.
+            # The part the new items add outside the graph, alone: their table (cached), and the
+            # merge where the graph does not rank them itself (graphs exported before it could).
             base = ServedModel.recommend(session, sequences, k=10) if isinstance(session, ContentAwareSession) else ranked
             t1 = time.perf_counter()
             if isinstance(session, ContentAwareSession):
                 table = session.new_item_table()
-                if table.item_ids:
+                if table.item_ids and not session.reads_new_items:
                     merge_new_items(base, sequences, table, 10, True)
             extra[name].append(time.perf_counter() - t1)
     per_event = 1e6 / len(sequences)

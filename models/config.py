@@ -179,9 +179,10 @@ class EncoderOnnxConfig:
     # inputs): ``(batch, seq, n_keys)`` int64 global rows of the context table, 0 = padding.
     context_input: str = "context"
     # With the content view on, one more input after that: ``(n_new, dim)`` float vectors of
-    # items the graph was exported without (content alone). In ``item_idx`` index
-    # ``n_items + j`` reads row ``j``, so a window can hold an item that appeared after
-    # training. At least one row: serving feeds a zero row when it holds no new item.
+    # items the graph was exported without (content alone). Index ``n_items + j`` is row
+    # ``j`` in ``item_idx`` (a window can hold an item that appeared after training), in
+    # ``exclude`` and in ``topk_indices`` (new items are ranked with the rest). At least one
+    # row: serving feeds a zero row, and excludes it, when it holds no new item.
     new_items_input: str = "new_item_vectors"
 
     def inputs_for(self, config: EncoderConfig) -> tuple[str, ...]:

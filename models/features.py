@@ -325,29 +325,35 @@ def featurize(
     return FeatureBatch(item_idx=item_idx, event_type=etype, time_bucket=tbucket, attention_mask=mask, context=context)
 
 
-def exclusion_indices(sequences: Sequence[UserSequence], vocab: ItemVocab) -> np.ndarray:
-    """``(batch, n)`` known item indices each user has seen, ascending, padded with 0 (padding is never recommended)."""
+def exclusion_indices(
+    sequences: Sequence[UserSequence], vocab: ItemVocab, extra_items: Mapping[str, int] | None = None
+) -> np.ndarray:
+    """``(batch, n)`` known item indices each user has seen, ascending, padded with 0 (padding is never recommended).
+
+    ``extra_items``: items after the vocabulary (see :meth:`ItemVocab.lookup`), excluded too.
+    """
     lengths = np.fromiter((len(s.item_ids) for s in sequences), dtype=np.int64, count=len(sequences))
-    items = vocab.lookup([i for s in sequences for i in s.item_ids])
+    items = vocab.lookup([i for s in sequences for i in s.item_ids], extra_items)
     rows = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths)
-    return _exclusion_rows(rows, items, len(sequences), len(vocab))
+    return _exclusion_rows(rows, items, len(sequences), len(vocab) + len(extra_items or ()))
 
 
-def exclusion_from_features(item_idx: np.ndarray, vocab: ItemVocab) -> np.ndarray:
+def exclusion_from_features(item_idx: np.ndarray, vocab: ItemVocab, n_extra: int = 0) -> np.ndarray:
     """:func:`exclusion_indices` from a featurized ``(batch, length)`` index matrix (no second lookup).
 
     Only equal to it when no sequence was cut to the model's maximum length.
+    ``n_extra``: how many items after the vocabulary ``item_idx`` may address.
     """
     rows = np.repeat(np.arange(item_idx.shape[0], dtype=np.int64), item_idx.shape[1])
-    return _exclusion_rows(rows, item_idx.reshape(-1), item_idx.shape[0], len(vocab))
+    return _exclusion_rows(rows, item_idx.reshape(-1), item_idx.shape[0], len(vocab) + n_extra)
 
 
-def _exclusion_rows(rows: np.ndarray, items: np.ndarray, batch: int, vocab_size: int) -> np.ndarray:
-    # One np.unique over the whole batch (keys row * vocab size + item), not one per user:
+def _exclusion_rows(rows: np.ndarray, items: np.ndarray, batch: int, width: int) -> np.ndarray:
+    # One np.unique over the whole batch (keys row * width + item), not one per user:
     # per-row calls were a quarter of the worker's encoder thread at 1,000 events/s.
-    known = (items >= FIRST_REAL_INDEX) & (items < vocab_size)  # new items after the vocabulary are not the graph's to exclude
-    keys = np.unique(rows[known] * vocab_size + items[known])
-    key_rows, key_items = np.divmod(keys, vocab_size)
+    known = (items >= FIRST_REAL_INDEX) & (items < width)
+    keys = np.unique(rows[known] * width + items[known])
+    key_rows, key_items = np.divmod(keys, width)
     per_row = np.bincount(key_rows, minlength=batch)
     out = np.full((batch, max(1, int(per_row.max(initial=0)))), PAD_INDEX, dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(per_row)[:-1]))

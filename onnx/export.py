@@ -9,10 +9,11 @@ indices never to return, 0-padded) and a scalar int64 ``k``; outputs
 A model with context keys has one more input: ``context``
 (``(batch, seq, n_keys)`` int64 context-table rows). A multi-view model has one
 more, last: ``new_item_vectors`` (``(n_new, dim)``, at least one row), the
-vectors of items that appeared after training, which ``item_idx`` addresses as
-``n_items + j``; they are window inputs only (the worker scores new items
-beside the graph's top-K). Without those views the graph's inputs are exactly
-the ones above, so older artifacts and workers are unaffected.
+vectors of items that appeared after training, which ``item_idx`` and
+``exclude`` address as ``n_items + j`` and ``topk_indices`` return as such:
+they are window inputs and ranked with the rest. Without those views the
+graph's inputs are exactly the ones above, so older artifacts and workers are
+unaffected.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class RankingHead(nn.Module):
         user_vector = self.user_vector(item_idx, event_type, time_bucket, attention_mask, context, new_items)
         scores = user_vector @ self.model.item_table().T
         scores = scores.masked_fill(self.reserved, float("-inf"))
+        if new_items is not None:  # new items are ranked with the rest: columns n_items + j
+            scores = torch.cat([scores, user_vector @ new_items.T], dim=1)
         # Exclusion inside the graph: ScatterElements writes -inf at seen items.
         scores = scores.scatter(1, exclude, float("-inf"))
         top_scores, top_idx = torch.topk(scores, k)  # k stays a graph input (dynamic K)

@@ -71,7 +71,7 @@ def _random_inputs(
     item_idx = rng.integers(0, n_items + n_new, size=(batch, seq)) * mask
     etype = rng.integers(1, n_event_types, size=(batch, seq)) * mask
     tbucket = rng.integers(1, n_buckets, size=(batch, seq)) * mask
-    exclude = rng.integers(0, n_items, size=(batch, max(1, seq // 2)))
+    exclude = rng.integers(0, n_items + n_new, size=(batch, max(1, seq // 2)))
     feeds = {
         "item_idx": item_idx, "event_type": etype, "time_bucket": tbucket,
         "attention_mask": mask, "exclude": exclude,
@@ -97,7 +97,10 @@ def _compare(name: str, head: RankingHead, sess, feeds: dict[str, np.ndarray], k
     ort_uv, ort_scores = ort_uv.astype(np.float32), ort_scores.astype(np.float32)
     with torch.no_grad():
         t_uv, t_idx, t_scores = head(*(torch.from_numpy(feeds[n]) for n in ONNX_CONFIG.inputs_for(head.model.config)))
-        full = head.model.item_scores(t_uv).numpy()
+        full = head.model.item_scores(t_uv)
+        if ONNX_CONFIG.new_items_input in feeds:  # the graph ranks them too: columns n_items + j
+            full = torch.cat([full, t_uv @ torch.from_numpy(feeds[ONNX_CONFIG.new_items_input]).T], dim=1)
+        full = full.numpy()
     t_uv, t_idx, t_scores = t_uv.numpy(), t_idx.numpy(), t_scores.numpy()
     uv_diff = float(np.max(np.abs(ort_uv - t_uv)))
     finite_t, finite_o = np.isfinite(t_scores), np.isfinite(ort_scores)

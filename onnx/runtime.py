@@ -23,8 +23,9 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -60,6 +61,11 @@ class NewItems(Protocol):
     @property
     def vectors(self) -> np.ndarray:
         """``(n, hidden)`` float32 item vectors, as the version scores them."""
+        ...
+
+    @property
+    def item_ids(self) -> Sequence[str]:
+        """Item id of each row of :attr:`vectors`."""
         ...
 
 
@@ -170,6 +176,11 @@ def _preload_cuda_libraries() -> None:
         preload()
     except (OSError, RuntimeError) as exc:
         log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system CUDA libraries", exc)
+
+
+def _known_or_new(known_id: Callable[[int], str], n_items: int, new_ids: Sequence[str], index: int) -> str:
+    """The item at a graph index: the vocabulary's, or a new item's (indices after the table)."""
+    return known_id(index) if index < n_items else new_ids[index - n_items]
 
 
 class ServedModel:
@@ -293,6 +304,9 @@ class ServedModel:
         """
         if new_item_vectors is None:
             new_item_vectors = self.new_item_rows(None)
+        if new_item_vectors is self._no_new_items:
+            # The placeholder row is ranked like any other: excluded, so it is never recommended.
+            exclude = np.concatenate([exclude, np.full((len(exclude), 1), len(self.vocab), dtype=exclude.dtype)], axis=1)
         feeds = graph_feeds(features, exclude, new_item_vectors)
         n_shards = min(self.shards, len(exclude) // MIN_SHARD_ROWS)
         if self._shard_pool is None or n_shards < 2:
@@ -354,25 +368,32 @@ class ServedModel:
         """Top-``k`` items per sequence in one batched call (padded to the longest sequence).
 
         Unknown items map to the OOV bucket, except those of ``new_items``
-        when the graph reads them (their content vectors are the window's
-        input then); padding/OOV are never returned; with ``exclude_seen``
-        every known item in the sequence is excluded, so fewer than ``k``
-        items come back only when the catalogue runs out. The graph ranks the
-        items it was exported with; new items are ranked by the caller.
+        when the graph takes them (then their content vectors are the
+        window's input, and the graph ranks them with its own items; a graph
+        that does not leaves them to the caller); padding/OOV are never
+        returned; with ``exclude_seen`` every known item in the sequence is
+        excluded, so fewer than ``k`` items come back only when the catalogue
+        runs out.
         """
         if not sequences:
             return []
         if not 1 <= k <= self.n_recommendable:
             raise ValueError(f"k must be within 1..{self.n_recommendable} (the catalogue size), got {k}")
+        if not self.reads_new_items or new_items is None or not len(new_items.index):
+            new_items = None
         features = self.featurize(sequences, new_items)
+        n_new = 0 if new_items is None else len(new_items.index)
         if exclude_seen and max(len(s) for s in sequences) <= features.item_idx.shape[1]:
-            exclude = exclusion_from_features(features.item_idx, self.vocab)  # nothing cut: same items, no lookup
+            exclude = exclusion_from_features(features.item_idx, self.vocab, n_new)  # nothing cut: same items, no lookup
         elif exclude_seen:
-            exclude = exclusion_indices(sequences, self.vocab)
+            exclude = exclusion_indices(sequences, self.vocab, None if new_items is None else new_items.index)
         else:
             exclude = np.zeros((len(sequences), 1), dtype=np.int64)
         uv, idx, scores = self.run(features, exclude, k, self.new_item_rows(new_items))
         item_id = self.vocab.item_id  # not ``vocab.ids``: that copies the whole catalogue
+        if new_items is not None:
+            item_id = partial(_known_or_new, item_id, len(self.vocab), new_items.item_ids)
+
         out: list[TopK] = []
         for row in range(len(sequences)):
             keep = np.isfinite(scores[row])  # -inf = excluded/reserved: never recommended

@@ -7,10 +7,11 @@ topic. Every worker replays that topic with its own group-less consumer
 (:func:`follow_item_vectors`) into a :class:`LiveItems`; a served version that
 ships a content head (``content.npz``, multi-view artifacts only) scores the
 items its graph does not know as ``user_vector @ new_items.T`` beside the
-graph's top-K and merges the two lists (:class:`ContentAwareSession`), and
-feeds the same vectors to the graph as the inputs of new items inside users'
-windows. An id-only version, or no new item, leaves serving exactly as it
-was: one check per batch.
+graph's top-K: a graph exported with the ``new_item_vectors`` input takes
+them as the inputs of new items inside users' windows and ranks them with its
+own items in the same call; an older graph's top-K is merged with their scores
+(:class:`ContentAwareSession`). An id-only version, or no new item, leaves
+serving exactly as it was: one check per batch.
 """
 
 from __future__ import annotations
@@ -217,18 +218,21 @@ class ContentAwareSession(ServedModel):
     def recommend(
         self, sequences: Sequence[UserSequence], k: int, exclude_seen: bool = True, new_items: NewItems | None = None
     ) -> list[TopK]:
-        """The graph's top-``k`` merged with the new items' scores (``user_vector @ new_items.T``).
+        """The top-``k`` of the graph's items and this session's new items together.
 
-        New items inside a window are the graph's input through their
-        vectors too (graphs that read them: :attr:`ServedModel.reads_new_items`),
-        so a user who met a new item is encoded with it, not with the OOV row.
+        A graph that takes new items (:attr:`ServedModel.reads_new_items`)
+        reads them inside windows and ranks them with its own items in one
+        call; an older multi-view graph ranks its own, and the new items'
+        scores (``user_vector @ new_items.T``) are merged beside them.
         ``new_items`` is this session's own table; an argument only to match
         :meth:`ServedModel.recommend`.
         """
         table = self.new_item_table()
         if not table.item_ids:
             return super().recommend(sequences, k, exclude_seen)
-        ranked = super().recommend(sequences, k, exclude_seen, new_items=table)
+        if self.reads_new_items:
+            return super().recommend(sequences, k, exclude_seen, new_items=table)
+        ranked = super().recommend(sequences, k, exclude_seen)
         return merge_new_items(ranked, sequences, table, k, exclude_seen) if ranked else ranked
 
 

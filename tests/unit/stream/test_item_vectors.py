@@ -120,6 +120,14 @@ def test_new_items_join_the_served_ranking_as_the_offline_grown_model_ranks_them
     assert met not in session.recommend([EVEN_USER], k=8)[0].item_ids
 
 
+def test_without_new_items_the_graphs_placeholder_row_is_never_recommended(artifact: Path) -> None:
+    session = load_content_aware(artifact, LiveItems(), threads=1)
+    assert session.reads_new_items
+    # The whole catalogue asked for: every known item the user has not met, and nothing else.
+    everything = session.recommend([EVEN_USER], k=session.n_recommendable)[0].item_ids
+    assert sorted(everything) == sorted(set(session.vocab.ids[2:]) - set(EVEN_USER.item_ids))
+
+
 def test_a_window_holding_new_items_is_encoded_from_their_content_not_as_unknown_items(
     trained: tuple[SequenceEncoder, ItemVocab], artifact: Path
 ) -> None:
