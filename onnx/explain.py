@@ -38,7 +38,8 @@ from streamrec.models.config import OOV_INDEX
 from streamrec.models.features import FeatureBatch, UserSequence
 from streamrec.onnx.artifact import FP16_MODEL_FILE
 from streamrec.onnx.runtime import (
-    BATCH_INPUTS, MIN_SHARD_ROWS, SEQUENCE_INPUTS, NewItems, ServedModel, graph_feeds, length_chunks, session_options,
+    BATCH_INPUTS, MIN_SHARD_ROWS, SEQUENCE_INPUTS, NewItems, ServedModel, chunk_feeds, graph_feeds, length_chunks,
+    session_options,
 )
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,12 @@ class Explainer:
         chunks = length_chunks(lengths, n_shards)
         out = np.empty((len(lengths), self.table.shape[0]), dtype=np.float32)
         all_feeds = graph_feeds(features, np.zeros((len(lengths), 1), dtype=np.int64), self.session.new_item_rows(new_items))
-        arrays = {name: array for name, array in all_feeds.items() if name in SEQUENCE_INPUTS}
-        whole = {name: array for name, array in all_feeds.items() if name in BATCH_INPUTS}
+        arrays = {name: array for name, array in all_feeds.items() if name in (*SEQUENCE_INPUTS, *BATCH_INPUTS)}
 
         def run(rows: np.ndarray) -> None:
             width = max(1, int(lengths[rows].max()))  # left padding: the last columns hold every real event
-            feeds = {name: np.ascontiguousarray(array[rows, -width:]) for name, array in arrays.items()}
-            out[rows] = self._encoder.run([USER_VECTOR_OUTPUT], {**feeds, **whole})[0]
+            feeds = {name: np.ascontiguousarray(array) for name, array in chunk_feeds(arrays, rows, width).items()}
+            out[rows] = self._encoder.run([USER_VECTOR_OUTPUT], feeds)[0]
 
         if self._pool is None or len(chunks) < 2:
             for rows in chunks:

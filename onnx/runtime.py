@@ -104,6 +104,17 @@ class TopK:
     user_vector: np.ndarray
 
 
+def chunk_feeds(feeds: Mapping[str, np.ndarray], rows: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """The graph inputs of ``rows`` only, their sequences cut to the newest ``width`` positions (left padding).
+
+    Inputs of the whole batch (:data:`BATCH_INPUTS`) go to every chunk whole.
+    """
+    return {
+        name: value if name in BATCH_INPUTS else value[rows, -width:] if name in SEQUENCE_INPUTS else value[rows]
+        for name, value in feeds.items()
+    }
+
+
 def gpu_present() -> bool:
     """True when the CUDA driver reports at least one device (no torch import needed)."""
     try:
@@ -282,18 +293,21 @@ class ServedModel:
         seq = UserSequence(["__warmup__"] * self.config.max_len, ["view"] * self.config.max_len, list(range(self.config.max_len)))
         self.recommend([seq] * batch, k=min(10, self.n_recommendable))
 
+    def taken_new_items(self, new_items: NewItems | None) -> NewItems | None:
+        """``new_items`` when this graph takes them and there are some; None otherwise (the one place that decides)."""
+        return new_items if self.reads_new_items and new_items is not None and len(new_items.index) else None
+
     def new_item_rows(self, new_items: NewItems | None) -> np.ndarray | None:
         """The graph's ``new_item_vectors`` input for ``new_items`` (one zero row when there are none); None when the graph has no such input."""
         if not self.reads_new_items:
             return None
-        if new_items is None or not len(new_items.index):
-            return self._no_new_items
-        return np.ascontiguousarray(new_items.vectors, dtype=self._new_items_dtype)
+        taken = self.taken_new_items(new_items)
+        return self._no_new_items if taken is None else np.ascontiguousarray(taken.vectors, dtype=self._new_items_dtype)
 
     def featurize(self, sequences: Sequence[UserSequence], new_items: NewItems | None = None) -> FeatureBatch:
-        """Model inputs for ``sequences``; items of ``new_items`` get their indices after the table when the graph reads them."""
-        extra = new_items.index if new_items is not None and self.reads_new_items and len(new_items.index) else None
-        return featurize(sequences, self.vocab, self.config, extra_items=extra)
+        """Model inputs for ``sequences``; items of ``new_items`` get their indices after the table when the graph takes them."""
+        taken = self.taken_new_items(new_items)
+        return featurize(sequences, self.vocab, self.config, extra_items=None if taken is None else taken.index)
 
     def run(
         self, features: FeatureBatch, exclude: np.ndarray, k: int, new_item_vectors: np.ndarray | None = None
@@ -336,11 +350,7 @@ class ServedModel:
         for rows in chunks:
             # Left padding: the last ``width`` columns hold every real event of these rows.
             width = max(1, int(lengths[rows].max()))
-            chunk = {
-                name: value if name in BATCH_INPUTS else value[rows, -width:] if name in SEQUENCE_INPUTS else value[rows]
-                for name, value in feeds.items()
-            }
-            answers.append((rows, self._run_one(chunk, k)))
+            answers.append((rows, self._run_one(chunk_feeds(feeds, rows, width), k)))
         return answers
 
     def _run_one(self, feeds: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,8 +389,7 @@ class ServedModel:
             return []
         if not 1 <= k <= self.n_recommendable:
             raise ValueError(f"k must be within 1..{self.n_recommendable} (the catalogue size), got {k}")
-        if not self.reads_new_items or new_items is None or not len(new_items.index):
-            new_items = None
+        new_items = self.taken_new_items(new_items)
         features = self.featurize(sequences, new_items)
         n_new = 0 if new_items is None else len(new_items.index)
         if exclude_seen and max(len(s) for s in sequences) <= features.item_idx.shape[1]:
