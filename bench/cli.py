@@ -249,6 +249,8 @@ _model_option = click.option("--model", "model_dir", type=click.Path(exists=True
 @click.option("--latency-rate", default=1000.0, show_default=True, help="Paced phase after each backlog, events/s.")
 @click.option("--latency-seconds", default=10.0, show_default=True, help="Paced phase length (0 = none).")
 @click.option("--profile-seconds", default=0.0, show_default=True, help="py-spy the worker for this long (0 = no profile).")
+@click.option("--attribute", is_flag=True,
+              help="Also drain the backlog with the worker's windows in process memory: what Cassandra costs.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Per backlog phase.")
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspaces.")
@@ -256,14 +258,14 @@ _model_option = click.option("--model", "model_dir", type=click.Path(exists=True
 @click.pass_obj
 def e2e(settings: Settings, events: int, users: int, items: int, train_events: int, epochs: int, model_dir: Path | None,
         no_model: bool, partitions: int, repeats: int, latency_rate: float, latency_seconds: float,
-        profile_seconds: float, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
+        profile_seconds: float, attribute: bool, seed: int, timeout_s: float, keep: bool, out: Path) -> None:
     """Sustained events/s of one worker vs the passthrough worker on one backlog (targets: >= 5,000/s, >= 50%)."""
     from streamrec.bench.e2e import format_result, run_e2e  # Faust: 0.55 s
 
     result = run_e2e(settings, events=events, users=users, items=items, train_events=train_events, epochs=epochs,
                      model=model_dir, no_model=no_model, partitions=partitions, repeats=repeats,
                      latency_rate=latency_rate, latency_seconds=latency_seconds, profile_seconds=profile_seconds,
-                     seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
+                     attribute=attribute, seed=seed, timeout_s=timeout_s, keep=keep, out_dir=out.parent,
                      progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
 
@@ -279,6 +281,9 @@ def e2e(settings: Settings, events: int, users: int, items: int, train_events: i
 @click.option("--no-model", is_flag=True, help="Serve the popularity fallback (no encoder).")
 @click.option("--partitions", default=4, show_default=True)
 @click.option("--with-passthrough", is_flag=True, help="Measure a bare aiokafka loop and the Faust passthrough worker the same way first.")
+@click.option("--attribute", is_flag=True,
+              help="Also measure the worker with windows in memory, without and with the model, and print what each "
+                   "component (Kafka + Python, Faust, streamrec, the model, Cassandra) adds (implies --with-passthrough).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the run's topics and keyspace.")
 @click.option("--explain", is_flag=True, help="Run the worker with STREAMREC_EXPLAIN=true (explanations in every message).")
@@ -289,15 +294,15 @@ def e2e(settings: Settings, events: int, users: int, items: int, train_events: i
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/bench/latency.json"), show_default=True)
 @click.pass_obj
 def latency(settings: Settings, rate: float, seconds: float, users: int, items: int, train_events: int, epochs: int,
-            model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, seed: int, keep: bool,
-            explain: bool, shadow_model: Path | None, shadow_fraction: float, out: Path) -> None:
+            model_dir: Path | None, no_model: bool, partitions: int, with_passthrough: bool, attribute: bool, seed: int,
+            keep: bool, explain: bool, shadow_model: Path | None, shadow_fraction: float, out: Path) -> None:
     """Latency percentiles at a fixed offered load, with a latency-over-time plot (target p99 <= 50 ms)."""
     from streamrec.bench.latency import format_result, run_latency  # 1.4 s
 
     result = run_latency(settings, rate=rate, seconds=seconds, users=users, items=items,
                          train_events=train_events, epochs=epochs, model=model_dir, no_model=no_model,
-                         partitions=partitions, with_passthrough=with_passthrough, seed=seed, keep=keep,
-                         explain=explain, shadow_model=shadow_model, shadow_fraction=shadow_fraction,
+                         partitions=partitions, with_passthrough=with_passthrough, attribute=attribute, seed=seed,
+                         keep=keep, explain=explain, shadow_model=shadow_model, shadow_fraction=shadow_fraction,
                          out_dir=out.parent, progress=lambda m: click.echo(m, err=True))
     _print_and_write(result, format_result(result), out)
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TARGET_EVENTS_PER_S = 5000.0
 TARGET_RATIO = 0.8  # worker / Faust passthrough on the same backlog (the real-time issue's target)
+MEMORY = "worker-mem"  # --attribute: the worker with windows in process memory, i.e. less Cassandra
 
 
 def run_e2e(
@@ -49,6 +50,7 @@ def run_e2e(
     latency_rate: float = 1000.0,
     latency_seconds: float = 10.0,
     profile_seconds: float = 0.0,
+    attribute: bool = False,
     seed: int = 0,
     timeout_s: float = 3600.0,
     keep: bool = False,
@@ -108,6 +110,19 @@ def run_e2e(
             finally:
                 proc.stop()
             runs["worker"].append(res)
+
+            if attribute:
+                # The same worker with windows in process memory, on the same backlog: what Cassandra costs.
+                s_mem = settings.with_overrides(consumer_group=f"{settings.consumer_group}-mem-{r}")
+                proc = processes.memory_worker(s_mem, logs / f"worker-mem-{r}.log")
+                try:
+                    res = phases.run_backlog_phase([proc], s_mem, s_mem.recommendations_topic,
+                                                   need_model=bool(model_info.get("source")), timeout_s=timeout_s)
+                    progress(f"[{r}] worker, windows in memory: {res['events_per_s']} events/s, "
+                             f"cpu {res['process']['cpu_mean_pct']}%")
+                finally:
+                    proc.stop()
+                runs.setdefault(MEMORY, []).append(res)
     finally:
         if not keep:
             drop_isolated(settings)
@@ -155,13 +170,17 @@ def summarise(runs: dict[str, list[dict[str, Any]]], **context: Any) -> dict[str
         "target_events_per_s": f"{TARGET_EVENTS_PER_S:g}: {report.target_check(worker_rate, TARGET_EVENTS_PER_S)}",
         "target_ratio": f"{TARGET_RATIO:g}: {report.target_check(ratio, TARGET_RATIO)}",
     }
+    if runs.get(MEMORY):
+        memory_rate = stats.median([r["events_per_s"] for r in runs[MEMORY]])
+        headline["worker_mem_events_per_s"] = memory_rate
+        headline["worker_mem_to_passthrough"] = stats.ratio(memory_rate, pass_rate)
     return {"benchmark": "e2e", "headline": headline, **context, "runs": runs}
 
 
 def format_result(result: dict[str, Any]) -> str:
     rows = []
-    for kind in ("passthrough", "worker"):
-        for i, r in enumerate(result["runs"][kind]):
+    for kind in ("passthrough", "worker", MEMORY):
+        for i, r in enumerate(result["runs"].get(kind, [])):
             lat = (r.get("latency_phase") or {}).get("latency", {})
             proc = r["process"]
             infra = r.get("kafka_cassandra") or {}
@@ -174,6 +193,9 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [table, "",
              f"worker / passthrough = {h['worker_to_passthrough']} (paired {h['paired_ratios']}); "
              f"targets: >= {h['target_events_per_s']}, ratio >= {h['target_ratio']}",
+             *([f"the worker with windows in memory (no Cassandra) / passthrough = {h['worker_mem_to_passthrough']}: "
+                f"Cassandra takes the worker from {h['worker_mem_events_per_s']} to {h['worker_events_per_s']} events/s"]
+               if h.get("worker_mem_to_passthrough") is not None else []),
              f"latency at {result['latency_rate']:g} ev/s (paced phase): p50 {h['latency_p50_ms']} / p95 {h['latency_p95_ms']} "
              f"/ p99 {h['latency_p99_ms']} ms (passthrough p99 {h['passthrough_latency_p99_ms']} ms)"]
     wm = (result["runs"]["worker"][0].get("worker_metrics") if result["runs"]["worker"] else None) or {}

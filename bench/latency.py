@@ -33,6 +33,43 @@ log = logging.getLogger(__name__)
 
 TARGET_P99_MS = 50.0
 
+# The attribution phases: the real worker with windows in process memory (no Cassandra), with and
+# without the model. Side by side with the bare loop, the passthrough and the worker, each step
+# adds one component: Kafka + Python, Faust, streamrec's own code, the model, Cassandra.
+MEMORY = "worker-mem"  # windows in process memory (no Cassandra)
+MEMORY_POPULARITY = "worker-mem-nomodel"  # the same, no model: the popularity fallback
+WORKER_KINDS = (MEMORY_POPULARITY, MEMORY, "worker")
+COMPONENTS = (
+    ("Kafka + Python (bare aiokafka loop)", None, "bare"),
+    ("Faust", "bare", "passthrough"),
+    ("streamrec's code (validate, window merge, popularity, emit)", "passthrough", MEMORY_POPULARITY),
+    ("the model (encode, rank)", MEMORY_POPULARITY, MEMORY),
+    ("Cassandra (reads on the path, writes beside it, its server on this box)", MEMORY, "worker"),
+)
+
+
+def phase_kinds(*, with_passthrough: bool, attribute: bool) -> list[str]:
+    """The consumers to measure, one after another: every floor first, the worker last."""
+    kinds = ["bare", "passthrough"] if (with_passthrough or attribute) else []
+    if attribute:
+        kinds += [MEMORY_POPULARITY, MEMORY]
+    return kinds + ["worker"]
+
+
+def attribution(by_kind: dict[str, float | None]) -> list[dict[str, object]]:
+    """What each component adds to a latency percentile: the step from the run without it to the run with it.
+
+    ``by_kind`` holds the percentile of each phase. A difference of two
+    percentiles is not the percentile of a difference: read it as "this much
+    more at that percentile once the component is in", from one run.
+    """
+    rows: list[dict[str, object]] = []
+    for component, without, with_ in COMPONENTS:
+        base = 0.0 if without is None else by_kind.get(without)
+        value = by_kind.get(with_)
+        rows.append({"component": component, "adds_ms": None if base is None or value is None else round(value - base, 1)})
+    return rows
+
 
 def run_latency(
     base: Settings,
@@ -47,6 +84,7 @@ def run_latency(
     no_model: bool = False,
     partitions: int = 4,
     with_passthrough: bool = False,
+    attribute: bool = False,
     seed: int = 0,
     keep: bool = False,
     explain: bool = False,
@@ -72,23 +110,27 @@ def run_latency(
         if shadow_info:
             progress(f"shadow: {shadow_info}")
         isolation.prepare_schema(settings)
-        kinds = (["bare", "passthrough"] if with_passthrough else []) + ["worker"]
+        kinds = phase_kinds(with_passthrough=with_passthrough, attribute=attribute)
         for kind in kinds:
             s = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}")
             if kind == "worker":
                 proc, topic = processes.worker(s, logs / "worker.log"), s.recommendations_topic
+            elif kind in (MEMORY, MEMORY_POPULARITY):
+                if kind == MEMORY_POPULARITY:
+                    s = s.with_overrides(model_dir=logs / "no-model")  # no live version: the popularity fallback
+                proc, topic = processes.memory_worker(s, logs / f"{kind}.log"), s.recommendations_topic
             elif kind == "bare":
                 proc, topic = processes.bare_loop(s, logs / "bare.log"), pass_topic
             else:
                 proc, topic = processes.passthrough(s, logs / "passthrough.log"), pass_topic
             # Start from the end: nothing sent before this phase is this phase's work.
             isolation.skip_to_end(s)
-            proc.start(need_model=kind == "worker" and bool(model_info.get("source")))
+            proc.start(need_model=kind in (MEMORY, "worker") and bool(model_info.get("source")))
             sampler = observe.ResourceSampler([proc.pid])
             sampler.start()
             try:
                 phase = phases.run_latency_phase(s, topic, stream, rate=rate, seconds=seconds)
-                if kind == "worker":
+                if kind in WORKER_KINDS:
                     phase["worker_metrics"] = phases.summarise_worker_metrics([metric_values(proc.metrics())])
             finally:
                 sampler.stop()
@@ -128,6 +170,11 @@ def run_latency(
         "run_id": run_id,
         "phases": by_kind,
     }
+    if attribute:
+        result["attribution"] = {
+            q: attribution({kind: phase.get("latency", {}).get(q) for kind, phase in by_kind.items()})
+            for q in ("p50_ms", "p99_ms")
+        }
     points = by_kind.get("worker", {}).get("_points", [])
     png = report.plot_latency(points, out_dir / "latency.png", f"latency at {rate:g} events/s offered (one worker)",
                               target_ms=TARGET_P99_MS,
@@ -172,7 +219,17 @@ def format_result(result: dict[str, Any]) -> str:
     if stages:
         lines.append("")
         lines.append(stage_table(stages))
+    if result.get("attribution"):
+        lines.append("")
+        lines.append(attribution_table(result["attribution"]))
     return "\n".join(lines)
+
+
+def attribution_table(by_percentile: dict[str, list[dict[str, object]]]) -> str:
+    """Each component's share of the worker's latency, at p50 and p99 (one run, phases side by side)."""
+    p50, p99 = by_percentile["p50_ms"], by_percentile["p99_ms"]
+    rows = [(a["component"], a["adds_ms"], b["adds_ms"]) for a, b in zip(p50, p99)]
+    return report.format_table(rows, ("component (each run adds it to the one before)", "adds to p50 ms", "adds to p99 ms"))
 
 
 # Until the user can see the recommendation; the rest overlaps the next batches.

@@ -17,6 +17,11 @@ def worker(settings: Settings, log_path: Path, worker_id: str = "bench-w1") -> S
     return ServiceProcess.worker(settings, log_path, worker_id, log_level="warning")
 
 
+def memory_worker(settings: Settings, log_path: Path, worker_id: str = "bench-mem") -> ServiceProcess:
+    """The worker with windows in process memory (``streamrec.bench.memory_worker``): the worker less Cassandra."""
+    return ServiceProcess.module("worker-mem", "streamrec.bench.memory_worker", settings, log_path, worker_id)
+
+
 def passthrough(settings: Settings, log_path: Path, worker_id: str = "bench-pass") -> ServiceProcess:
     """Faust consuming the events topic and producing each record unchanged: Faust's own ceiling."""
     return ServiceProcess.module("passthrough", "streamrec.bench.passthrough", settings, log_path, worker_id)

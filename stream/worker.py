@@ -22,6 +22,7 @@ from streamrec.stream.metrics import WorkerMetrics
 from streamrec.stream.model_holder import ModelHolder
 from streamrec.stream.online_figures import OnlineFiguresStore, OnlineTally
 from streamrec.stream.shadow import ShadowScorer, ShadowSlot
+from streamrec.stream.state.base import StateStore
 from streamrec.stream.state.cassandra import CassandraStore
 from streamrec.stream.topics import ensure_topics_sync
 
@@ -41,12 +42,23 @@ def open_store_with_retry(settings: Settings, wait_s: float = 120.0) -> Cassandr
             time.sleep(2.0)
 
 
-def run_worker(settings: Settings) -> None:
-    """Run a worker until SIGINT/SIGTERM."""
+def run_worker(settings: Settings, *, windows: StateStore | None = None) -> None:
+    """Run a worker until SIGINT/SIGTERM.
+
+    Windows and user states live in Cassandra. ``windows`` replaces it with
+    another store: the benchmarks' attribution phase passes an in-memory one to
+    measure the worker less Cassandra (online figures, shared through
+    Cassandra, are then not kept).
+    """
     use_event_loop(settings)
 
     worker_id = default_worker_id(settings)
-    store = open_store_with_retry(settings)
+    cassandra: CassandraStore | None = None
+    store: StateStore
+    if windows is None:
+        cassandra = store = open_store_with_retry(settings)
+    else:
+        store = windows
     ensure_topics_sync(settings)
     metrics = WorkerMetrics()
     metrics.watch_gc()
@@ -71,11 +83,12 @@ def run_worker(settings: Settings) -> None:
     )
     slot = ShadowSlot(shadow_models)
     tally = OnlineTally()
-    figures = OnlineFiguresStore(settings, store.session)
-    try:
-        figures.migrate()
-    except StateStoreError as exc:  # figures are telemetry: serving starts anyway, flushes retry
-        log.error("%s; online figures will not be shared until it exists", exc)
+    figures = OnlineFiguresStore(settings, cassandra.session) if cassandra is not None else None
+    if figures is not None:
+        try:
+            figures.migrate()
+        except StateStoreError as exc:  # figures are telemetry: serving starts anyway, flushes retry
+            log.error("%s; online figures will not be shared until it exists", exc)
     scorer = ShadowScorer(slot, tally, metrics, top_k=settings.top_k, exclude_seen=settings.exclude_seen,
                           capacity=settings.window_cache_users)
     slot.follow(*shadow_pointer(settings))
@@ -85,7 +98,8 @@ def run_worker(settings: Settings) -> None:
     processor.forgotten.replace_all(asyncio.run(store.load_forgotten()))
 
     follow_models(app, settings, models, shadow_models, slot)
-    share_online_figures(app, tally, figures)
+    if figures is not None:
+        share_online_figures(app, tally, figures)
     if live_items is not None:
         follow_new_items(app, settings, live_items)
 

@@ -184,3 +184,16 @@ def test_the_users_rows_put_the_cassandra_steps_per_event_beside_the_cpu() -> No
     assert large["cpu_ms_per_event_ratio"] == 4.0
     assert (large["load_ms_per_event"], large["save_ms_per_event"]) == (0.12, 0.3)
     assert large["load_ms_per_event_ratio"] == 6.0 and large["encode_ms_per_event_ratio"] == 1.0
+
+
+def test_latency_attribution_charges_each_component_the_step_it_adds() -> None:
+    from streamrec.bench import latency
+
+    kinds = latency.phase_kinds(with_passthrough=False, attribute=True)
+    assert kinds == ["bare", "passthrough", latency.MEMORY_POPULARITY, latency.MEMORY, "worker"]  # floors first
+    p99 = {"bare": 56.5, "passthrough": 53.5, latency.MEMORY_POPULARITY: 55.2, latency.MEMORY: 59.7, "worker": 145.5}
+    rows = {row["component"].split(" ")[0]: row["adds_ms"] for row in latency.attribution(p99)}
+    assert rows == {"Kafka": 56.5, "Faust": -3.0, "streamrec's": 1.7, "the": 4.5, "Cassandra": 85.8}
+    assert sum(rows.values()) == pytest.approx(p99["worker"])  # the steps add up to the worker's figure
+    missing = latency.attribution({"bare": 56.5, "worker": 145.5})
+    assert [row["adds_ms"] for row in missing] == [56.5, None, None, None, None]  # no guess where a phase is missing
