@@ -6,7 +6,10 @@
 4. a real worker process started, which first catches up on the training
    part of the stream as an untimed backlog: a deployed worker would have
    seen those events, so the users' windows hold them when the replay starts
-   (and the summary shows how fast one worker drains a backlog);
+   (and the summary shows how fast one worker drains a backlog); on servers
+   this project started minutes ago, the history follows again at the
+   replay's rate under other users' ids (a warm-up), so the timed replay meets servers whose JVMs have
+   compiled their hot paths, as a deployment's have;
 5. the rest of the stream replayed at a set rate, with a progress bar and
    live recommendations for a few users;
 6. a summary: events/s, end-to-end latency (event produced → recommendation
@@ -48,6 +51,8 @@ class DemoSummary:
     history_events: int
     catch_up_seconds: float
     servers_uptime_s: float | None  # the younger of Kafka and Cassandra when the replay began; None if not ours
+    warm_up_events: int  # 0: the servers were not freshly started (or --warm-up-seconds 0)
+    warm_up_latency_p99_ms: float | None  # the warm-up's own p99: the same path on the servers still cold
     events_replayed: int
     events_processed: int
     dead_lettered: int
@@ -94,6 +99,7 @@ async def _produce_backlog(settings: Settings, events: list[dict]) -> None:
 # box that took about a core during the first demo after a start (README: "The demo on freshly
 # started servers"), so the summary says when the servers are that young.
 RECENTLY_STARTED_S = 300.0
+WARM_UP_RATE = 1000.0  # events/s of the warm-up when the replay itself is unpaced (--rate 0)
 
 
 def _servers_uptime(settings: Settings) -> float | None:
@@ -114,6 +120,31 @@ def _processed(web_port: int) -> int:
 
 # A worker slower than this on the history backlog is stuck, not slow: the demo gives up.
 CATCH_UP_MIN_EVENTS_PER_S = 200
+WARM_UP_PREFIX = "warm-up-"  # the warm-up stream's user and event ids: none of them is a replay user's
+
+
+def _warm_up_events(history: list[dict], seconds: float, rate: float) -> list[dict]:
+    """``seconds`` of the history again at ``rate``, each pass under user and event ids of its own.
+
+    The same items in the same proportions, so the worker's popularity counts
+    keep the stream's shape (the popularity baseline stays fair); other users,
+    so the replay's windows, exclusions and online figures are what they would
+    be without it. Only the servers have seen more traffic.
+    """
+    if not history:
+        return []
+    warm_up = []
+    for i in range(int(seconds * rate)):
+        event = history[i % len(history)]
+        prefix = f"{WARM_UP_PREFIX}{i // len(history)}-"
+        warm_up.append({**event, "user_id": prefix + event["user_id"], "event_id": prefix + event["event_id"],
+                        **({"session_id": prefix + event["session_id"]} if event.get("session_id") else {})})
+    return warm_up
+
+
+def _latency_ms(sent: dict[str, float], received: dict[str, float]) -> np.ndarray:
+    """Event sent → its recommendation received, per answered event (ms)."""
+    return np.array([(received[e] - sent[e]) * 1000 for e in received if e in sent]) if received else np.array([0.0])
 
 
 def _catch_up(settings: Settings, history: list[dict], web_port: int, idle_timeout: float) -> float:
@@ -136,7 +167,7 @@ def _catch_up(settings: Settings, history: list[dict], web_port: int, idle_timeo
 
 async def _replay_and_watch(
     settings: Settings, events: list[dict], rate: float | None, show_users: list[str], bad: list[bytes],
-    idle_timeout: float,
+    idle_timeout: float, label: str = "replay",
 ) -> tuple[dict[str, float], dict[str, float], int, float]:
     """Produce ``events`` (and the bad records) while consuming recommendations; returns send/receive times."""
     from aiokafka import AIOKafkaConsumer
@@ -178,7 +209,7 @@ async def _replay_and_watch(
     started = time.monotonic()
     bad_every = max(1, len(events) // max(1, len(bad))) if bad else 0
     async with EventProducer(settings) as producer:
-        with tqdm(total=len(events), unit="ev", desc="replay", file=sys.stderr) as bar:
+        with tqdm(total=len(events), unit="ev", desc=label, file=sys.stderr) as bar:
             i = 0
             async for event in paced(events, rate):
                 sent_at[event["event_id"]] = time.monotonic()
@@ -205,7 +236,7 @@ async def _replay_and_watch(
 def run_demo(
     settings: Settings, *, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
     num_items: int, rate: float | None, epochs: int, seed: int, stop_infra: bool, bad_records: int,
-    idle_timeout: float, catch_up: bool = True,
+    idle_timeout: float, catch_up: bool = True, warm_up_seconds: float = 0.0,
 ) -> DemoSummary:
     """Run the whole demo; returns (and prints) the summary."""
     from streamrec.onnx.writer import train_from_events  # torch: 3-6.5 s
@@ -273,6 +304,18 @@ def run_demo(
             catch_up_seconds = _catch_up(settings, caught_up, web_port, idle_timeout)
             click.echo(f"caught up on the {len(caught_up)} history events in {catch_up_seconds:.1f} s "
                        f"({len(caught_up) / catch_up_seconds:.0f} events/s, produced as a backlog)")
+        warm_up: list[dict] = []
+        warm_up_p99: float | None = None
+        uptime = _servers_uptime(settings)
+        if warm_up_seconds > 0 and uptime is not None and uptime < RECENTLY_STARTED_S:
+            warm_up = _warm_up_events(history, warm_up_seconds, rate or WARM_UP_RATE)
+            click.echo(f"Kafka and Cassandra started {uptime:.0f} s ago; their JVMs compile hot paths in their first "
+                       f"minutes under load. Warming them up: the history again as {len(warm_up)} "
+                       f"events of other users ({WARM_UP_PREFIX}*) at the replay's rate, {warm_up_seconds:.0f} s (--warm-up-seconds 0: none).")
+            sent, received, _, _ = asyncio.run(_replay_and_watch(settings, warm_up, rate or WARM_UP_RATE, [], [],
+                                                                 idle_timeout, label="warm-up"))
+            warm_up_p99 = round(float(np.percentile(_latency_ms(sent, received), 99)), 1)
+            click.echo(f"warm-up done: p99 {warm_up_p99} ms on the servers still cold")
         # Counters are read as differences from here on, so the summary describes the replay alone.
         before = _worker_metrics(web_port)
 
@@ -296,7 +339,7 @@ def run_demo(
         except subprocess.TimeoutExpired:
             worker.kill()
 
-    latencies = np.array([(received[e] - sent[e]) * 1000 for e in received if e in sent]) if received else np.array([0.0])
+    latencies = _latency_ms(sent, received)
     first_sent = min(sent.values()) if sent else 0.0
     last_received = max(received.values()) if received else first_sent
     replayed = {name: value - before.get(name, 0.0) for name, value in after.items()}
@@ -310,6 +353,8 @@ def run_demo(
         history_events=len(caught_up),
         catch_up_seconds=round(catch_up_seconds, 1),
         servers_uptime_s=round(servers_uptime, 1) if servers_uptime is not None else None,
+        warm_up_events=len(warm_up),
+        warm_up_latency_p99_ms=warm_up_p99,
         events_replayed=len(replay),
         events_processed=processed,
         dead_lettered=int(sum(v for k, v in replayed.items() if k.startswith("streamrec_events_rejected_total"))),
@@ -351,7 +396,11 @@ def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         click.echo(f"  {name:<{width}}  {value}")
-    if s.servers_uptime_s is not None and s.servers_uptime_s < RECENTLY_STARTED_S:
+    if s.warm_up_events:
+        click.echo(f"note: Kafka and Cassandra had run for {s.servers_uptime_s:.0f} s when the replay began; a warm-up "
+                   f"of {s.warm_up_events} events went first (p99 {s.warm_up_latency_p99_ms} ms on the servers still "
+                   "cold). README: \"The demo on freshly started servers\".")
+    elif s.servers_uptime_s is not None and s.servers_uptime_s < RECENTLY_STARTED_S:
         click.echo(f"note: Kafka and Cassandra had run for {s.servers_uptime_s:.0f} s when the replay began. In their "
                    "first minutes under load their JVMs compile hot paths, and on a small box latency runs "
                    "higher; run the demo again for the figures of warmed servers (README: \"The demo on "
@@ -377,11 +426,16 @@ def _print_summary(s: DemoSummary, settings: Settings, out_dir: Path) -> None:
 @click.option("--catch-up/--no-catch-up", default=True, show_default=True,
               help="Let the worker process the training part as an untimed backlog before the replay "
                    "(the users' windows then hold their history, as in a deployment).")
+@click.option("--warm-up-seconds", default=45.0, show_default=True,
+              help="On Kafka and Cassandra started by `streamrec infra` less than 5 minutes ago, replay this long a "
+                   "stream of other users before the timed replay, so their JVMs have compiled their hot paths "
+                   "(0 = never).")
 @click.pass_obj
 def demo(settings: Settings, events_file: Path | None, num_events: int, train_fraction: float, num_users: int,
          num_items: int, rate: float, epochs: int, seed: int, bad_records: int, idle_timeout: float,
-         stop_infra: bool, catch_up: bool) -> None:
+         stop_infra: bool, catch_up: bool, warm_up_seconds: float) -> None:
     """The main job end to end on the local defaults (see README)."""
     run_demo(settings, events_file=events_file, num_events=num_events, train_fraction=train_fraction,
              num_users=num_users, num_items=num_items, rate=rate or None, epochs=epochs, seed=seed,
-             stop_infra=stop_infra, bad_records=bad_records, idle_timeout=idle_timeout, catch_up=catch_up)
+             stop_infra=stop_infra, bad_records=bad_records, idle_timeout=idle_timeout, catch_up=catch_up,
+             warm_up_seconds=warm_up_seconds)

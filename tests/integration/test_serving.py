@@ -192,6 +192,7 @@ def test_demo_runs_to_completion(infra: Settings, tmp_path: Path) -> None:
     assert summary["history_events"] == 2000 and summary["catch_up_seconds"] > 0
     # The servers were started under the test session's state directory, not this demo's.
     assert summary["servers_uptime_s"] is None
+    assert summary["warm_up_events"] == 0, "servers this demo did not start are not warmed up"
     assert summary["dead_lettered"] == 7
     assert summary["model_version"] == 1
     assert summary["recommendations_received"] > 0
