@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     # Larger batches go to the encoder thread, so Kafka fetches keep moving. 0 = always the thread.
     encode_inline_max_rows: int = Field(64, ge=0)
     top_k: int = Field(10, ge=1, le=1000)
-    # Worker-local window cache (users); bounds worker memory: ~12 KB per user at N = 50.
+    # Worker-local window cache (users); bounds worker memory: ~12 KB per user at N = 50. Never below
+    # (batches_in_flight + 1) x batch_max_events: windows not yet stored must stay cached (processor.in_flight_users).
     window_cache_users: int = Field(20_000, ge=0)
     exclude_seen: bool = True
     worker_id: str | None = None

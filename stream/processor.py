@@ -109,6 +109,19 @@ def _observe(histogram: Histogram, stage: BatchStage, since: float) -> float:
     return now
 
 
+def in_flight_users(settings: Settings) -> int:
+    """The most users whose windows may be merged but not yet stored: the window cache never holds fewer.
+
+    The next batch merges on the cache because the store may not have the
+    last batches' windows yet (their saves overlap it). A cache smaller than
+    the users of the batches in flight, plus the one beginning, evicts a
+    window before it is stored, and the next batch then reads the older one
+    and overwrites the events in between (seen with
+    ``STREAMREC_WINDOW_CACHE_USERS=0``).
+    """
+    return (settings.batches_in_flight + 1) * settings.batch_max_events
+
+
 class BatchProcessor:
     """Handles micro-batches of raw event records for one worker."""
 
@@ -137,7 +150,7 @@ class BatchProcessor:
         self.worker_id = worker_id
         self.clock = clock
         self.rules = rules or ValidationRules.from_settings(settings)
-        self.cache = WindowCache(cache_capacity)
+        self.cache = WindowCache(max(cache_capacity, in_flight_users(settings)))
         self.popularity = PopularityModel()
         self.forgotten = ForgottenUsers()
         self.last_shown = LastShown(cache_capacity)

@@ -383,3 +383,23 @@ def test_a_batch_gets_the_same_recommendations_and_state_on_either_thread() -> N
         run(processor, [record(event(i, user=f"u{i % 4}"), i) for i in range(12)])
         outcomes.append((sink.sent, {u: (s.recommendation, s.user_vector) for u, s in store.states.items()}))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("capacity", [0, 1])
+def test_a_cache_smaller_than_the_batches_in_flight_still_merges_each_batch_on_the_one_before(capacity: int) -> None:
+    """With STREAMREC_WINDOW_CACHE_USERS=0 the next batch read the store before the last batch's save had landed.
+
+    Its merge started from the window before that batch and overwrote it: the batch's events were gone
+    from the stored window, silently.
+    """
+    store = InMemoryStore()
+    processor = BatchProcessor(SETTINGS, store, RecordingSink(), retry_max_delay_s=0.01, cache_capacity=capacity)
+
+    async def main() -> None:
+        batches = [await processor.begin([record(event(n, user), n)]) for n, user in ((1, "u1"), (2, "u2"), (3, "u1"))]
+        for batch in batches:
+            await batch.durable
+
+    asyncio.run(main())
+    stored = asyncio.run(store.load_windows(["u1"]))["u1"]
+    assert [e.event_id for e in stored.entries] == ["e1", "e3"]
