@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 TARGET_EVENTS_PER_S = 5000.0
 TARGET_RATIO = 0.8  # worker / Faust passthrough on the same backlog (the real-time issue's target)
-MEMORY = "worker-mem"  # --attribute: the worker with windows in process memory, i.e. less Cassandra
-MEMORY_POPULARITY = "worker-mem-nomodel"  # --attribute: the same, no model (the popularity fallback)
+MEMORY, MEMORY_POPULARITY = processes.MEMORY, processes.MEMORY_POPULARITY
 HEADLINE_NAMES = {MEMORY: "without_cassandra", MEMORY_POPULARITY: "without_cassandra_or_model"}
 
 
@@ -118,9 +117,7 @@ def run_e2e(
                 # and without the model too: what the model costs.
                 for kind in (MEMORY, MEMORY_POPULARITY):
                     s_mem = settings.with_overrides(consumer_group=f"{settings.consumer_group}-{kind}-{r}")
-                    if kind == MEMORY_POPULARITY:
-                        s_mem = s_mem.with_overrides(model_dir=logs / "no-model")  # the popularity fallback
-                    proc = processes.memory_worker(s_mem, logs / f"{kind}-{r}.log")
+                    proc = processes.memory_worker(s_mem, logs / f"{kind}-{r}.log", model=kind == MEMORY)
                     try:
                         res = phases.run_backlog_phase([proc], s_mem, s_mem.recommendations_topic, timeout_s=timeout_s,
                                                        need_model=kind == MEMORY and bool(model_info.get("source")))

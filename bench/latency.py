@@ -36,8 +36,7 @@ TARGET_P99_MS = 50.0
 # The attribution phases: the real worker with windows in process memory (no Cassandra), with and
 # without the model. Side by side with the bare loop, the passthrough and the worker, each step
 # adds one component: Kafka + Python, Faust, streamrec's own code, the model, Cassandra.
-MEMORY = "worker-mem"  # windows in process memory (no Cassandra)
-MEMORY_POPULARITY = "worker-mem-nomodel"  # the same, no model: the popularity fallback
+MEMORY, MEMORY_POPULARITY = processes.MEMORY, processes.MEMORY_POPULARITY
 WORKER_KINDS = (MEMORY_POPULARITY, MEMORY, "worker")
 COMPONENTS = (
     ("Kafka + Python (bare aiokafka loop)", None, "bare"),
@@ -116,9 +115,7 @@ def run_latency(
             if kind == "worker":
                 proc, topic = processes.worker(s, logs / "worker.log"), s.recommendations_topic
             elif kind in (MEMORY, MEMORY_POPULARITY):
-                if kind == MEMORY_POPULARITY:
-                    s = s.with_overrides(model_dir=logs / "no-model")  # no live version: the popularity fallback
-                proc, topic = processes.memory_worker(s, logs / f"{kind}.log"), s.recommendations_topic
+                proc, topic = processes.memory_worker(s, logs / f"{kind}.log", model=kind == MEMORY), s.recommendations_topic
             elif kind == "bare":
                 proc, topic = processes.bare_loop(s, logs / "bare.log"), pass_topic
             else:

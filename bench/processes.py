@@ -17,9 +17,20 @@ def worker(settings: Settings, log_path: Path, worker_id: str = "bench-w1") -> S
     return ServiceProcess.worker(settings, log_path, worker_id, log_level="warning")
 
 
-def memory_worker(settings: Settings, log_path: Path, worker_id: str = "bench-mem") -> ServiceProcess:
-    """The worker with windows in process memory (``streamrec.bench.memory_worker``): the worker less Cassandra."""
-    return ServiceProcess.module("worker-mem", "streamrec.bench.memory_worker", settings, log_path, worker_id)
+# The attribution phases' workers (``--attribute``): windows in process memory, with and without the model.
+MEMORY = "worker-mem"
+MEMORY_POPULARITY = "worker-mem-nomodel"
+
+
+def memory_worker(settings: Settings, log_path: Path, *, model: bool, worker_id: str = "bench-mem") -> ServiceProcess:
+    """The worker with windows in process memory (``streamrec.bench.memory_worker``): the worker less Cassandra.
+
+    ``model=False`` points it at an empty model directory, so it serves the popularity fallback.
+    """
+    if not model:
+        settings = settings.with_overrides(model_dir=log_path.parent / "no-model")
+    return ServiceProcess.module(MEMORY if model else MEMORY_POPULARITY, "streamrec.bench.memory_worker", settings,
+                                 log_path, worker_id)
 
 
 def passthrough(settings: Settings, log_path: Path, worker_id: str = "bench-pass") -> ServiceProcess:
