@@ -16,6 +16,7 @@ from streamrec.bench import artifacts, load, report
 from streamrec.models.cpu import prepare_cpu_training
 from streamrec.bench import scale as scale_mod
 from streamrec.config import Settings
+from streamrec.errors import StreamrecError
 from streamrec.models.config import EncoderConfig
 from streamrec.models.data import fetch_ml100k_items, resolve_dataset
 
@@ -164,17 +165,25 @@ def new_items_cost(settings: Settings, batch: int, repeats: int, threads: int, o
 @click.option("--cold-frac", default=0.1, show_default=True, help="With --multi-view: share of items held out of training.")
 @click.option("--cold-only", is_flag=True,
               help="With --multi-view: only the cold-item protocol (skips both leave-one-out trainings).")
+@click.option("--merge", "merge_from", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --multi-view: no training; one table from earlier multi-view JSONs over different seeds"
+                   " (e.g. one process per seed). Repeat for each file.")
 @click.pass_obj
 def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: int, threads: int, with_recbole: bool,
             recbole_only: bool, recbole_epochs: int, recbole_device: str, recbole_venv: Path | None,
             ours_from: Path | None, out: Path, multi_view: bool, items_spec: str, id_dropout: float,
-            cold_frac: float, cold_only: bool) -> None:
+            cold_frac: float, cold_only: bool, merge_from: tuple[Path, ...]) -> None:
     """MovieLens-100k leave-one-out, full ranking, seen excluded: ours over seeds (+ RecBole SASRec, or --multi-view)."""
     cpu = prepare_cpu_training()  # before torch is imported: its OpenMP reads the environment once
     log.info("CPU settings: %s", cpu)
     from streamrec.bench.quality import compare, format_table, run_ours, run_recbole  # torch
     from streamrec.models.train import TrainConfig  # torch
 
+    if merge_from:
+        if not multi_view:
+            raise click.UsageError("--merge goes with --multi-view")
+        _merge_multi_view(merge_from, out)
+        return
     path = resolve_dataset(data, settings.state_dir / "data")
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     if multi_view:
@@ -218,6 +227,20 @@ def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], i
                             id_dropout=id_dropout, cold_frac=cold_frac, cold_only=cold_only,
                             partial_out=target.with_suffix(".partial.json"))
     result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu, **result}
+    result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
+    click.echo(format_multi_view(result["tables"]))
+    _write(result, target)
+
+
+def _merge_multi_view(paths: tuple[Path, ...], out: Path) -> None:
+    from streamrec.bench.quality import format_multi_view, merge_multi_view, plot_multi_view  # torch
+
+    try:
+        result = merge_multi_view([json.loads(p.read_text()) for p in paths])
+    except StreamrecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    target = out.with_name(out.stem + "_multiview.json")
+    result["merged_from"] = [str(p) for p in paths]
     result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
     click.echo(format_multi_view(result["tables"]))
     _write(result, target)

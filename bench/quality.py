@@ -35,7 +35,7 @@ from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.content import ItemContent, add_items, content_config
 from streamrec.models.data import EventLog, load_events, load_recbole_items
 from streamrec.models.encoder import EncoderInput
-from streamrec.models.evaluate import evaluate_model
+from streamrec.models.evaluate import case_scores, evaluate_model
 from streamrec.models.features import ItemVocab, featurize
 from streamrec.models.ranking_metrics import mean_std, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase, Split, leave_one_out, slice_sequence
@@ -273,7 +273,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 MULTI_VIEW_KS = (10, 20)
 # One colour per model in both panels of the plot.
-MODEL_COLOURS = {"id-only": "#999999", "popularity": "#4c72b0", "multi-view": "#dd8452"}
+# The cold-item row of the multi-view model once its new items take only their share of
+# interactions of the top-10 slots (see offset_for_share): ranking apart from placement.
+AT_SHARE = "multi-view, new items at their share"
+MODEL_COLOURS = {"id-only": "#999999", "popularity": "#4c72b0", "multi-view": "#dd8452", AT_SHARE: "#f2b880"}
 
 
 def ml100k_item_content(items_path: Path, cache_dir: Path, *, progress: bool = False) -> tuple[ItemContent, dict[str, Any]]:
@@ -378,28 +381,80 @@ def top_k_share(scores: np.ndarray, first_index: int, k: int = 10) -> float:
     return float(((top >= first_index) & finite).sum() / max(int(finite.sum()), 1))
 
 
-def new_item_top_share(model: Any, vocab: ItemVocab, cases: Sequence[EvalCase], first_new: int, k: int = 10) -> float:
-    """Share of the top-``k`` slots (the user's seen items excluded) that a grown model gives to its new items.
+def new_item_top_share(scores: Sequence[np.ndarray], first_new: int, k: int = 10, offset: float = 0.0) -> float:
+    """Share of the top-``k`` slots (seen items excluded) that a grown model gives to its new items.
 
-    The cold-item table alone rewards a model that ranks every new item above
-    every trained one (its cases' targets are all new items). Measured on
-    ML-100k seed 0 (#16): the default model's new-item rows doubled after
-    training give cold HR@10 7.5x popularity, with new items in 93 % of the
-    top-10 slots of warm test users (their share of interactions: 10 %) and
-    warm HR@10 0.200 -> 0.031. On warm cases this share should stay near the
-    new items' share of interactions.
+    ``scores``: chunks of :func:`~streamrec.models.evaluate.case_scores`;
+    ``offset`` is added to every new item's score first (see
+    :func:`offset_for_share`). The cold-item table alone rewards a model that
+    ranks every new item above every trained one (its cases' targets are all
+    new items). Measured on ML-100k seed 0 (#16): the default model's new-item
+    rows doubled after training give cold HR@10 7.5x popularity, with new items
+    in 93 % of the top-10 slots of warm test users (their share of
+    interactions: 10 %) and warm HR@10 0.200 -> 0.031. On warm cases this
+    share should stay near the new items' share of interactions.
     """
-    shares, weights = [], []
-    with torch.no_grad():
-        for start in range(0, len(cases), 512):
-            chunk = cases[start : start + 512]
-            scores = model.full_sort_scores(EncoderInput.from_features(featurize([c.history for c in chunk], vocab, model.config))).numpy()
-            for row, case in enumerate(chunk):
-                seen = vocab.lookup(case.history.item_ids)
-                scores[row, seen[seen >= FIRST_REAL_INDEX]] = -np.inf
-            shares.append(top_k_share(scores, first_new, k))
-            weights.append(len(chunk))
-    return float(np.average(shares, weights=weights)) if shares else 0.0
+    slots = [top_k_share(shift_new_items(chunk, first_new, offset), first_new, k) for chunk in scores]
+    return float(np.average(slots, weights=[len(chunk) for chunk in scores])) if slots else 0.0
+
+
+def shift_new_items(scores: np.ndarray, first_new: int, offset: float) -> np.ndarray:
+    """``scores`` with ``offset`` added to the columns of new items (index ``first_new`` and above)."""
+    if offset == 0.0:
+        return scores
+    shifted = scores.copy()
+    shifted[:, first_new:] += offset
+    return shifted
+
+
+def offset_for_share(scores: Sequence[np.ndarray], first_new: int, share: float, k: int = 10) -> float:
+    """The constant which, added to every new item's score, gives new items ``share`` of the top-``k`` slots.
+
+    The cold-item HR at that offset is ranking quality apart from placement:
+    how well the model orders new items against each other and against the
+    user's taste, when they take only the slots their interactions earn.
+    The share moves in steps, so this is the largest offset (by bisection,
+    to 1e-4; the share only grows with it) at which new items take at most
+    ``share`` of the slots.
+    """
+    low, high = -1.0, 1.0
+    while new_item_top_share(scores, first_new, k, low) > share and low > -1e6:
+        low *= 2
+    while new_item_top_share(scores, first_new, k, high) < share and high < 1e6:
+        high *= 2
+    while high - low > 1e-4:
+        middle = (low + high) / 2
+        if new_item_top_share(scores, first_new, k, middle) > share:
+            high = middle
+        else:
+            low = middle
+    return low
+
+
+def ranks_with_offset(scores: Sequence[tuple[np.ndarray, np.ndarray]], first_new: int, offset: float) -> np.ndarray:
+    """Targets' ranks after adding ``offset`` to every new item's score (chunks of ``case_scores``)."""
+    ranks = [target_ranks(shift_new_items(chunk, first_new, offset), targets) for chunk, targets in scores]
+    return np.concatenate(ranks) if ranks else np.zeros(0)
+
+
+def cold_rows_with_share(
+    grown: Any, vocab: ItemVocab, cold: Sequence[EvalCase], warm: Sequence[EvalCase], first_new: int, share: float,
+) -> dict[str, Any]:
+    """The grown model's crowding figures and its cold-item metrics with new items at ``share`` of the slots.
+
+    ``new_item_top10_share``: the new items' share of the top-10 slots of the
+    warm split's test users as trained. ``at_interaction_share``: the cold-item
+    metrics once one constant added to every new item's score gives them
+    ``share`` (their share of interactions) of those slots instead.
+    """
+    warm_scores = [chunk for chunk, _ in case_scores(grown, vocab, warm)]
+    cold_scores = list(case_scores(grown, vocab, cold))
+    offset = offset_for_share(warm_scores, first_new, share)
+    return {
+        "new_item_top10_share": new_item_top_share(warm_scores, first_new),
+        "interaction_share_offset": offset,
+        "at_interaction_share": metrics_from_ranks(ranks_with_offset(cold_scores, first_new, offset), MULTI_VIEW_KS),
+    }
 
 
 def run_multi_view(
@@ -461,8 +516,12 @@ def run_multi_view(
         # Whether the new items crowd trained ones out (see new_item_top_share): the warm split's
         # test cases once more, now with the held-out items in the catalogue.
         row["cold"]["warm_test_after_adding"] = evaluate_model(grown, grown_vocab, warm_split.test, ks=MULTI_VIEW_KS)
-        row["cold"]["new_item_top10_share"] = new_item_top_share(grown, grown_vocab, warm_split.test, mv.model.config.n_items)
-        row["cold"]["held_out_interaction_share"] = sum(i in cold for i in events.item_ids) / max(len(events.item_ids), 1)
+        share = sum(i in cold for i in events.item_ids) / max(len(events.item_ids), 1)
+        placed = cold_rows_with_share(grown, grown_vocab, cases, warm_split.test, mv.model.config.n_items, share)
+        row["cold"]["held_out_interaction_share"] = share
+        row["cold"]["new_item_top10_share"] = placed["new_item_top10_share"]
+        row["cold"]["interaction_share_offset"] = placed["interaction_share_offset"]
+        row["cold"]["multi_view_at_interaction_share"] = placed["at_interaction_share"]
         row["cold"]["multi_view_run"] = {k: v for k, v in _run_row(mv).items() if k != "test"}
         log.info("seed %d: %s", seed, {k: row["cold"][k].get("recall@10") for k in ("id_only", "popularity", "multi_view")})
         runs.append(row)
@@ -481,14 +540,47 @@ def run_multi_view(
     }
 
 
+# What must agree for the seeds of several multi-view results to be one table.
+_MERGE_KEYS = ("data", "model_config", "id_dropout", "cold_frac", "cold_only")
+
+
+def merge_multi_view(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One multi-view result from several over different seeds (for example one process per seed).
+
+    The settings must agree (:data:`_MERGE_KEYS` and the training budget;
+    only the seed and thread count may differ), and no seed may repeat:
+    otherwise the mean and std would mix protocols.
+    """
+    if not results:
+        raise StreamrecError("nothing to merge")
+    def budget(result: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in result.get("train_config", {}).items() if k not in ("seed", "threads")}
+    first = results[0]
+    for other in results[1:]:
+        differing = [k for k in _MERGE_KEYS if other.get(k) != first.get(k)]
+        if budget(other) != budget(first):
+            differing.append("train_config")
+        if differing:
+            raise StreamrecError(f"multi-view results differ in {differing}: they are not one protocol")
+    runs = [run for result in results for run in result["runs"]]
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise StreamrecError(f"a seed appears twice among the results: {sorted(seeds)}")
+    runs.sort(key=lambda run: run["seed"])
+    return {**{k: v for k, v in first.items() if k not in ("runs", "tables", "plot")},
+            "runs": runs, "tables": multi_view_tables(runs)}
+
+
 def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds: the leave-one-out table (empty for cold-only runs) and the cold-item table."""
     loo = {name: mean_std([r[key]["test"] for r in runs]) for name, key in
            (("id-only", "loo_id_only"), ("multi-view", "loo_multi_view")) if all(key in r for r in runs)}
     cold = {name: mean_std([r["cold"][key] for r in runs]) for name, key in
-            (("id-only", "id_only"), ("popularity", "popularity"), ("multi-view", "multi_view"))}
+            (("id-only", "id_only"), ("popularity", "popularity"), ("multi-view", "multi_view"),
+             (AT_SHARE, "multi_view_at_interaction_share")) if all(key in r["cold"] for r in runs)}
     pop = cold["popularity"]["recall@10"]["mean"]
     mv = cold["multi-view"]["recall@10"]["mean"]
+    at_share = cold[AT_SHARE]["recall@10"]["mean"] if AT_SHARE in cold else None
     crowding = {key: mean_std([{key: r["cold"][key]} for r in runs])[key]
                 for key in ("new_item_top10_share", "held_out_interaction_share") if all(key in r["cold"] for r in runs)}
     if all("warm_test_after_adding" in r["cold"] for r in runs):
@@ -500,6 +592,7 @@ def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "leave_one_out": loo,
         "cold_items": cold,
         "cold_hr10_vs_popularity": (mv / pop) if pop > 0 else None,
+        "cold_hr10_at_interaction_share_vs_popularity": (at_share / pop) if pop > 0 and at_share is not None else None,
         "loo_ndcg10_diff": (loo["multi-view"]["ndcg@10"]["mean"] - loo["id-only"]["ndcg@10"]["mean"]) if loo else None,
     }
 
@@ -510,16 +603,20 @@ def format_multi_view(tables: dict[str, Any]) -> str:
         s = stats.get(key, {})
         return f"{s.get('mean', 0.0):.4f} ± {s.get('std', 0.0):.4f}"
 
+    w = max([14] + [len(name) + 2 for name in (*tables["leave_one_out"], *tables["cold_items"])])
     lines = [f"leave-one-out, full ranking ({tables['seeds']} seeds)",
-             f"{'model':<14}{'NDCG@10':>20}{'HR@10':>20}{'NDCG@20':>20}{'HR@20':>20}"]
+             f"{'model':<{w}}{'NDCG@10':>20}{'HR@10':>20}{'NDCG@20':>20}{'HR@20':>20}"]
     for name, stats in tables["leave_one_out"].items():
-        lines.append(f"{name:<14}" + "".join(f"{cell(stats, k):>20}" for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")))
+        lines.append(f"{name:<{w}}" + "".join(f"{cell(stats, k):>20}" for k in ("ndcg@10", "recall@10", "ndcg@20", "recall@20")))
     lines += ["", "cold items (held out of training; cases whose next item is held out, ranked against all items)",
-              f"{'model':<14}{'HR@10':>20}{'NDCG@10':>20}{'HR@20':>20}"]
+              f"{'model':<{w}}{'HR@10':>20}{'NDCG@10':>20}{'HR@20':>20}"]
     for name, stats in tables["cold_items"].items():
-        lines.append(f"{name:<14}" + "".join(f"{cell(stats, k):>20}" for k in ("recall@10", "ndcg@10", "recall@20")))
+        lines.append(f"{name:<{w}}" + "".join(f"{cell(stats, k):>20}" for k in ("recall@10", "ndcg@10", "recall@20")))
     ratio = tables.get("cold_hr10_vs_popularity")
     lines.append(f"cold HR@10, multi-view / popularity: {ratio:.2f}x" if ratio else "cold HR@10 vs popularity: n/a")
+    at_share = tables.get("cold_hr10_at_interaction_share_vs_popularity")
+    if at_share is not None:
+        lines.append(f"cold HR@10, multi-view with new items at their interaction share / popularity: {at_share:.2f}x")
     crowding = tables.get("new_item_crowding") or {}
     if "new_item_top10_share" in crowding:
         lines.append(f"new items' share of top-10 slots on warm test cases: {crowding['new_item_top10_share']['mean']:.3f}"
@@ -537,13 +634,17 @@ def plot_multi_view(tables: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, table, metric, title in ((left, tables["leave_one_out"], "ndcg@10", "leave-one-out NDCG@10"),
                                      (right, tables["cold_items"], "recall@10", "cold items HR@10")):
         names = list(table)
+        if not names:  # a --cold-only run trains no leave-one-out models
+            ax.text(0.5, 0.5, "not run (--cold-only)", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
         means = [table[n][metric]["mean"] for n in names]
         stds = [table[n][metric]["std"] for n in names]
-        ax.bar(names, means, yerr=stds, capsize=4, color=[MODEL_COLOURS.get(n, "#4c72b0") for n in names])
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=[MODEL_COLOURS.get(n, "#4c72b0") for n in names])
+        ax.set_xticks(range(len(names)), [n.replace(", ", ",\n") for n in names], fontsize=8)
         ax.set_title(f"{title} (mean ± std, {tables['seeds']} seeds)")
         for x, m in enumerate(means):
             ax.annotate(f"{m:.4f}", (x, m), ha="center", va="bottom", fontsize=8)

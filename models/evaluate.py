@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -53,18 +53,22 @@ def _seen_items(cases: Sequence[EvalCase], vocab: ItemVocab, targets: np.ndarray
 
 
 @torch.no_grad()
-def case_ranks(
+def case_scores(
     model: SequenceEncoder,
     vocab: ItemVocab,
     cases: Sequence[EvalCase],
     *,
     batch_size: int = 512,
     exclude_history: bool = True,
-) -> np.ndarray:
-    """1-based rank of each case's target under the torch model (``inf`` = unrankable)."""
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk of cases: ``(chunk, n_items)`` scores over the whole catalogue and the targets' indices.
+
+    Items of a case's history other than its target score ``-inf`` (with
+    ``exclude_history``), as do padding and OOV rows; a target the vocabulary
+    does not know has index ``-1`` (never ranked).
+    """
     was_training = model.training
     model.eval()
-    ranks: list[np.ndarray] = []
     try:
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]
@@ -74,9 +78,22 @@ def case_ranks(
             if exclude_history:
                 rows, items = _seen_items(chunk, vocab, targets)
                 scores[torch.from_numpy(rows), torch.from_numpy(items)] = float("-inf")
-            ranks.append(target_ranks(scores.numpy(), targets))
+            yield scores.numpy(), targets
     finally:
         model.train(was_training)
+
+
+def case_ranks(
+    model: SequenceEncoder,
+    vocab: ItemVocab,
+    cases: Sequence[EvalCase],
+    *,
+    batch_size: int = 512,
+    exclude_history: bool = True,
+) -> np.ndarray:
+    """1-based rank of each case's target under the torch model (``inf`` = unrankable)."""
+    ranks = [target_ranks(scores, targets) for scores, targets in
+             case_scores(model, vocab, cases, batch_size=batch_size, exclude_history=exclude_history)]
     return np.concatenate(ranks) if ranks else np.zeros(0)
 
 

@@ -10,8 +10,12 @@ from streamrec.bench.quality import (
     cold_cases,
     format_multi_view,
     id_only_cold_metrics,
+    merge_multi_view,
     multi_view_tables,
+    new_item_top_share,
+    offset_for_share,
     popularity_metrics,
+    ranks_with_offset,
     top_k_share,
     without_items,
 )
@@ -105,3 +109,66 @@ def test_tables_carry_the_crowding_of_new_items() -> None:
     assert tables["new_item_crowding"]["warm_test_ndcg10_after_adding"]["mean"] == pytest.approx(0.04)
     text = format_multi_view(tables)
     assert "top-10 slots on warm test cases: 0.200" in text and "0.0500 / 0.0400" in text
+
+
+def test_the_offset_for_a_share_gives_new_items_exactly_the_slots_their_interactions_earn() -> None:
+    # Items 0-3 trained, 4-5 new; k = 1: each row's single slot goes to a new item or not.
+    rows = np.array([[0.0, 0.0, 0.5, 0.4, 0.9, 0.1],   # new item 4 leads by 0.4
+                     [0.0, 0.0, 0.8, 0.1, 0.6, 0.2],   # trained item 2 leads new 4 by 0.2
+                     [0.0, 0.0, 0.4, 0.2, 0.0, 0.1],   # trained item 2 leads new 5 by 0.3
+                     [0.0, 0.0, 0.9, 0.0, 0.1, 0.0]])  # trained item 2 leads new 4 by 0.8
+    chunks = [rows[:2], rows[2:]]  # chunks as case_scores yields them
+    assert new_item_top_share(chunks, 4, k=1) == pytest.approx(0.25)
+    # Half the slots: lift new items past the 0.2 gap, not past 0.3.
+    offset = offset_for_share(chunks, 4, 0.5, k=1)
+    assert 0.2 <= offset < 0.3
+    assert new_item_top_share(chunks, 4, k=1, offset=offset) == pytest.approx(0.5)
+    # Over-ranked new items come down: a share of 0 needs a negative offset.
+    down = offset_for_share(chunks, 4, 0.0, k=1)
+    assert down < -0.4 and new_item_top_share(chunks, 4, k=1, offset=down) == 0.0
+    # A share no offset gives exactly (0.4 here: 0.25, then 0.5): the largest offset that stays under it.
+    under = offset_for_share(chunks, 4, 0.4, k=1)
+    assert 0.19 < under <= 0.2 and new_item_top_share(chunks, 4, k=1, offset=under) == pytest.approx(0.25)
+
+
+def test_ranks_with_an_offset_move_only_new_items() -> None:
+    scores = np.array([[0.0, 0.0, 0.5, 0.4, 0.3]])  # item 4 new, the target
+    chunks = [(scores, np.array([4]))]
+    assert ranks_with_offset(chunks, 4, 0.0).tolist() == [3.0]
+    assert ranks_with_offset(chunks, 4, 0.15).tolist() == [2.0]
+    assert ranks_with_offset(chunks, 4, 0.3).tolist() == [1.0]
+    assert scores[0, 4] == 0.3  # the caller's scores are not changed
+
+
+def test_tables_carry_the_cold_row_at_the_interaction_share() -> None:
+    m = {"recall@10": 0.1, "ndcg@10": 0.05, "recall@20": 0.2}
+    runs = [{"seed": s, "cold": {"id_only": m, "popularity": {**m, "recall@10": 0.04}, "multi_view": m,
+                                 "multi_view_at_interaction_share": {**m, "recall@10": hr}}}
+            for s, hr in ((0, 0.04), (1, 0.06))]
+    tables = multi_view_tables(runs)
+    assert tables["cold_hr10_vs_popularity"] == pytest.approx(2.5)
+    assert tables["cold_hr10_at_interaction_share_vs_popularity"] == pytest.approx(1.25)
+    assert "at their interaction share / popularity: 1.25x" in format_multi_view(tables)
+
+
+def test_merging_results_of_separate_seeds_gives_the_table_of_all_seeds() -> None:
+    m = {"recall@10": 0.1, "ndcg@10": 0.05, "recall@20": 0.2}
+
+    def result(seed: int, hr: float, **overrides: object) -> dict:
+        run = {"seed": seed, "cold": {"id_only": m, "popularity": {**m, "recall@10": 0.05},
+                                      "multi_view": {**m, "recall@10": hr}}}
+        base = {"data": "ml-100k", "model_config": {"hidden": 64}, "id_dropout": 0.5, "cold_frac": 0.1,
+                "cold_only": True, "train_config": {"epochs": 200, "patience": 20, "seed": seed, "threads": 1},
+                "runs": [run], "tables": multi_view_tables([run])}
+        return {**base, **overrides}
+
+    merged = merge_multi_view([result(2, 0.15), result(0, 0.05)])
+    assert [r["seed"] for r in merged["runs"]] == [0, 2]
+    assert merged["tables"]["seeds"] == 2
+    assert merged["tables"]["cold_hr10_vs_popularity"] == pytest.approx(2.0)
+    with pytest.raises(StreamrecError, match="twice"):
+        merge_multi_view([result(0, 0.05), result(0, 0.06)])
+    with pytest.raises(StreamrecError, match="id_dropout"):
+        merge_multi_view([result(0, 0.05), result(1, 0.05, id_dropout=0.8)])
+    with pytest.raises(StreamrecError, match="train_config"):
+        merge_multi_view([result(0, 0.05), result(1, 0.05, train_config={"epochs": 60, "patience": 10, "seed": 1})])
