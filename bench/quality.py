@@ -437,6 +437,12 @@ def ranks_with_offset(scores: Sequence[tuple[np.ndarray, np.ndarray]], first_new
     return np.concatenate(ranks) if ranks else np.zeros(0)
 
 
+# New items' shares of the top-10 slots at which the placement curve is drawn (beside their
+# interaction share and the model as trained): what lifting every new item buys on the cold
+# cases and costs the warm ones.
+PLACEMENT_SHARES = (0.15, 0.2, 0.3, 0.5)
+
+
 def cold_rows_with_share(
     grown: Any, vocab: ItemVocab, cold: Sequence[EvalCase], warm: Sequence[EvalCase], first_new: int, share: float,
 ) -> dict[str, Any]:
@@ -446,14 +452,26 @@ def cold_rows_with_share(
     warm split's test users as trained. ``at_interaction_share``: the cold-item
     metrics once one constant added to every new item's score gives them
     ``share`` (their share of interactions) of those slots instead.
+    ``placement``: the same at :data:`PLACEMENT_SHARES` too, with the warm
+    test cases' HR@10 beside the cold cases', one point per offset (the
+    model as trained is the point at offset 0).
     """
-    warm_scores = [chunk for chunk, _ in case_scores(grown, vocab, warm)]
+    warm_scored = list(case_scores(grown, vocab, warm))
+    warm_scores = [chunk for chunk, _ in warm_scored]
     cold_scores = list(case_scores(grown, vocab, cold))
     offset = offset_for_share(warm_scores, first_new, share)
+    offsets = sorted({0.0, offset, *(offset_for_share(warm_scores, first_new, s) for s in PLACEMENT_SHARES if s > share)})
+    placement = [{
+        "offset": o,
+        "new_item_top10_share": new_item_top_share(warm_scores, first_new, offset=o),
+        "cold_hr10": metrics_from_ranks(ranks_with_offset(cold_scores, first_new, o), (10,))["recall@10"],
+        "warm_hr10": metrics_from_ranks(ranks_with_offset(warm_scored, first_new, o), (10,))["recall@10"],
+    } for o in offsets]
     return {
         "new_item_top10_share": new_item_top_share(warm_scores, first_new),
         "interaction_share_offset": offset,
         "at_interaction_share": metrics_from_ranks(ranks_with_offset(cold_scores, first_new, offset), MULTI_VIEW_KS),
+        "placement": placement,
     }
 
 
@@ -522,6 +540,7 @@ def run_multi_view(
         row["cold"]["new_item_top10_share"] = placed["new_item_top10_share"]
         row["cold"]["interaction_share_offset"] = placed["interaction_share_offset"]
         row["cold"]["multi_view_at_interaction_share"] = placed["at_interaction_share"]
+        row["cold"]["placement"] = placed["placement"]
         row["cold"]["multi_view_run"] = {k: v for k, v in _run_row(mv).items() if k != "test"}
         log.info("seed %d: %s", seed, {k: row["cold"][k].get("recall@10") for k in ("id_only", "popularity", "multi_view")})
         runs.append(row)
@@ -588,6 +607,7 @@ def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         crowding["warm_test_ndcg10_after_adding"] = mean_std([r["cold"]["warm_test_after_adding"] for r in runs])["ndcg@10"]
     return {
         "seeds": len(runs),
+        "placement": placement_summary(runs),
         "new_item_crowding": crowding,
         "leave_one_out": loo,
         "cold_items": cold,
@@ -595,6 +615,33 @@ def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "cold_hr10_at_interaction_share_vs_popularity": (at_share / pop) if pop > 0 and at_share is not None else None,
         "loo_ndcg10_diff": (loo["multi-view"]["ndcg@10"]["mean"] - loo["id-only"]["ndcg@10"]["mean"]) if loo else None,
     }
+
+
+def placement_summary(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per seed: the placement curve as multiples of popularity, and the first point at 3x popularity.
+
+    ``at_3x``: the smallest top-10 share of new items at which the cold HR@10
+    reaches 3x popularity's, with the warm test HR@10 there and at the
+    interaction share (what reaching it costs the other users); None when no
+    point of the curve reaches it.
+    """
+    out = []
+    for run in runs:
+        cold = run["cold"]
+        if "placement" not in cold:
+            continue
+        pop = cold["popularity"]["recall@10"]
+        points = sorted(cold["placement"], key=lambda point: point["offset"])
+        curve = [{**point, "cold_hr10_vs_popularity": point["cold_hr10"] / pop if pop > 0 else None} for point in points]
+        base = min(points, key=lambda point: abs(point["offset"] - cold["interaction_share_offset"]))
+        reached = next((point for point in curve if pop > 0 and point["cold_hr10"] >= 3 * pop), None)
+        out.append({
+            "seed": run["seed"], "interaction_share": cold["held_out_interaction_share"], "curve": curve,
+            "at_3x": None if reached is None else {
+                "new_item_top10_share": reached["new_item_top10_share"], "warm_hr10": reached["warm_hr10"],
+                "warm_hr10_at_interaction_share": base["warm_hr10"]},
+        })
+    return out
 
 
 def format_multi_view(tables: dict[str, Any]) -> str:
@@ -624,6 +671,12 @@ def format_multi_view(tables: dict[str, Any]) -> str:
     if "warm_test_ndcg10_after_adding" in crowding:
         lines.append(f"warm test NDCG@10 before / after adding the new items: {crowding['warm_test_ndcg10_before_adding']['mean']:.4f}"
                      f" / {crowding['warm_test_ndcg10_after_adding']['mean']:.4f}")
+    for seed in tables.get("placement", []):
+        at = seed["at_3x"]
+        lines.append(f"seed {seed['seed']}: cold HR@10 at 3x popularity " + (
+            f"once new items take {at['new_item_top10_share']:.2f} of the top-10 slots (their interactions:"
+            f" {seed['interaction_share']:.2f}); warm HR@10 there {at['warm_hr10']:.4f}, at their share"
+            f" {at['warm_hr10_at_interaction_share']:.4f}" if at else "not reached on the placement curve"))
     return "\n".join(lines)
 
 
@@ -634,7 +687,9 @@ def plot_multi_view(tables: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    placement = tables.get("placement") or []
+    fig, axes = plt.subplots(1, 3 if placement else 2, figsize=(18 if placement else 12, 4.5))
+    left, right = axes[0], axes[1]
     for ax, table, metric, title in ((left, tables["leave_one_out"], "ndcg@10", "leave-one-out NDCG@10"),
                                      (right, tables["cold_items"], "recall@10", "cold items HR@10")):
         names = list(table)
@@ -648,4 +703,26 @@ def plot_multi_view(tables: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{title} (mean ± std, {tables['seeds']} seeds)")
         for x, m in enumerate(means):
             ax.annotate(f"{m:.4f}", (x, m), ha="center", va="bottom", fontsize=8)
+    if placement:
+        plot_placement(axes[2], placement)
     return save_figure(fig, path)
+
+
+def plot_placement(ax: Any, placement: Sequence[dict[str, Any]]) -> None:
+    """Cold HR@10 (x popularity, solid) and warm HR@10 (dotted, right axis) against new items' top-10 share."""
+    warm_ax = ax.twinx()
+    for n, seed in enumerate(placement):
+        colour = f"C{n}"
+        shares = [point["new_item_top10_share"] for point in seed["curve"]]
+        ax.plot(shares, [point["cold_hr10_vs_popularity"] for point in seed["curve"]], "o-", color=colour,
+                label=f"seed {seed['seed']}: cold HR@10 / popularity")
+        warm_ax.plot(shares, [point["warm_hr10"] for point in seed["curve"]], "s:", color=colour,
+                     label=f"seed {seed['seed']}: warm HR@10")
+        ax.axvline(seed["interaction_share"], color=colour, linewidth=0.6, alpha=0.5)
+    ax.axhline(3.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("new items' share of warm test users' top-10 slots (thin: their interaction share)")
+    ax.set_ylabel("cold HR@10 / popularity's")
+    warm_ax.set_ylabel("warm test HR@10")
+    ax.set_title("what lifting every new item buys (cold) and costs (warm)")
+    ax.legend(fontsize=7, loc="upper left")
+    warm_ax.legend(fontsize=7, loc="lower right")

@@ -172,3 +172,22 @@ def test_merging_results_of_separate_seeds_gives_the_table_of_all_seeds() -> Non
         merge_multi_view([result(0, 0.05), result(1, 0.05, id_dropout=0.8)])
     with pytest.raises(StreamrecError, match="train_config"):
         merge_multi_view([result(0, 0.05), result(1, 0.05, train_config={"epochs": 60, "patience": 10, "seed": 1})])
+
+
+def test_the_placement_summary_finds_what_3x_popularity_costs_warm_users() -> None:
+    m = {"recall@10": 0.1, "ndcg@10": 0.05, "recall@20": 0.2}
+    curve = [{"offset": 0.0, "new_item_top10_share": 0.12, "cold_hr10": 0.06, "warm_hr10": 0.20},
+             {"offset": -0.1, "new_item_top10_share": 0.10, "cold_hr10": 0.05, "warm_hr10": 0.21},
+             {"offset": 0.9, "new_item_top10_share": 0.30, "cold_hr10": 0.16, "warm_hr10": 0.15},
+             {"offset": 0.5, "new_item_top10_share": 0.20, "cold_hr10": 0.11, "warm_hr10": 0.18}]
+    run = {"seed": 4, "cold": {"id_only": m, "popularity": {**m, "recall@10": 0.05}, "multi_view": m,
+                               "held_out_interaction_share": 0.1, "interaction_share_offset": -0.1, "placement": curve}}
+    [seed] = multi_view_tables([run])["placement"]
+    assert [p["offset"] for p in seed["curve"]] == [-0.1, 0.0, 0.5, 0.9]
+    assert [p["cold_hr10_vs_popularity"] for p in seed["curve"]] == pytest.approx([1.0, 1.2, 2.2, 3.2])
+    assert seed["at_3x"] == {"new_item_top10_share": 0.30, "warm_hr10": 0.15, "warm_hr10_at_interaction_share": 0.21}
+    assert "0.30 of the top-10 slots" in format_multi_view(multi_view_tables([run]))
+    # A curve that never reaches 3x says so.
+    run["cold"]["placement"] = curve[:2]
+    assert multi_view_tables([run])["placement"][0]["at_3x"] is None
+    assert "not reached" in format_multi_view(multi_view_tables([run]))
