@@ -44,6 +44,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    # Without the progress bar (benchmarks, logs), one INFO line every this many epochs (0 = none),
+    # so a run of tens of minutes still shows it is moving and how far it got.
+    log_every: int = 10
     # Safety net for very large logs: stop after this many seconds (0 = no limit).
     max_seconds: float = 0.0
 
@@ -217,6 +220,10 @@ def train(
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
         log.debug("epoch %d: %s", epoch, row)
+        if not train_config.progress and train_config.log_every and epoch % train_config.log_every == 0:
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.0f s",
+                     epoch, train_config.epochs, row["loss"], EARLY_STOP_METRIC if split.valid else "-loss", score,
+                     max(score, best_score), epoch if score > best_score else result.best_epoch, row["seconds"])
         bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg10=f"{row.get('valid_ndcg@10', float('nan')):.4f}")
         if score > best_score:
             best_score, stale = score, 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -237,3 +238,16 @@ def test_a_top_k_beyond_the_catalogue_is_refused_at_load(artifact):
     with pytest.raises(ModelError, match="fewer than STREAMREC_TOP_K=500"):
         load_served_model(artifact, top_k=500)
 
+
+
+def test_training_without_a_progress_bar_logs_how_far_it_got(caplog):
+    from streamrec.models.data import events_from_dicts
+    from streamrec.models.splits import leave_one_out
+    from streamrec.models.train import TrainConfig, train
+
+    split = leave_one_out(events_from_dicts(synthetic_events()))
+    with caplog.at_level(logging.INFO, logger="streamrec.models.train"):
+        train(split, TINY, TrainConfig(epochs=4, patience=4, progress=False, threads=1, log_every=2))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 2/4", "epoch 4/4"]
+    assert "valid ndcg@10" in lines[0] and "best" in lines[0]
