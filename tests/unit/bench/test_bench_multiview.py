@@ -14,6 +14,7 @@ from streamrec.bench.quality import (
     multi_view_tables,
     new_item_top_share,
     offset_for_share,
+    popularity_as_of_metrics,
     popularity_metrics,
     ranks_with_offset,
     top_k_share,
@@ -49,6 +50,16 @@ def test_popularity_ranks_by_whole_log_counts_excluding_seen() -> None:
     # u1 has seen a and b: c ranks first; u2 has seen a: c ranks first.
     assert popularity_metrics(log, cases, ks=(1,))["recall@1"] == 1.0
     cases_d = cold_cases(log, {"d"})  # u2: seen a, c -> b and d tie with 1: ties count in the target's favour
+    assert popularity_metrics(log, cases_d, ks=(1,))["recall@1"] == 1.0
+
+
+def test_popularity_so_far_counts_only_the_events_before_each_case() -> None:
+    log = small_log()  # u1: a0 b1 c2; u2: a3 c4 d5; u3: c6 a7 (times x 1000)
+    # u2's d at t=5: before it a 2, c 2 (both seen), b 1, d 0: b ranks first. The whole-log
+    # counts (b 1, d 1) tie, which counts for the target.
+    cases_d = cold_cases(log, {"d"})
+    assert popularity_as_of_metrics(log, cases_d, ks=(1, 2))["recall@1"] == 0.0
+    assert popularity_as_of_metrics(log, cases_d, ks=(1, 2))["recall@2"] == 1.0
     assert popularity_metrics(log, cases_d, ks=(1,))["recall@1"] == 1.0
 
 
