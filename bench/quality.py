@@ -27,16 +27,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from streamrec.bench.report import save_figure
 from streamrec.errors import StreamrecError
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.content import ItemContent, add_items, content_config
 from streamrec.models.data import EventLog, load_events, load_recbole_items
-from streamrec.models.encoder import EncoderInput
 from streamrec.models.evaluate import case_scores, evaluate_model
-from streamrec.models.features import ItemVocab, featurize
+from streamrec.models.features import ItemVocab
 from streamrec.models.ranking_metrics import mean_std, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase, Split, leave_one_out, slice_sequence
 from streamrec.models.text import MODEL_NAME, MODEL_ZIP_SHA256, encode_texts_cached
