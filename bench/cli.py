@@ -213,37 +213,45 @@ def quality(settings: Settings, data: str, seeds: str, epochs: int, patience: in
     _write(result, out)
 
 
-def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], items_spec: str, out: Path,
-                        train_config: Any, *, id_dropout: float, cold_frac: float, cold_only: bool,
-                        cpu: dict[str, Any]) -> None:
-    from streamrec.bench.quality import format_multi_view, ml100k_item_content, plot_multi_view, run_multi_view  # torch
+def _multi_view_target(out: Path) -> Path:
+    """Where a multi-view result goes: ``<out stem>_multiview.json`` (its plot beside it, ``.png``)."""
+    return out.with_name(out.stem + "_multiview.json")
 
-    items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
-                  else Path(items_spec))
-    content, summary = ml100k_item_content(items_path, settings.state_dir / "text-encoder", progress=True)
-    target = out.with_name(out.stem + "_multiview.json")
-    result = run_multi_view(data_path, content, seeds,
-                            EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
-                            id_dropout=id_dropout, cold_frac=cold_frac, cold_only=cold_only,
-                            partial_out=target.with_suffix(".partial.json"))
-    result = {"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu, **result}
+
+def _report_multi_view(result: dict[str, Any], target: Path) -> None:
+    """Plot, print and write a multi-view result (a run's or a merge's)."""
+    from streamrec.bench.quality import format_multi_view, plot_multi_view  # torch
+
     result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
     click.echo(format_multi_view(result["tables"]))
     _write(result, target)
 
 
+def _quality_multi_view(settings: Settings, data_path: Path, seeds: list[int], items_spec: str, out: Path,
+                        train_config: Any, *, id_dropout: float, cold_frac: float, cold_only: bool,
+                        cpu: dict[str, Any]) -> None:
+    from streamrec.bench.quality import ml100k_item_content, run_multi_view  # torch
+
+    items_path = (fetch_ml100k_items(settings.state_dir / "data") if items_spec.lower() in {"ml-100k", "ml100k"}
+                  else Path(items_spec))
+    content, summary = ml100k_item_content(items_path, settings.state_dir / "text-encoder", progress=True)
+    target = _multi_view_target(out)
+    result = run_multi_view(data_path, content, seeds,
+                            EncoderConfig(n_items=0, event_types=tuple(settings.event_type_weights)), train_config,
+                            id_dropout=id_dropout, cold_frac=cold_frac, cold_only=cold_only,
+                            partial_out=target.with_suffix(".partial.json"))
+    _report_multi_view({"benchmark": "quality-multi-view", "items": {"path": str(items_path), **summary}, "cpu": cpu,
+                        **result}, target)
+
+
 def _merge_multi_view(paths: tuple[Path, ...], out: Path) -> None:
-    from streamrec.bench.quality import format_multi_view, merge_multi_view, plot_multi_view  # torch
+    from streamrec.bench.quality import merge_multi_view  # torch
 
     try:
         result = merge_multi_view([json.loads(p.read_text()) for p in paths])
     except StreamrecError as exc:
         raise click.ClickException(str(exc)) from exc
-    target = out.with_name(out.stem + "_multiview.json")
-    result["merged_from"] = [str(p) for p in paths]
-    result["plot"] = str(plot_multi_view(result["tables"], target.with_suffix(".png")))
-    click.echo(format_multi_view(result["tables"]))
-    _write(result, target)
+    _report_multi_view({**result, "merged_from": [str(p) for p in paths]}, _multi_view_target(out))
 
 
 # --------------------------------------------------------------------------- #

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from streamrec.errors import StreamrecError
 from streamrec.models.config import FIRST_REAL_INDEX, EncoderConfig
 from streamrec.models.content import ItemContent, add_items, content_config
 from streamrec.models.data import EventLog, load_events, load_recbole_items
-from streamrec.models.evaluate import case_scores, evaluate_model
+from streamrec.models.evaluate import case_scores, evaluate_model, exclude_seen
 from streamrec.models.features import ItemVocab
 from streamrec.models.ranking_metrics import mean_std, metrics_from_ranks, target_ranks
 from streamrec.models.splits import EvalCase, Split, leave_one_out, slice_sequence
@@ -341,15 +341,7 @@ def popularity_metrics(events: EventLog, cases: Sequence[EvalCase], ks: Sequence
     vocab = ItemVocab.build(events.item_ids)
     counts = np.zeros(len(vocab), dtype=np.float64)
     np.add.at(counts, vocab.lookup(events.item_ids), 1.0)
-    counts[:FIRST_REAL_INDEX] = -np.inf
-    ranks = np.empty(len(cases))
-    for row, case in enumerate(cases):
-        scores = counts.copy()
-        target = vocab.index(case.target)
-        seen = vocab.lookup(case.history.item_ids)
-        scores[seen[seen != target]] = -np.inf
-        ranks[row] = target_ranks(scores[None, :], np.array([target]))[0]
-    return metrics_from_ranks(ranks, ks)
+    return metrics_from_ranks(count_ranks(vocab, cases, lambda rows: np.tile(counts, (rows.stop - rows.start, 1))), ks)
 
 
 def popularity_as_of_metrics(events: EventLog, cases: Sequence[EvalCase], ks: Sequence[int] = MULTI_VIEW_KS) -> dict[str, float]:
@@ -368,18 +360,23 @@ def popularity_as_of_metrics(events: EventLog, cases: Sequence[EvalCase], ks: Se
     per_item = [np.sort(stamps[order[bounds[i]:bounds[i + 1]]]) for i in range(len(vocab))]
     sequences = events.user_sequences()
     at = np.array([sequences[c.user_id].timestamps_ms[len(c.history.item_ids)] for c in cases], dtype=np.int64)
-    ranks = np.empty(len(cases))
-    for start in range(0, len(cases), 512):
-        rows = slice(start, min(start + 512, len(cases)))
-        counts = np.stack([np.searchsorted(per_item[i], at[rows], side="left") for i in range(len(vocab))], axis=1)
-        scores = counts.astype(np.float64)
+
+    def counts_before(rows: slice) -> np.ndarray:
+        return np.stack([np.searchsorted(times, at[rows], side="left") for times in per_item], axis=1).astype(np.float64)
+
+    return metrics_from_ranks(count_ranks(vocab, cases, counts_before), ks)
+
+
+def count_ranks(vocab: ItemVocab, cases: Sequence[EvalCase], counts: Callable[[slice], np.ndarray],
+                chunk: int = 512) -> np.ndarray:
+    """Targets' ranks under per-case item counts (``counts(rows)``: ``(rows, n_items)``), seen items excluded."""
+    ranks = []
+    for start in range(0, len(cases), chunk):
+        rows = slice(start, min(start + chunk, len(cases)))
+        scores = counts(rows)
         scores[:, :FIRST_REAL_INDEX] = -np.inf
-        for row, case in enumerate(cases[rows]):
-            target = vocab.index(case.target)
-            seen = vocab.lookup(case.history.item_ids)
-            scores[row, seen[seen != target]] = -np.inf
-            ranks[start + row] = target_ranks(scores[row : row + 1], np.array([target]))[0]
-    return metrics_from_ranks(ranks, ks)
+        ranks.append(target_ranks(scores, exclude_seen(scores, cases[rows], vocab)))
+    return np.concatenate(ranks) if ranks else np.zeros(0)
 
 
 def id_only_cold_metrics(warm_split: Split, cases: Sequence[EvalCase], ks: Sequence[int] = MULTI_VIEW_KS) -> dict[str, float]:
@@ -491,16 +488,17 @@ def cold_rows_with_share(
     cold_scores = list(case_scores(grown, vocab, cold))
     offset = offset_for_share(warm_scores, first_new, share)
     offsets = sorted({0.0, offset, *(offset_for_share(warm_scores, first_new, s) for s in PLACEMENT_SHARES if s > share)})
+    cold_ranks = {o: ranks_with_offset(cold_scores, first_new, o) for o in offsets}
     placement = [{
         "offset": o,
         "new_item_top10_share": new_item_top_share(warm_scores, first_new, offset=o),
-        "cold_hr10": metrics_from_ranks(ranks_with_offset(cold_scores, first_new, o), (10,))["recall@10"],
+        "cold_hr10": metrics_from_ranks(cold_ranks[o], (10,))["recall@10"],
         "warm_hr10": metrics_from_ranks(ranks_with_offset(warm_scored, first_new, o), (10,))["recall@10"],
     } for o in offsets]
     return {
-        "new_item_top10_share": new_item_top_share(warm_scores, first_new),
+        "new_item_top10_share": next(point["new_item_top10_share"] for point in placement if point["offset"] == 0.0),
         "interaction_share_offset": offset,
-        "at_interaction_share": metrics_from_ranks(ranks_with_offset(cold_scores, first_new, offset), MULTI_VIEW_KS),
+        "at_interaction_share": metrics_from_ranks(cold_ranks[offset], MULTI_VIEW_KS),
         "placement": placement,
     }
 
@@ -603,12 +601,10 @@ def merge_multi_view(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise StreamrecError("nothing to merge")
-    def budget(result: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in result.get("train_config", {}).items() if k not in ("seed", "threads")}
     first = results[0]
     for other in results[1:]:
         differing = [k for k in _MERGE_KEYS if other.get(k) != first.get(k)]
-        if budget(other) != budget(first):
+        if _budget(other) != _budget(first):
             differing.append("train_config")
         if differing:
             raise StreamrecError(f"multi-view results differ in {differing}: they are not one protocol")
@@ -619,6 +615,11 @@ def merge_multi_view(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     runs.sort(key=lambda run: run["seed"])
     return {**{k: v for k, v in first.items() if k not in ("runs", "tables", "plot")},
             "runs": runs, "tables": multi_view_tables(runs)}
+
+
+def _budget(result: dict[str, Any]) -> dict[str, Any]:
+    """A result's training settings apart from what may differ between merged seeds (seed, threads)."""
+    return {k: v for k, v in result.get("train_config", {}).items() if k not in ("seed", "threads")}
 
 
 def multi_view_tables(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -52,6 +52,19 @@ def _seen_items(cases: Sequence[EvalCase], vocab: ItemVocab, targets: np.ndarray
     return rows[keep], items[keep]
 
 
+def exclude_seen(scores: np.ndarray, cases: Sequence[EvalCase], vocab: ItemVocab) -> np.ndarray:
+    """Set each case's seen items (other than its target) to ``-inf`` in its row of ``scores``, in place.
+
+    ``scores``: ``(len(cases), n_items)`` by ``vocab`` index, from any ranker
+    (the model, a popularity count). Returns the targets' indices (``-1`` for
+    a target the vocabulary does not know: never ranked).
+    """
+    targets = _target_indices(cases, vocab)
+    rows, items = _seen_items(cases, vocab, targets)
+    scores[rows, items] = -np.inf
+    return targets
+
+
 @torch.no_grad()
 def case_scores(
     model: SequenceEncoder,
@@ -73,12 +86,9 @@ def case_scores(
         for start in range(0, len(cases), batch_size):
             chunk = cases[start : start + batch_size]
             feats = featurize([c.history for c in chunk], vocab, model.config)
-            scores = model.full_sort_scores(EncoderInput.from_features(feats))
-            targets = _target_indices(chunk, vocab)
-            if exclude_history:
-                rows, items = _seen_items(chunk, vocab, targets)
-                scores[torch.from_numpy(rows), torch.from_numpy(items)] = float("-inf")
-            yield scores.numpy(), targets
+            scores = model.full_sort_scores(EncoderInput.from_features(feats)).numpy()
+            targets = exclude_seen(scores, chunk, vocab) if exclude_history else _target_indices(chunk, vocab)
+            yield scores, targets
     finally:
         model.train(was_training)
 

@@ -220,21 +220,22 @@ def train(
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
         log.debug("epoch %d: %s", epoch, row)
-        if not train_config.progress and train_config.log_every and epoch % train_config.log_every == 0:
-            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.0f s",
-                     epoch, train_config.epochs, row["loss"], EARLY_STOP_METRIC if split.valid else "-loss", score,
-                     max(score, best_score), epoch if score > best_score else result.best_epoch, row["seconds"])
         bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg10=f"{row.get('valid_ndcg@10', float('nan')):.4f}")
-        if score > best_score:
+        improved = score > best_score
+        if improved:
             best_score, stale = score, 0
             best_state = copy.deepcopy(model.state_dict())
             result.best_epoch = epoch
             result.best_valid = {k[6:]: v for k, v in row.items() if k.startswith("valid_")}
         else:
             stale += 1
-            if stale >= train_config.patience:
-                log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, result.best_epoch, EARLY_STOP_METRIC, best_score)
-                break
+        if not train_config.progress and train_config.log_every and epoch % train_config.log_every == 0:
+            log.info("epoch %d/%d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.0f s",
+                     epoch, train_config.epochs, row["loss"], EARLY_STOP_METRIC if split.valid else "-loss", score,
+                     best_score, result.best_epoch, row["seconds"])
+        if not improved and stale >= train_config.patience:
+            log.info("early stop at epoch %d (best %d, valid %s %.4f)", epoch, result.best_epoch, EARLY_STOP_METRIC, best_score)
+            break
         if train_config.max_seconds and row["seconds"] > train_config.max_seconds:
             log.warning("stopping after %.0f s (max_seconds)", row["seconds"])
             break
